@@ -1,0 +1,278 @@
+"""The LLaDA2 network: a non-causal transformer whose mask is always given by the caller.
+
+Module and parameter names follow the released checkpoints exactly, so `state_dict()` keys are
+the Hugging Face keys (`model.layers.N.attention.query_key_value.weight`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+from .config import ModelConfig
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T or K, V) float32
+    # Per layer (key, value) of the input tokens after RoPE, each (B, KVH, T, D); only when asked.
+    key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, as the reference does (it matters for bf16 parity)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin tables (B, T, rotary_dim) for the given absolute positions (float32 math)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=position_ids.device,
+                                             dtype=torch.int64).float() / rotary_dim))
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, rotary_dim/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, rotary_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `rotary_dim` dims of each head (halves paired, not interleaved)."""
+    rotary_dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, R) broadcast over heads
+    half = rotary_dim // 2
+    rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+    return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.query_key_value = nn.Linear(
+            config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=config.use_qkv_bias)
+        if config.use_qk_norm:
+            self.query_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.query_layernorm = self.key_layernorm = None
+        self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.use_bias)
+
+    def forward(self, x, cos, sin, mask, past: tuple[torch.Tensor, torch.Tensor] | None):
+        bsz, q_len, _ = x.shape
+        qkv = self.query_key_value(x).view(bsz, q_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KVH, T, D)
+        if self.query_layernorm is not None:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
+        new_kv = (k, v)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, KVH, Tpast + T, D)
+            v = torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
+        out = out.transpose(1, 2).reshape(bsz, q_len, self.num_heads * self.head_dim)
+        return self.dense(out), new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward block."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Sigmoid router with group-limited top-k; `expert_bias` steers selection only."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.register_buffer("expert_bias", torch.zeros(config.num_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, hidden) -> expert indices (N, k), mixing weights (N, k) in float32."""
+        scores = torch.sigmoid(F.linear(x.float(), self.weight.float()))  # (N, E)
+        biased = scores + self.expert_bias.float()
+        n = scores.shape[0]
+        group_scores = biased.view(n, self.n_group, -1).topk(2, dim=-1).values.sum(-1)  # (N, G)
+        top_groups = group_scores.topk(self.topk_group, dim=-1, sorted=False).indices
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, top_groups, True)
+        expert_mask = group_mask[:, :, None].expand(n, self.n_group, self.num_experts // self.n_group).reshape(n, -1)
+        indices = biased.masked_fill(~expert_mask, float("-inf")).topk(self.top_k, dim=-1).indices
+        weights = scores.gather(1, indices)
+        if self.top_k > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return indices, weights * self.routed_scaling_factor
+
+
+class SparseMoE(nn.Module):
+    """Routed experts plus always-on shared experts."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.experts = nn.ModuleList(
+            MLP(config.hidden_size, config.moe_intermediate_size) for _ in range(config.num_experts))
+        self.gate = Router(config)
+        self.shared_experts = (MLP(config.hidden_size, config.moe_intermediate_size * config.num_shared_experts)
+                               if config.num_shared_experts else None)
+        # Tokens routed to each expert by the last forward; read by training to balance the load.
+        self.last_expert_load: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # (N, hidden)
+        indices, weights = self.gate(flat)  # (N, k)
+        out = torch.zeros_like(flat)
+        load = torch.bincount(indices.flatten(), minlength=len(self.experts))
+        self.last_expert_load = load.detach()
+        for e in load.nonzero().flatten().tolist():
+            token_idx, slot = (indices == e).nonzero(as_tuple=True)
+            expert_out = self.experts[e](flat[token_idx])
+            out.index_add_(0, token_idx, expert_out * weights[token_idx, slot, None].to(expert_out.dtype))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.view(shape)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attention = Attention(config)
+        self.mlp = SparseMoE(config) if config.layer_is_moe(layer_idx) else MLP(config.hidden_size,
+                                                                                  config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, past):
+        attn_out, new_kv = self.attention(self.input_layernorm(x), cos, sin, mask, past)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, new_kv
+
+
+class Backbone(nn.Module):
+    """Holds the `model.*` part of the checkpoint (embeddings, layers, final norm)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class DiffusionLM(nn.Module):
+    """Block-diffusion language model in the LLaDA2 layout (MoE or dense)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.word_embeddings.weight
+        self.gradient_checkpointing = False
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, Router):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.expert_bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past: KVCache | None = None,
+                return_key_values: bool = False, logits_positions: torch.Tensor | None = None) -> ModelOutput:
+        """Run the network.
+
+        attention_mask: None (full bidirectional), bool [B|1, 1, T, Tpast+T] (True = attend) or an additive
+        float mask of that shape (0 / -inf). past: keys/values prepended to every layer's keys (the
+        caller's mask must cover them). logits_positions [B, K]: only compute logits there (saves the
+        vocabulary projection on positions the caller does not read).
+        """
+        bsz, seq_len = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=input_ids.device).expand(bsz, seq_len)
+        mask = self._prepare_mask(attention_mask, bsz, seq_len, past)
+        x = self.model.word_embeddings(input_ids)  # (B, T, hidden)
+        cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, x.dtype)
+        key_values = []
+        for i, layer in enumerate(self.model.layers):
+            layer_past = past.layer(i) if past is not None else None
+            if self.gradient_checkpointing and self.training:
+                x, kv = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_past, use_reentrant=False)
+            else:
+                x, kv = layer(x, cos, sin, mask, layer_past)
+            if return_key_values:
+                key_values.append(kv)
+        if logits_positions is not None:
+            x = x.gather(1, logits_positions[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, K, hidden)
+        logits = self.lm_head(self.model.norm(x)).float()
+        return ModelOutput(logits=logits, key_values=key_values if return_key_values else None)
+
+    def _prepare_mask(self, attention_mask, bsz, seq_len, past):
+        if attention_mask is None:
+            return None
+        expected_keys = seq_len + (past.length if past is not None else 0)
+        if (attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[2] != seq_len
+                or attention_mask.shape[3] != expected_keys or attention_mask.shape[0] not in (1, bsz)):
+            raise ValueError(
+                f"attention_mask must have shape [{bsz} or 1, 1, {seq_len}, {expected_keys}], "
+                f"got {tuple(attention_mask.shape)}")
+        if attention_mask.dtype == torch.bool:
+            return attention_mask
+        return attention_mask.to(self.dtype)
+
+    # Checkpoint I/O lives in checkpoint.py; these are the public entry points.
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+        from .checkpoint import load_pretrained
+        return load_pretrained(cls, path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path, max_shard_bytes: int | None = None) -> None:
+        from .checkpoint import save_pretrained
+        save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
