@@ -1,0 +1,237 @@
+"""The draft-and-edit decoder: token-identical to the reference, and every feature beyond it."""
+
+import collections
+import json
+
+import pytest
+import torch
+
+from golden import decode_kwargs, load_cases, require_golden
+from model import DecodeConfig, DiffusionLM, ModelConfig, generate
+
+CASES = load_cases()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return DiffusionLM.from_pretrained(require_golden())
+
+
+@pytest.mark.parametrize("use_cache", [False, True], ids=["nocache", "cache"])
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_token_identical_to_reference(lm, case, use_cache):
+    res = generate(lm, [case["prompt"]], DecodeConfig(**decode_kwargs(case), use_cache=use_cache))
+    assert res.sequences[0] == case["output"]
+    assert res.forwards[0] == case["forward_calls"]
+    assert res.edits[0] == case["t2t_edits"]
+    assert res.commits[0] == case["m2t_commits"]
+    assert res.canvases[0] == case["final_canvas"]
+
+
+def test_trajectory_matches_reference_trace(lm):
+    """Step by step, the recorded commits and edits equal the reference trace."""
+    for case in CASES:
+        res = generate(lm, [case["prompt"]], DecodeConfig(**decode_kwargs(case), record_trajectory=True))
+        steps = res.trajectories[0].steps
+        assert len(steps) == len(case["trace"])
+        for ours, ref in zip(steps, case["trace"]):
+            assert ours.block == ref["block_index"]
+            assert sorted(map(list, ours.m2t)) == sorted(ref["m2t"])
+            assert sorted(map(list, ours.t2t)) == sorted(ref["t2t"])
+
+
+@pytest.mark.parametrize("use_cache", [False, True], ids=["nocache", "cache"])
+def test_cases_sharing_parameters_decode_together(lm, use_cache):
+    groups = collections.defaultdict(list)
+    for case in CASES:
+        groups[json.dumps(decode_kwargs(case), sort_keys=True)].append(case)
+    for key, cases in groups.items():
+        res = generate(lm, [c["prompt"] for c in cases], DecodeConfig(**json.loads(key), use_cache=use_cache))
+        assert res.sequences == [c["output"] for c in cases]
+        assert res.forwards == [c["forward_calls"] for c in cases]
+
+
+def _random_prompts(n, seed=0, vocab=240):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 30, (n,), generator=g).tolist()
+    return [torch.randint(0, vocab, (k,), generator=g).tolist() for k in lengths]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(threshold=0.5, editing_threshold=0.7),
+    dict(threshold=0.9, editing_threshold=0.95, eos_early_stop=True),
+    dict(threshold=0.3, editing_threshold=0.6, num_to_transfer=2, max_post_steps=2),
+])
+def test_batch_of_different_lengths_equals_one_by_one(lm, settings):
+    prompts = _random_prompts(8)
+    cfg = DecodeConfig(block_length=8, gen_length=40, **settings)
+    batched = generate(lm, prompts, cfg)
+    for i, prompt in enumerate(prompts):
+        single = generate(lm, [prompt], DecodeConfig(**{**cfg.__dict__, "use_cache": False}))
+        assert batched.sequences[i] == single.sequences[0]
+        assert batched.forwards[i] == single.forwards[0]
+    # Every prompt advanced at its own pace inside shared forwards.
+    assert batched.forward_calls < sum(batched.forwards)
+    assert batched.forward_calls >= max(batched.forwards)
+
+
+def test_max_batch_size_chunks_give_the_same_result(lm):
+    prompts = _random_prompts(5, seed=3)
+    cfg = DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.7)
+    whole = generate(lm, prompts, cfg)
+    chunked = generate(lm, prompts, DecodeConfig(**{**cfg.__dict__, "max_batch_size": 2}))
+    assert chunked.sequences == whole.sequences and chunked.forwards == whole.forwards
+
+
+def test_speculative_verify_is_token_identical_and_saves_forwards(lm):
+    saved = 0
+    for case in CASES:
+        plain = generate(lm, [case["prompt"]], DecodeConfig(**decode_kwargs(case)))
+        fast = generate(lm, [case["prompt"]], DecodeConfig(**decode_kwargs(case), speculative_verify=True))
+        assert fast.sequences == plain.sequences and fast.canvases == plain.canvases
+        assert fast.forwards[0] <= plain.forwards[0]
+        blocks = case["num_blocks"] - case["first_block_processed"]
+        assert plain.forwards[0] - fast.forwards[0] <= blocks - 1  # at most one per block boundary
+        saved += plain.forwards[0] - fast.forwards[0]
+    assert saved > 0
+
+
+def test_speculative_verify_batched_and_uncached(lm):
+    prompts = _random_prompts(6, seed=5)
+    base = DecodeConfig(block_length=8, gen_length=32, threshold=0.6, editing_threshold=0.8)
+    plain = generate(lm, prompts, base)
+    for use_cache in (True, False):
+        fast = generate(lm, prompts, DecodeConfig(**{**base.__dict__, "speculative_verify": True, "use_cache": use_cache}))
+        assert fast.sequences == plain.sequences
+        assert sum(fast.forwards) < sum(plain.forwards)
+
+
+def test_multi_block_editing_revises_an_earlier_block(lm):
+    prompt = CASES[0]["prompt"]
+    base = DecodeConfig(block_length=8, gen_length=32, threshold=0.5, editing_threshold=0.3, max_post_steps=4)
+    res = generate(lm, [prompt], DecodeConfig(**{**base.__dict__, "mbe_window": 2, "record_trajectory": True}))
+    mbe_steps = [s for s in res.trajectories[0].steps if s.kind == "mbe"]
+    assert mbe_steps, "no MBE pass ran"
+    earlier_edits = [(s.block, pos) for s in mbe_steps for pos, _, _ in s.t2t if pos // 8 < s.block]
+    assert earlier_edits, "MBE never edited a block before the one just finished"
+    # Edits never touch the prompt.
+    assert all(pos >= len(prompt) for s in mbe_steps for pos, _, _ in s.t2t)
+    # The cache is rebuilt for edited blocks: cached and uncached MBE agree.
+    uncached = generate(lm, [prompt], DecodeConfig(**{**base.__dict__, "mbe_window": 2, "use_cache": False}))
+    assert uncached.sequences == res.sequences and uncached.forwards == res.forwards
+    without = generate(lm, [prompt], base)
+    assert without.canvases != res.canvases
+
+
+def test_mbe_batched_equals_single(lm):
+    prompts = _random_prompts(4, seed=9)
+    cfg = DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.5, mbe_window=1,
+                       max_post_steps=2)
+    batched = generate(lm, prompts, cfg)
+    for i, p in enumerate(prompts):
+        assert generate(lm, [p], cfg).sequences[0] == batched.sequences[i]
+
+
+def test_eos_early_stop_saves_forwards_but_not_tokens(lm):
+    pair = {c["name"]: c for c in CASES if c["name"].startswith("speedy_b8_p6_")}
+    stop, nostop = pair["speedy_b8_p6_eosstop"], pair["speedy_b8_p6_noeosstop"]
+    a = generate(lm, [stop["prompt"]], DecodeConfig(**decode_kwargs(stop)))
+    b = generate(lm, [nostop["prompt"]], DecodeConfig(**decode_kwargs(nostop)))
+    assert a.sequences == b.sequences and a.sequences[0][-1] == 240
+    assert a.forwards[0] < b.forwards[0]
+
+
+def test_seeded_sampling_is_reproducible_and_varies_with_seed(lm):
+    prompts = _random_prompts(3, seed=1)
+    cfg = DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.8, temperature=1.0,
+                       top_k=20, top_p=0.9, seed=7)
+    a, b = generate(lm, prompts, cfg), generate(lm, prompts, cfg)
+    c = generate(lm, prompts, DecodeConfig(**{**cfg.__dict__, "seed": 8}))
+    assert a.sequences == b.sequences
+    assert a.sequences != c.sequences
+    assert all(250 not in s for s in a.canvases)
+
+
+def test_top_k_one_sampling_equals_greedy_tokens():
+    from model.sampling import choose_tokens
+    logits = torch.randn(4, 6, 50)
+    greedy, _ = choose_tokens(logits, mask_id=49)
+    sampled, conf = choose_tokens(logits, mask_id=49, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy, sampled) and torch.allclose(conf, torch.ones_like(conf))
+
+
+def test_top_p_keeps_smallest_nucleus():
+    from model.sampling import filter_logits
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, None, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(filter_logits(logits, None, 0.8))  # 0.5 + 0.3 reaches 0.8 exactly
+    assert kept.tolist() == [[True, True, False, False]]
+
+
+def test_mask_argmax_guard_finishes_instead_of_looping():
+    """A model that always predicts the mask token would make the reference loop forever."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=32, hidden_size=32, head_dim=8, intermediate_size=64, num_hidden_layers=1,
+                           mask_token_id=31, eos_token_id=30)
+    lm = DiffusionLM(cfg)
+    with torch.no_grad():
+        lm.lm_head.weight.zero_()
+        lm.lm_head.weight[31] = 1.0  # every position's arg-max is the mask id ...
+        lm.model.norm.weight.fill_(1.0)
+    res = generate(lm, [[1, 2, 3]], DecodeConfig(block_length=4, gen_length=8))
+    assert len(res.sequences[0]) == 8 and 31 not in res.canvases[0]
+
+
+def test_trajectory_replays_to_final_canvas(lm):
+    prompts = _random_prompts(3, seed=11)
+    res = generate(lm, prompts, DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.6,
+                                             record_trajectory=True, speculative_verify=True))
+    for traj, canvas in zip(res.trajectories, res.canvases):
+        replay = list(traj.initial_canvas)
+        for step in traj.steps:
+            for pos, tok in step.m2t:
+                assert replay[pos] == traj.mask_id
+                replay[pos] = tok
+            for pos, old, new in step.t2t:
+                assert replay[pos] == old
+                replay[pos] = new
+        assert replay == canvas
+
+
+def test_tokens_per_forward_definition(lm):
+    prompts = _random_prompts(2, seed=2)
+    res = generate(lm, prompts, DecodeConfig(block_length=8, gen_length=16, threshold=0.5))
+    assert res.tokens_per_forward == pytest.approx(sum(map(len, res.sequences)) / sum(res.forwards))
+
+
+@pytest.mark.parametrize("kwargs,prompts,needle", [
+    ({}, [[]], "prompt 0 is empty"),
+    ({}, [], "at least one prompt"),
+    ({"gen_length": 600}, [[1, 2]], "max_position_embeddings=512"),
+    ({"threshold": 1.5}, [[1]], "threshold"),
+    ({"threshold": -0.1}, [[1]], "threshold"),
+    ({"editing_threshold": -1.0}, [[1]], "above 1 disables"),
+    ({"mask_id": 300}, [[1]], "mask_id=300 is outside"),
+    ({"eos_id": -1}, [[1]], "eos_id=-1 is outside"),
+    ({"block_length": 0}, [[1]], "block_length must be a positive"),
+    ({"num_to_transfer": 0}, [[1]], "num_to_transfer"),
+    ({"top_p": 0.0}, [[1]], "top_p"),
+    ({}, [[1, 999]], "outside the vocabulary"),
+    ({}, [[1, 250]], "contains the mask token"),
+])
+def test_bad_input_fails_before_any_forward(lm, kwargs, prompts, needle):
+    calls = []
+    handle = lm.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=needle):
+            generate(lm, prompts, DecodeConfig(**{"block_length": 8, "gen_length": 16, **kwargs}))
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_editing_threshold_above_one_disables_edits(lm):
+    prompts = _random_prompts(3, seed=4)
+    res = generate(lm, prompts, DecodeConfig(block_length=8, gen_length=24, threshold=0.4, editing_threshold=1.01))
+    assert res.edits == [0, 0, 0]
