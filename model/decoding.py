@@ -124,8 +124,9 @@ class _Row:
 
 
 class _Decoder:
-    def __init__(self, lm, cfg: DecodeConfig, mask_id: int, eos_id: int | None, generator):
+    def __init__(self, lm, cfg: DecodeConfig, mask_id: int, eos_id: int | None, generator, on_step=None):
         self.lm, self.cfg, self.mask_id, self.eos_id, self.generator = lm, cfg, mask_id, eos_id, generator
+        self.on_step = on_step
         self.forward_calls = 0
 
     # ------------------------------------------------------------------ block bookkeeping
@@ -267,6 +268,8 @@ class _Decoder:
                     if spec and not row.done and row.block == block_before + 1:
                         self._apply_block_step(row, tok[B:2 * B], cf[B:2 * B], "speculative")
             store_counts.append(max(0, frozen_until - starts[slot]))
+            if self.on_step is not None:
+                self.on_step(row.index, row.canvas, row.trajectory.steps[-1])
         if cache is not None:
             cache.store(out.key_values, starts_t, store_counts)
 
@@ -377,8 +380,12 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
     return mask_id, eos_id
 
 
-def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None) -> GenerationResult:
-    """Decode every prompt with draft-and-edit; see the module docstring for the semantics."""
+def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_step=None) -> GenerationResult:
+    """Decode every prompt with draft-and-edit; see the module docstring for the semantics.
+
+    on_step(prompt_index, canvas, step_record) is called after every forward for every prompt in it
+    (for live displays); it implies trajectory recording.
+    """
     cfg = cfg or DecodeConfig()
     if prompts and isinstance(prompts[0], int):
         prompts = [prompts]
@@ -388,9 +395,10 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None) -> G
     if cfg.temperature > 0:
         generator = torch.Generator(device=lm.device)
         generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
-    decoder = _Decoder(lm, cfg, mask_id, eos_id, generator)
+    decoder = _Decoder(lm, cfg, mask_id, eos_id, generator, on_step)
     rows = [_Row(i, p, cfg, mask_id) for i, p in enumerate(prompts)]
-    if cfg.record_trajectory:
+    record = cfg.record_trajectory or on_step is not None
+    if record:
         for row in rows:
             row.trajectory = Trajectory(row.prompt_length, cfg.block_length, mask_id, row.canvas.tolist())
     was_training = lm.training
@@ -413,4 +421,4 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None) -> G
         sequences=sequences, forwards=[r.forwards for r in rows], edits=[r.edits for r in rows],
         commits=[r.commits for r in rows], canvases=[r.canvas.tolist() for r in rows],
         forward_calls=decoder.forward_calls, wall_seconds=wall,
-        trajectories=[r.trajectory for r in rows] if cfg.record_trajectory else None)
+        trajectories=[r.trajectory for r in rows] if record else None)
