@@ -50,10 +50,11 @@ class ModelConfig:
     first_k_dense_replace: int = 1
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 32768
-    # Special tokens used by diffusion decoding.
-    pad_token_id: int | None = 156892
-    eos_token_id: int | None = 156892
-    mask_token_id: int | None = 156895
+    # Special tokens used by diffusion decoding. The released config.json files name only the pad id;
+    # the mask and EOS ids then come from the tokenizer (see model.tokenizer) or DecodeConfig.
+    pad_token_id: int | None = None
+    eos_token_id: int | None = None
+    mask_token_id: int | None = None
     initializer_range: float = 0.02
     model_type: str = "llada2_moe"
     architectures: list[str] = field(default_factory=lambda: ["LLaDA2MoeModelLM"])

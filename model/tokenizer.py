@@ -84,15 +84,13 @@ class Tokenizer:
         self.pad_token = pad_token if pad_token is not None else eos_token  # LLaDA2: pad == eos
         self.bos_token = bos_token
         self.chat_template = chat_template
+        self._compiled_template = None
         self.role_tokens = dict(role_tokens) if role_tokens is not None else dict(ROLE_TOKENS)
         self.mask_id = self._require_id(mask_token, "mask_token")
         self.eos_id = self._require_id(eos_token, "eos_token")
         self.pad_id = self._require_id(self.pad_token, "pad_token")
         if self.mask_id in (self.eos_id, self.pad_id):
             raise TokenizerError(f"{source}: mask token {mask_token!r} must differ from eos/pad tokens")
-        if chat_template is None:
-            for role, tok in self.role_tokens.items():
-                self._require_id(tok, f"role token for {role!r}")
 
     def _require_id(self, token: str, what: str) -> int:
         idx = self.backend.token_to_id(token)
@@ -150,6 +148,12 @@ class Tokenizer:
         return self._builtin_chat_template(messages, add_generation_prompt)
 
     def _builtin_chat_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        missing = [t for t in self.role_tokens.values() if self.backend.token_to_id(t) is None]
+        if missing:
+            raise TokenizerError(
+                f"{self.source}: no chat template (tokenizer_config.json 'chat_template') and role tokens "
+                f"{missing} are not in the vocabulary; cannot format chats"
+            )
         parts = []
         for m in messages:
             if m["role"] not in self.role_tokens:
@@ -166,10 +170,12 @@ class Tokenizer:
         def raise_exception(message: str) -> None:
             raise ValueError(f"chat template: {message}")
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
         try:
-            return env.from_string(self.chat_template).render(
+            if self._compiled_template is None:  # compiled once: SFT formatting renders it per message
+                env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+                env.globals["raise_exception"] = raise_exception
+                self._compiled_template = env.from_string(self.chat_template)
+            return self._compiled_template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 eos_token=self.eos_token,

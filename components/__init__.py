@@ -1,0 +1,1 @@
+"""Stage logic of draftedit, usable without Prefect or MLflow."""

@@ -1,0 +1,23 @@
+"""Task families: seeded, verifiable synthetic problems shared by data preparation and evaluation."""
+
+from components.tasks.synthetic import (
+    MULTI_ANSWER_FAMILIES,
+    SPLITS,
+    SYNTHETIC_FAMILIES,
+    Example,
+    SyntheticFamily,
+    get_family,
+    split_of,
+    to_messages,
+)
+
+__all__ = [
+    "MULTI_ANSWER_FAMILIES",
+    "SPLITS",
+    "SYNTHETIC_FAMILIES",
+    "Example",
+    "SyntheticFamily",
+    "get_family",
+    "split_of",
+    "to_messages",
+]

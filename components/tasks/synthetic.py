@@ -1,0 +1,402 @@
+"""Seeded, verifiable synthetic task families with disjoint train / held-out splits.
+
+Why these families: a model that has mastered a deterministic task leaves no uncertainty while
+drafting, so decoding thresholds stop mattering (issue 7, item 4). Draft-and-edit shows its worth
+where parallel drafting is genuinely uncertain: tasks with *many valid answers* and a verifier, where
+positions decoded in the same step pick clashing choices (a symbol used twice, digits that miss the
+target sum, a sudoku row with a repeated digit) that editing must repair. So most families here
+have many answers and their `score` accepts any valid one; `addition` and `sort` are the
+deterministic controls.
+
+Splits are disjoint by construction: the split of an instance is a function of its prompt text
+(sha256 of family name + prompt, mod `SPLIT_BUCKETS`), so the same problem can never appear in both
+splits, whatever seed or count is asked for.
+
+Answers are short (at most ~32 tokens with per-digit tokenisation) so a tiny model learns them on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import random
+import re
+import string
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Protocol, runtime_checkable
+
+SPLITS = ("train", "heldout")
+SPLIT_BUCKETS = 5  # bucket 0 of 5 -> held-out (about 20% of the instance space)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem instance. `answer` is one reference solution; `score` accepts any valid one."""
+
+    id: str
+    family: str
+    prompt: str
+    answer: str
+    meta: dict = field(default_factory=dict, hash=False, compare=True)
+
+
+@runtime_checkable
+class SyntheticFamily(Protocol):
+    name: str
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]: ...
+
+    def score(self, completion: str, example: Example) -> bool: ...
+
+
+def split_of(family: str, prompt: str) -> str:
+    """Which split an instance belongs to; depends only on the instance, never on the seed."""
+    digest = hashlib.sha256(f"{family}\x00{prompt}".encode()).digest()
+    return "heldout" if int.from_bytes(digest[:8], "big") % SPLIT_BUCKETS == 0 else "train"
+
+
+def _example_id(family: str, split: str, prompt: str) -> str:
+    return f"{family}-{split}-{hashlib.sha1(prompt.encode()).hexdigest()[:12]}"
+
+
+def _check_make_args(family: str, split: str, n: int, seed: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"{family}.make: split must be one of {SPLITS}, got {split!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{family}.make: n must be a non-negative int, got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{family}.make: seed must be an int, got {seed!r}")
+
+
+def _sample_split(
+    family: str,
+    split: str,
+    n: int,
+    seed: int,
+    draw: Callable[[random.Random], tuple[str, str, dict]],
+) -> list[Example]:
+    """Rejection-sample `n` distinct instances of `split` from `draw(rng) -> (prompt, answer, meta)`."""
+    _check_make_args(family, split, n, seed)
+    rng = random.Random(f"{family}:{split}:{seed}")  # str seeds are stable across processes
+    out: list[Example] = []
+    seen: set[str] = set()
+    max_attempts = 200 * n + 2000
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"{family}.make: found only {len(out)} distinct {split!r} instances of {n} requested "
+                f"after {max_attempts} draws; the family's instance space is too small for this n "
+                "(widen its size parameters)"
+            )
+        prompt, answer, meta = draw(rng)
+        if prompt in seen or split_of(family, prompt) != split:
+            continue
+        seen.add(prompt)
+        out.append(Example(_example_id(family, split, prompt), family, prompt, answer, dict(meta)))
+    return out
+
+
+def _safe(score_fn: Callable[[str, Example], bool]) -> Callable[[str, Example], bool]:
+    """Verifiers must never raise on garbage: any exception means 'not a valid answer'."""
+
+    def wrapped(self, completion, example):  # noqa: ANN001 - method signature of the families
+        if not isinstance(completion, str):
+            return False
+        try:
+            return bool(score_fn(self, completion, example))
+        except Exception:  # garbage of any shape is simply wrong
+            return False
+
+    wrapped.__doc__ = score_fn.__doc__
+    wrapped.__name__ = score_fn.__name__
+    return wrapped
+
+
+def _int_tokens(text: str) -> list[int] | None:
+    """Whitespace-separated non-negative integers without leading zeros, or None."""
+    parts = text.split()
+    if not parts or not all(re.fullmatch(r"0|[1-9]\d*", p) for p in parts):
+        return None
+    return [int(p) for p in parts]
+
+
+# --------------------------------------------------------------------------------------------------
+# permutation: order given symbols so that "X before Y" constraints hold (many valid answers)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PermutationFamily:
+    """Prompt ``perm: E B A C F; C before A; F before E`` -> any ordering of exactly those letters
+    that satisfies every constraint, e.g. ``C A F E B``. Parallel drafting tends to place the same
+    letter twice or drop one; editing must repair that."""
+
+    name: str = "permutation"
+    min_symbols: int = 4
+    max_symbols: int = 6
+    min_constraints: int = 1
+    max_constraints: int = 2
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_symbols <= self.max_symbols <= 26:
+            raise ValueError(f"{self.name}: need 2 <= min_symbols <= max_symbols <= 26")
+        if not 0 <= self.min_constraints <= self.max_constraints:
+            raise ValueError(f"{self.name}: need 0 <= min_constraints <= max_constraints")
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        k = rng.randint(self.min_symbols, self.max_symbols)
+        symbols = rng.sample(string.ascii_uppercase, k)
+        reference = symbols[:]
+        rng.shuffle(reference)
+        pairs = [(reference[i], reference[j]) for i in range(k) for j in range(i + 1, k)]
+        m = min(rng.randint(self.min_constraints, self.max_constraints), len(pairs))
+        constraints = sorted(rng.sample(pairs, m))
+        shown = " ".join(symbols)
+        rules = "".join(f"; {a} before {b}" for a, b in constraints)
+        meta = {"symbols": symbols, "constraints": [list(c) for c in constraints]}
+        return f"perm: {shown}{rules}", " ".join(reference), meta
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff the completion is each given letter exactly once and every constraint holds."""
+        got = completion.split()
+        symbols = example.meta["symbols"]
+        if sorted(got) != sorted(symbols):
+            return False
+        where = {s: i for i, s in enumerate(got)}
+        return all(where[a] < where[b] for a, b in example.meta["constraints"])
+
+
+# --------------------------------------------------------------------------------------------------
+# sum: fill the blanks with digits so that the row sums to a target (many valid answers)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SumFamily:
+    """Prompt ``sum 23: 4 ? ? 7 ? ?`` -> the whole row with every ``?`` replaced by a digit 0-9 so
+    that the row sums to 23, e.g. ``4 9 0 7 3 0``. Digits decoded in parallel do not know each other,
+    so they over- or undershoot the target; editing must fix the total."""
+
+    name: str = "sum"
+    min_len: int = 4
+    max_len: int = 7
+    pin_prob: float = 0.3
+    min_blanks: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"{self.name}: need 1 <= min_len <= max_len")
+        if not 0.0 <= self.pin_prob < 1.0:
+            raise ValueError(f"{self.name}: pin_prob must be in [0, 1), got {self.pin_prob}")
+        if not 1 <= self.min_blanks <= self.min_len:
+            raise ValueError(f"{self.name}: need 1 <= min_blanks <= min_len")
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        k = rng.randint(self.min_len, self.max_len)
+        reference = [rng.randint(0, 9) for _ in range(k)]
+        pinned = [rng.random() < self.pin_prob for _ in range(k)]
+        while k - sum(pinned) < self.min_blanks:  # unpin until enough blanks remain
+            pinned[rng.choice([i for i in range(k) if pinned[i]])] = False
+        target = sum(reference)
+        pattern = [str(d) if p else "?" for d, p in zip(reference, pinned)]
+        meta = {"target": target, "pattern": pattern}
+        return f"sum {target}: {' '.join(pattern)}", " ".join(map(str, reference)), meta
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff one digit per slot, pinned slots unchanged, and the digits sum to the target."""
+        digits = _int_tokens(completion)
+        pattern = example.meta["pattern"]
+        if digits is None or len(digits) != len(pattern) or any(d > 9 for d in digits):
+            return False
+        if any(p != "?" and int(p) != d for p, d in zip(pattern, digits)):
+            return False
+        return sum(digits) == example.meta["target"]
+
+
+# --------------------------------------------------------------------------------------------------
+# sudoku4: complete a 4x4 sudoku from few clues (usually many valid completions)
+# --------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _all_sudoku4() -> tuple[tuple[int, ...], ...]:
+    """All 288 valid 4x4 sudoku grids (row-major), enumerated once by backtracking."""
+    rows = list(itertools.permutations(range(1, 5)))
+    grids = []
+
+    def extend(prefix: tuple[int, ...]) -> None:
+        if len(prefix) == 16:
+            if _sudoku4_valid(prefix):
+                grids.append(prefix)
+            return
+        r = len(prefix) // 4
+        for row in rows:  # prune on columns as rows are added
+            if all(row[c] != prefix[4 * q + c] for q in range(r) for c in range(4)):
+                extend(prefix + row)
+
+    extend(())
+    return tuple(grids)
+
+
+def _sudoku4_valid(g: tuple[int, ...] | list[int]) -> bool:
+    full = {1, 2, 3, 4}
+    for i in range(4):
+        if set(g[4 * i : 4 * i + 4]) != full or {g[4 * r + i] for r in range(4)} != full:
+            return False
+    for br, bc in ((0, 0), (0, 2), (2, 0), (2, 2)):
+        if {g[4 * (br + r) + bc + c] for r in range(2) for c in range(2)} != full:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Sudoku4Family:
+    """Prompt ``sudoku: 1030 0020 0000 4001`` (rows, ``0`` = empty) -> a full valid grid agreeing
+    with the clues, e.g. ``1234 3412 2143 4321``. With few clues most puzzles have several
+    solutions, and parallel drafting repeats digits in a row/column/box that editing must repair.
+    Empty cells are ``0`` rather than ``.`` so that, with per-digit tokenisation, every cell is
+    exactly one token (runs of dots merge into varying BPE tokens)."""
+
+    name: str = "sudoku4"
+    min_clues: int = 4
+    max_clues: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_clues <= self.max_clues <= 16:
+            raise ValueError(f"{self.name}: need 0 <= min_clues <= max_clues <= 16")
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        grid = rng.choice(_all_sudoku4())
+        shown = set(rng.sample(range(16), rng.randint(self.min_clues, self.max_clues)))
+        cells = "".join(str(v) if i in shown else "0" for i, v in enumerate(grid))
+        puzzle = " ".join(cells[4 * r : 4 * r + 4] for r in range(4))
+        answer = " ".join("".join(map(str, grid[4 * r : 4 * r + 4])) for r in range(4))
+        return f"sudoku: {puzzle}", answer, {"puzzle": cells}
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff four rows of four digits 1-4 form a valid sudoku that keeps every clue."""
+        rows = completion.split()
+        if len(rows) != 4 or not all(re.fullmatch(r"[1-4]{4}", r) for r in rows):
+            return False
+        grid = [int(c) for c in "".join(rows)]
+        puzzle = example.meta["puzzle"]
+        if len(puzzle) != 16 or any(p != "0" and int(p) != v for p, v in zip(puzzle, grid)):
+            return False
+        return _sudoku4_valid(grid)
+
+
+# --------------------------------------------------------------------------------------------------
+# deterministic controls: addition and sorting (exactly one valid answer)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdditionFamily:
+    """Prompt ``add: 123+4567=`` -> ``4690``. One answer; a control where thresholds matter little
+    once learned. Few digits by default (7-digit addition is slow to learn with T2T noise)."""
+
+    name: str = "addition"
+    min_digits: int = 1
+    max_digits: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(f"{self.name}: need 1 <= min_digits <= max_digits")
+
+    def _operand(self, rng: random.Random) -> int:
+        d = rng.randint(self.min_digits, self.max_digits)
+        return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        a, b = self._operand(rng), self._operand(rng)
+        return f"add: {a}+{b}=", str(a + b), {"a": a, "b": b}
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff the completion is exactly the decimal sum (no sign, no leading zeros)."""
+        value = _int_tokens(completion)
+        return value is not None and value == [example.meta["a"] + example.meta["b"]]
+
+
+@dataclass(frozen=True)
+class SortFamily:
+    """Prompt ``sort: 34 7 89 12`` -> ``7 12 34 89``. One answer (ties are indistinguishable)."""
+
+    name: str = "sort"
+    min_len: int = 4
+    max_len: int = 7
+    max_value: int = 99
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"{self.name}: need 1 <= min_len <= max_len")
+        if self.max_value < 1:
+            raise ValueError(f"{self.name}: max_value must be >= 1")
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        values = [rng.randint(0, self.max_value) for _ in range(rng.randint(self.min_len, self.max_len))]
+        return f"sort: {' '.join(map(str, values))}", " ".join(map(str, sorted(values))), {"values": values}
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff the completion is the given numbers in ascending order."""
+        return _int_tokens(completion) == sorted(example.meta["values"])
+
+
+SYNTHETIC_FAMILIES: dict[str, SyntheticFamily] = {
+    f.name: f
+    for f in (PermutationFamily(), SumFamily(), Sudoku4Family(), AdditionFamily(), SortFamily())
+}
+
+# Families with many valid answers, where draft-and-edit has something to repair (issue 7, item 4).
+MULTI_ANSWER_FAMILIES = ("permutation", "sum", "sudoku4")
+
+
+def to_messages(example: Example, with_answer: bool = False) -> list[dict[str, str]]:
+    """The chat form shared by SFT data and evaluation prompts, so both tokenise identically:
+    one user turn holding the prompt (plus the reference answer as the assistant turn)."""
+    messages = [{"role": "user", "content": example.prompt}]
+    if with_answer:
+        messages.append({"role": "assistant", "content": example.answer})
+    return messages
+
+
+def get_family(name: str, **params) -> SyntheticFamily:
+    """The registered family `name`; `params` override its size / difficulty fields, e.g.
+    ``get_family("sudoku4", min_clues=4, max_clues=5)``. A KeyError lists the known names, a
+    ValueError the known parameters. The split of an instance never depends on the parameters."""
+    try:
+        family = SYNTHETIC_FAMILIES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown synthetic task family {name!r}; known: {sorted(SYNTHETIC_FAMILIES)}"
+        ) from None
+    if not params:
+        return family
+    known = [f.name for f in dataclasses.fields(family) if f.name != "name"]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"synthetic family {name!r}: unknown parameter(s) {unknown}; known: {known}")
+    return dataclasses.replace(family, **params)
