@@ -1,0 +1,101 @@
+"""`draftedit eval`: evaluate a checkpoint on tasks and print a compact table.
+
+    draftedit eval --model outputs/sft --task sum --task gsm8k --mode speedy --limit 50
+    draftedit eval --model DIR --task path/to/my_task.yaml --set decode.overrides.threshold=0.7
+    draftedit eval --model DIR --task gsm8k --set source.path=/data/gsm8k/test.jsonl
+    draftedit eval --model DIR --task gsm8k --set "prompt.template='Q: {question}'"  # quote braces
+    draftedit eval --list-tasks
+
+Without --task, the suite of conf/eval/default.yaml (or --config) runs. `--set` overrides apply
+to every task (dotlist keys of the task schema, e.g. `prompt.chat=false`, `source.num_examples=50`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+    parser.add_argument("--task", action="append", default=None,
+                        help="task name in conf/task/ or a task YAML path (repeatable); default: the suite")
+    parser.add_argument("--config", default=None, help="suite config YAML (default conf/eval/default.yaml)")
+    parser.add_argument("--mode", choices=("speedy", "quality"), default=None,
+                        help="decoding preset for every task (default: each task's own)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate at most N samples per task")
+    parser.add_argument("--batch-size", type=int, default=None, help="prompts decoded together")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a task config key for every task (repeatable)")
+    parser.add_argument("--out", default=None, help="output folder (default: the suite's output_dir)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, ...)")
+    parser.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
+
+
+def _load_model(path: str, device: str):
+    """Model and tokenizer of a checkpoint folder; quantized folders (FP8, int8) load too."""
+    from components.quantize import load_model
+    from model.tokenizer import load_tokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model {path}: not a folder")
+    lm = load_model(folder, device=device).eval()
+    return lm, load_tokenizer(folder)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from components.config import ConfigError
+    from components.evaluate.config import list_tasks, load_eval_config, resolve_task_path
+    from components.evaluate.results import render_table
+    from components.evaluate.runner import evaluate_suite, resolve_task
+    from components.evaluate.scorers import SandboxUnavailableError
+    from components.evaluate.sources import TaskDataError
+
+    # Piped output (CI logs, files) gets a wide fixed width so the table is never squeezed.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if args.list_tasks:
+        for name in list_tasks():
+            console.print(name)
+        return 0
+    if not args.model:
+        print("draftedit eval: error: --model is required", file=sys.stderr)
+        return 2
+    try:
+        suite = load_eval_config(args.config, [])
+        tasks = args.task or list(suite.tasks)
+        if not tasks:
+            raise ConfigError("no tasks: pass --task or list tasks in the suite config")
+        overrides = list(suite.task_overrides) + list(args.overrides)
+        for task in tasks:  # validate every task before the model is loaded
+            resolve_task(str(resolve_task_path(task)), overrides)
+        lm, tokenizer = _load_model(args.model, args.device)
+        out = Path(args.out or suite.output_dir)
+        results = evaluate_suite(
+            lm, tokenizer, tasks,
+            mode=args.mode or suite.mode,
+            limit=args.limit if args.limit is not None else suite.limit,
+            batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
+            task_overrides=overrides,
+            output_dir=out,
+        )
+    except (ConfigError, TaskDataError, SandboxUnavailableError, FileNotFoundError, ValueError) as exc:
+        print(f"draftedit eval: error: {exc}", file=sys.stderr)
+        return 2
+    console.print(render_table(results, title=f"draftedit eval · {args.model}"))
+    console.print(f"per-sample records and results: {out}/<task>/ (records.jsonl, result.json), {out}/summary.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="draftedit eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

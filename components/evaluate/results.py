@@ -1,0 +1,148 @@
+"""Task results, their files (written atomically) and the compact table people read."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+RECORDS_FILE = "records.jsonl"
+RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class TaskResult:
+    """Everything one task evaluation produced. `score` is the headline number: accuracy, or
+    pass@k for the smallest k."""
+
+    task: str
+    metric: str
+    score: float
+    scores: dict[str, float]
+    tpf: float
+    mean_forwards: float
+    mean_length: float
+    tokens: int
+    forwards: int
+    num_problems: int
+    num_generations: int
+    num_errors: int
+    wall_seconds: float
+    generation_seconds: float
+    tokens_per_second: float
+    mode: str
+    decode: dict[str, Any]
+    sandbox: Optional[dict[str, str]] = None  # code tasks: which sandbox protections were active
+    records_path: Optional[str] = None
+    result_path: Optional[str] = None
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The result without its per-sample records (what result.json holds)."""
+        out = asdict(self)
+        out.pop("records")
+        return out
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """Flat metric names for tracking (`eval/<task>/accuracy`, `eval/<task>/tpf`, ...)."""
+        base = f"{prefix}/{self.task}"
+        out = {f"{base}/{name}": float(v) for name, v in self.scores.items()}
+        out.update({
+            f"{base}/score": self.score,
+            f"{base}/tpf": self.tpf,
+            f"{base}/mean_forwards": self.mean_forwards,
+            f"{base}/mean_length": self.mean_length,
+            f"{base}/tokens": float(self.tokens),
+            f"{base}/wall_seconds": self.wall_seconds,
+            f"{base}/tps": self.tokens_per_second,
+            f"{base}/errors": float(self.num_errors),
+        })
+        return out
+
+
+def _atomic_text(path: Path, write) -> Path:  # noqa: ANN001 - write(fh) callback
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return _atomic_text(Path(path), lambda fh: json.dump(_jsonable(obj), fh, indent=2, ensure_ascii=False))
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
+    def write(fh) -> None:  # noqa: ANN001
+        for rec in records:
+            fh.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
+
+    return _atomic_text(Path(path), write)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def save_task_result(result: TaskResult, output_dir: str | os.PathLike) -> TaskResult:
+    """Write `<output_dir>/<task>/records.jsonl` and `result.json`; fills in the paths."""
+    folder = Path(output_dir) / result.task
+    result.records_path = str(write_jsonl(folder / RECORDS_FILE, result.records))
+    result.result_path = str(folder / RESULT_FILE)
+    write_json(result.result_path, result.summary())
+    return result
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+TABLE_COLUMNS = ("task", "metric", "score", "mode", "TPF", "fwd/sample", "len", "n", "errors", "tok/s", "time s")
+
+
+def table_rows(results: Iterable[TaskResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        metric = "accuracy" if r.metric == "accuracy" else ", ".join(r.scores)
+        score = _fmt(r.score) if r.metric == "accuracy" else " / ".join(_fmt(v) for v in r.scores.values())
+        rows.append([
+            r.task, metric, score, r.mode, _fmt(r.tpf, 2), _fmt(r.mean_forwards, 1), _fmt(r.mean_length, 1),
+            str(r.num_generations), str(r.num_errors), _fmt(r.tokens_per_second, 1), _fmt(r.wall_seconds, 1),
+        ])
+    return rows
+
+
+def render_table(results: Iterable[TaskResult], title: str = "evaluation"):
+    """A rich Table of the results (print it with rich.console.Console().print)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col in ("task", "metric", "mode") else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    return table

@@ -1,0 +1,316 @@
+"""The code sandbox: hostile completions are contained, scored as failed, and the evaluator is unharmed.
+
+Protections depend on the platform; each test asserts what the active protections promise and
+skips (never runs unbounded) where the needed protection is missing. On Linux as root or with user
+namespaces every layer is on, so every test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from components.sandbox import SandboxLimits, run_python, run_tests
+
+REPO = Path(__file__).resolve().parent.parent
+STRICT = SandboxLimits(timeout_s=3.0, memory_mb=256, max_processes=8, max_output_bytes=4096)
+ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+GOOD = "def add(a, b):\n    return a + b\n"
+
+
+@pytest.fixture(scope="module")
+def protections() -> dict[str, str]:
+    return run_python("pass", limits=STRICT).protections
+
+
+def _on(protections: dict[str, str], *names: str) -> bool:
+    return all(protections.get(n) == "on" for n in names)
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _assert_unharmed() -> None:
+    outcome = run_tests(GOOD, ADD_TEST, "add", limits=STRICT)
+    assert outcome.passed, (outcome.status, outcome.detail, outcome.result.stderr)
+
+
+# ---------------------------------------------------------------------------------------- basics
+
+
+def test_correct_program_passes_and_wrong_program_fails():
+    ok = run_tests(GOOD, ADD_TEST, "add", limits=STRICT)
+    assert ok.passed and ok.status == "passed"
+    bad = run_tests("def add(a, b):\n    return a - b\n", ADD_TEST, "add", limits=STRICT)
+    assert not bad.passed and bad.status == "failed"
+    assert "AssertionError" in bad.detail
+    missing = run_tests("def plus(a, b):\n    return a + b\n", ADD_TEST, "add", limits=STRICT)
+    assert not missing.passed and "defines no 'add'" in missing.detail
+
+
+def test_stdout_stderr_and_exit_code_are_reported():
+    res = run_python("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)", limits=STRICT)
+    assert res.stdout.strip() == "out" and res.stderr.strip() == "err"
+    assert res.returncode == 3 and not res.timed_out
+    assert res.protections["rlimits"] == "on" and res.protections["process_group"] == "on"
+
+
+def test_fresh_workdir_is_cwd_home_tmpdir_and_is_deleted_afterwards():
+    code = "import os, json\nopen('scratch.txt', 'w').write('x')\nprint(json.dumps([os.getcwd(), os.environ['HOME'], os.environ['TMPDIR'], os.listdir('.')]))"
+    first = json.loads(run_python(code, limits=STRICT).stdout)
+    second = json.loads(run_python(code, limits=STRICT).stdout)
+    cwd = first[0]
+    assert first[1] == cwd and first[2] == cwd
+    assert sorted(first[3]) == ["main.py", "scratch.txt"]
+    assert second[0] != cwd, "each run gets a fresh directory"
+    assert not os.path.exists(cwd), "the work dir is removed after the run"
+
+
+def test_stdin_is_delivered_and_an_unread_flood_does_not_block_the_evaluator():
+    assert run_python("import sys\nprint(len(sys.stdin.read()))", stdin="y" * 300_000, limits=STRICT).stdout.strip() == "300000"
+    start = time.monotonic()
+    res = run_python("import time\ntime.sleep(30)", stdin="x" * 5_000_000, limits=SandboxLimits(timeout_s=1.0))
+    assert res.timed_out and time.monotonic() - start < 4.0
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="timeout_s"):
+        SandboxLimits(timeout_s=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        SandboxLimits(memory_mb=8)
+    with pytest.raises(ValueError, match="relative"):
+        run_python("pass", files={"../escape.py": "x"})
+
+
+# ---------------------------------------------------------------------------------------- hostile
+
+
+def test_infinite_loop_is_killed_at_the_wall_time_limit():
+    start = time.monotonic()
+    outcome = run_tests("def add(a, b):\n    while True:\n        pass\n", ADD_TEST, "add", limits=STRICT)
+    elapsed = time.monotonic() - start
+    assert not outcome.passed and outcome.status == "timeout"
+    assert outcome.result.timed_out and outcome.result.returncode == -9
+    assert STRICT.timeout_s <= elapsed < STRICT.timeout_s + 3.0
+    _assert_unharmed()
+
+
+def test_memory_bomb_fails_fast_without_touching_the_evaluator():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024 * 1024))\n"
+    outcome = run_tests("def add(a, b):\n" + textwrap.indent(bomb, "    "), ADD_TEST, "add", limits=STRICT)
+    assert not outcome.passed and outcome.status == "failed"
+    assert "MemoryError" in outcome.detail
+    assert time.monotonic() - start < STRICT.timeout_s, "the memory limit stops it, not the clock"
+    one_shot = run_python("x = bytearray(4 * 1024 ** 3)\nprint('allocated')", limits=STRICT)
+    assert "allocated" not in one_shot.stdout and "MemoryError" in one_shot.stderr
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: the parent did not grow
+    _assert_unharmed()
+
+
+def test_fork_bomb_is_bounded_and_leaves_no_process_behind(protections):
+    if not (_on(protections, "nproc") or _on(protections, "pid_namespace")):
+        pytest.skip(f"neither RLIMIT_NPROC nor a PID namespace is active here: {protections}")
+    marker = f"forkbomb-{secrets.token_hex(6)}"
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    start = time.monotonic()
+    res = run_python(bomb, limits=STRICT, argv=[marker])
+    assert res.returncode != 0
+    assert time.monotonic() - start < STRICT.timeout_s + 3.0
+    deadline = time.monotonic() + 3.0
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+    outcome = run_tests("import os\nos.fork()\n" + GOOD, ADD_TEST, "add", limits=STRICT)
+    assert outcome.status in ("passed", "failed")  # a single fork is allowed; the run is normal
+    _assert_unharmed()
+
+
+def test_process_that_leaves_the_group_is_still_killed(protections):
+    if not _on(protections, "pid_namespace"):
+        pytest.skip("needs a PID namespace: a setsid daemon escapes a process-group kill otherwise")
+    marker = f"escapee-{secrets.token_hex(6)}"
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+    res = run_python(code, limits=STRICT, argv=[marker])
+    assert res.returncode == 0
+    deadline = time.monotonic() + 3.0
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+
+
+def test_writes_outside_the_work_dir_are_blocked(protections, tmp_path):
+    if not (_on(protections, "readonly_fs") or _on(protections, "drop_privileges")):
+        pytest.skip(f"no filesystem protection active here: {protections}")
+    tag = secrets.token_hex(6)
+    repo_target = REPO / f"sandbox-escape-{tag}"
+    test_target = tmp_path / f"escape-{tag}"
+    tmp_target = Path("/tmp") / f"sandbox-escape-{tag}"
+    code = textwrap.dedent(f"""
+        import os
+        results = {{}}
+        for p in [{str(repo_target)!r}, {str(test_target)!r}, {str(tmp_target)!r}, os.path.join('..', 'escape-{tag}')]:
+            try:
+                with open(p, 'w') as fh:
+                    fh.write('pwned')
+                results[p] = 'written'
+            except OSError as exc:
+                results[p] = type(exc).__name__
+        print(results)
+    """)
+    res = run_python(code, limits=STRICT)
+    assert res.returncode == 0, res.stderr
+    assert not repo_target.exists() and not test_target.exists()
+    if _on(protections, "private_tmp"):
+        assert not tmp_target.exists(), "/tmp writes land in a private tmpfs that dies with the run"
+    assert not (Path(tempfile.gettempdir()) / f"escape-{tag}").exists()
+    for p in (repo_target, test_target, tmp_target):
+        if p.exists():
+            p.unlink()
+
+
+def test_environment_secrets_are_not_visible(monkeypatch):
+    secret = secrets.token_hex(16)
+    monkeypatch.setenv("DRAFTEDIT_TEST_SECRET", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    code = "import os, json\nprint(json.dumps(dict(os.environ)))\nprint(open('/proc/self/environ').read())"
+    res = run_python(code, limits=STRICT)
+    assert res.returncode == 0, res.stderr
+    env = json.loads(res.stdout.splitlines()[0])
+    assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG"}
+    assert secret not in res.stdout and secret not in res.stderr
+
+
+def test_parent_environ_is_not_readable_through_proc(monkeypatch, protections):
+    if not _on(protections, "drop_privileges") and not _on(protections, "pid_namespace"):
+        pytest.skip("same uid and PID namespace as the evaluator: /proc/<ppid>/environ is readable")
+    secret = secrets.token_hex(16)
+    monkeypatch.setenv("DRAFTEDIT_TEST_SECRET", secret)
+    code = f"""
+import os
+try:
+    print(open('/proc/{os.getpid()}/environ', 'rb').read().decode(errors='replace'))
+except OSError as exc:
+    print('blocked', type(exc).__name__)
+"""
+    res = run_python(code, limits=STRICT)
+    assert secret not in res.stdout
+
+
+def test_early_exit_cannot_fake_a_pass():
+    for early in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit(0)\n"):
+        outcome = run_tests(early + GOOD, ADD_TEST, "add", limits=STRICT)
+        assert not outcome.passed, early
+        assert outcome.result.returncode == 0, "the process itself exited with 0: only the token tells"
+    inside = "def add(a, b):\n    import sys\n    sys.exit(0)\n"
+    assert not run_tests(inside, ADD_TEST, "add", limits=STRICT).passed
+    # Printing what a naive harness would look for does not help either.
+    fake = "print('passed')\nprint('OK')\n" + "def add(a, b):\n    return 0\n"
+    assert not run_tests(fake, ADD_TEST, "add", limits=STRICT).passed
+    # The token goes out on a private copy of stdout: closing fd 1 neither fakes nor hides a result.
+    closer = "import os\nos.close(1)\n"
+    assert run_tests(closer + GOOD, ADD_TEST, "add", limits=STRICT).passed
+    assert not run_tests(closer + "def add(a, b):\n    return 0\n", ADD_TEST, "add", limits=STRICT).passed
+
+
+def test_output_is_capped_and_run_still_judged():
+    flood = "import sys\nfor _ in range(2000):\n    sys.stdout.write('x' * 1000)\n" + GOOD
+    outcome = run_tests(flood, ADD_TEST, "add", limits=STRICT)
+    res = outcome.result
+    assert res.output_truncated
+    assert len(res.stdout) < STRICT.max_output_bytes + 5000  # head + tail, not 2 MB
+    assert outcome.passed, "the token at the end survives truncation of the middle"
+
+
+def test_network_is_unreachable(protections):
+    if not _on(protections, "network_namespace"):
+        pytest.skip(f"no network namespace on this platform: {protections.get('network_namespace')}")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True)
+    thread.start()
+    try:
+        code = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    print('connected')\nexcept OSError as exc:\n    print('blocked', exc)"
+        res = run_python(code, limits=STRICT)
+        assert "blocked" in res.stdout and "connected" not in res.stdout
+        assert not accepted
+    finally:
+        server.close()
+
+
+def test_fallback_without_isolation_still_enforces_time_and_memory():
+    lim = SandboxLimits(timeout_s=2.0, memory_mb=256, isolate=False, drop_privileges=False)
+    res = run_python("while True: pass", limits=lim)
+    assert res.timed_out and res.returncode == -9
+    assert res.protections["network_namespace"].startswith("off")
+    assert res.protections["pid_namespace"].startswith("off")
+    mem = run_python("x = bytearray(2 * 1024 ** 3)", limits=lim)
+    assert "MemoryError" in mem.stderr
+    assert run_tests(GOOD, ADD_TEST, "add", limits=lim).passed
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an unprivileged user), setpriv and a system python")
+def test_unprivileged_evaluator_is_contained_through_user_namespaces():
+    """The non-root path: the evaluator runs as `nobody`; the sandbox must still contain the code."""
+    folder = Path(tempfile.mkdtemp(prefix="draftedit-probe-"))  # pytest's tmp_path is private to root
+    os.chmod(folder, 0o755)
+    script = folder / "probe.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from components.sandbox import SandboxLimits, run_python, run_tests
+        lim = SandboxLimits(timeout_s=2.0, memory_mb=256, max_processes=8)
+        good = run_tests({GOOD!r}, {ADD_TEST!r}, "add", limits=lim)
+        early = run_tests("import sys\\nsys.exit(0)\\n" + {GOOD!r}, {ADD_TEST!r}, "add", limits=lim)
+        loop = run_python("while True: pass", limits=lim)
+        print(json.dumps({{"good": good.passed, "early": early.passed, "loop": loop.timed_out,
+                           "protections": good.result.protections}}))
+    """))
+    try:
+        probe = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", str(script)],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )
+    finally:
+        shutil.rmtree(folder)
+    if probe.returncode != 0 and "Permission denied" in probe.stderr:
+        pytest.skip(f"nobody cannot read the repository here: {probe.stderr[-200:]}")
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report["good"] and not report["early"] and report["loop"]
+    assert report["protections"]["drop_privileges"].startswith("off")
+    if report["protections"].get("user_namespace") == "on":
+        assert report["protections"]["network_namespace"] == "on"
+        assert report["protections"]["readonly_fs"] == "on"
