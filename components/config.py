@@ -74,7 +74,10 @@ def merge_config(
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{source}: {_describe(exc)}") from exc
-    missing = sorted(OmegaConf.missing_keys(base))
+    # A YAML marks a value the user must give with `???`. Merging `???` over a schema default keeps the
+    # default, so check the YAML ⊕ overrides layers on their own as well.
+    user_layers = OmegaConf.merge(*(layer for _, layer in layers)) if layers else OmegaConf.create({})
+    missing = sorted(set(OmegaConf.missing_keys(base)) | set(OmegaConf.missing_keys(user_layers)))
     if missing:
         raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
     return base

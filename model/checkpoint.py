@@ -92,7 +92,13 @@ def load_pretrained(cls, path, dtype: torch.dtype | None = None, device: str | t
     config = ModelConfig.from_pretrained(path)
     with torch.device("meta"):
         lm = cls(config)
-    state = read_state_dict(path, dtype=dtype, device=device)
+    qcfg = config.extra.get("quantization_config")
+    if qcfg is not None:
+        state = _read_quantized(path, qcfg, dtype, device)
+        # The network now holds ordinary weights: saving it again must not claim it is quantized.
+        config.extra.pop("quantization_config")
+    else:
+        state = read_state_dict(path, dtype=dtype, device=device)
     check_state_dict(expected_shapes(lm), state, str(path))
     if dtype is None:
         float_dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
@@ -106,6 +112,33 @@ def load_pretrained(cls, path, dtype: torch.dtype | None = None, device: str | t
             raise CheckpointError(f"tensor {name} is {param.dtype} while the rest of the checkpoint is {dtype}; "
                                   f"pass dtype= to from_pretrained to cast everything")
     return lm.eval()
+
+
+# Quantization methods whose folders this loader reads (see model/fp8.py and components/quantize).
+# "draftedit_int8" folders store the original-precision weights; components.quantize.load_model
+# applies the int8 kernels after loading.
+QUANT_METHODS = ("fp8", "draftedit_int8")
+
+
+def _read_quantized(path: Path, qcfg, dtype: torch.dtype | None, device) -> dict[str, torch.Tensor]:
+    """Tensors of a quantized folder: fine-grained FP8 weights are dequantized blockwise on load."""
+    from . import fp8
+
+    method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
+    if method not in QUANT_METHODS:
+        raise CheckpointError(f"{path}: quantization_config.quant_method={method!r} is not supported "
+                              f"(supported: {', '.join(QUANT_METHODS)})")
+    if method != "fp8":
+        return read_state_dict(path, dtype=dtype, device=device)
+    state = read_state_dict(path, dtype=None, device=device)
+    target = dtype or fp8.quantized_dtype_of(state)
+    try:
+        state = fp8.dequantize_state_dict(state, qcfg, target)
+    except fp8.FP8FormatError as err:
+        raise CheckpointError(f"FP8 checkpoint {path}: {err}") from err
+    if dtype is not None:
+        state = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}
+    return state
 
 
 def save_pretrained(lm, path, max_shard_bytes: int | None = None) -> None:

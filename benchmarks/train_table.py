@@ -1,0 +1,207 @@
+"""The paper's Tables 1-2, reproduced small: M2T-only vs M2T+T2T (Q and S mode), with and without MTF.
+
+Each variant trains the tiny model CPT -> SFT with the same data, steps and seed; only the objective
+differs. Every model is then decoded on held-out synthetic tasks under every decoding setting
+(Q mode, S mode, and M2T-only threshold sweeps without editing) and scored by the tasks' verifiers.
+Score = % of valid answers, TPF = generated tokens per forward (EOS included, as the decoder counts).
+
+  # train + evaluate one variant (run the three in parallel, one thread each), then print the table:
+  python benchmarks/train_table.py run --variant m2t --out outputs/train_table
+  python benchmarks/train_table.py run --variant t2t --out outputs/train_table
+  python benchmarks/train_table.py run --variant t2t_mtf --out outputs/train_table
+  python benchmarks/train_table.py report --out outputs/train_table
+
+`--sft-steps/--cpt-steps/--sft-batch/--eval-n` shrink or grow the experiment; everything else is the
+default tiny configuration (conf/train/cpt.yaml, conf/train/sft.yaml: model, optimiser, noise band,
+T2T rate 0-0.2 ramped in over 100 SFT steps, MTF on half the steps) with block length 16 and CPT rows
+of 128 tokens. The variants differ only in the objective overrides of VARIANTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+VARIANTS = {
+    "m2t": ["objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.0", "objective.mtf_prob=0.0"],
+    "t2t": ["objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0"],
+    "t2t_mtf": ["objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.5"],
+    # With the "keep" loss: visible noisable tokens that are correct are also trained (target = input).
+    # Without it every visible token the T2T stream trains on is wrong, so the model learns that
+    # visible tokens are always wrong and its edits destroy correct drafts.
+    "t2t_keep": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
+                 "objective.keep_weight=1.0"],
+    "t2t_keep_mtf": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.5",
+                     "objective.keep_weight=1.0"],
+    # A gentler corruption schedule: half the T2T rate, ramped in over most of SFT.
+    "t2t_slow": ["objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.1", "objective.mtf_prob=0.0"],
+}
+# SFT-only overrides per variant (applied last); the default ramps T2T in over the first 100 SFT steps.
+SFT_EXTRA = {"t2t_slow": ["objective.t2t_warmup_steps=400"]}
+FAMILIES = ["sudoku4", "permutation", "sum"]
+# name -> (threshold tau_mask, editing_threshold tau_edit); tau_edit > 1 disables editing.
+SETTINGS = {
+    "Q": (0.9, 0.95),
+    "S": (0.5, 0.7),
+    "S-lo": (0.3, 0.7),
+    "noedit@0.95": (0.95, 1.01),
+    "noedit@0.9": (0.9, 1.01),
+    "noedit@0.7": (0.7, 1.01),
+    "noedit@0.5": (0.5, 1.01),
+    "noedit@0.3": (0.3, 1.01),
+}
+
+
+def data_overrides(out: Path, args) -> str:
+    items = [f"cache_dir={out / 'data'}", f"block_length={args.block}", "cpt.seq_len=128",
+             f"sft.synthetic.families=[{','.join(args.families)}]", f"sft.synthetic.num_examples={args.sft_examples}"]
+    return "data.overrides=[" + ",".join(json.dumps(i) for i in items) + "]"
+
+
+def train_variant(variant: str, out: Path, args) -> Path:
+    from components.training import load_train_config, run_training
+
+    common = [data_overrides(out, args), f"trainer.block_length={args.block}", f"trainer.seed={args.seed}",
+              "trainer.checkpoint_every_steps=100", *VARIANTS[variant]]
+    cpt = load_train_config("conf/train/cpt.yaml", [*common, f"trainer.max_steps={args.cpt_steps}",
+                                                    "trainer.batch_size=8", "objective.t2t_warmup_steps=50",
+                                                    "trainer.val_every_steps=1000000"])
+    r1 = run_training(cpt, out / variant / "cpt")
+    sft = load_train_config("conf/train/sft.yaml", [
+        *common, f"trainer.max_steps={args.sft_steps}", f"model.init_from={r1['checkpoint_dir']}",
+        f"trainer.batch_size={args.sft_batch}",
+        f"trainer.val_every_steps={max(1, args.sft_steps // 4)}", "objective.t2t_warmup_steps=100",
+        *SFT_EXTRA.get(variant, [])])
+    r2 = run_training(sft, out / variant / "sft")
+    (out / variant / "train.json").write_text(json.dumps({"cpt": r1, "sft": r2}, indent=2))
+    return Path(r2["checkpoint_dir"])
+
+
+def evaluate(checkpoint: Path, args) -> dict:
+    from components.tasks import get_family
+    from model import DecodeConfig, DiffusionLM, generate
+    from model.tokenizer import load_tokenizer
+
+    lm = DiffusionLM.from_pretrained(checkpoint).eval()
+    tok = load_tokenizer(checkpoint)
+    examples = []
+    for fam in args.families:
+        examples += get_family(fam).make("heldout", args.eval_n, seed=123)
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
+    results = {}
+    for name, (tau_m, tau_e) in SETTINGS.items():
+        cfg = DecodeConfig(block_length=args.block, gen_length=32, threshold=tau_m, editing_threshold=tau_e,
+                           max_post_steps=16, eos_early_stop=True, use_cache=True, max_batch_size=64)
+        with torch.no_grad():
+            res = generate(lm, prompts, cfg)
+        per_family: dict[str, list] = {f: [0, 0, 0, 0] for f in args.families}  # ok, n, tokens, forwards
+        for e, seq, fw in zip(examples, res.sequences, res.forwards):
+            text = tok.decode(seq, skip_special_tokens=True).strip()
+            acc = per_family[e.family]
+            acc[0] += bool(get_family(e.family).score(text, e))
+            acc[1] += 1
+            acc[2] += len(seq)
+            acc[3] += fw
+        results[name] = {
+            "score": 100.0 * sum(v[0] for v in per_family.values()) / len(examples),
+            "tpf": res.tokens_per_forward,
+            "edits": sum(res.edits),
+            "families": {f: {"score": 100.0 * v[0] / v[1], "tpf": v[2] / max(1, v[3])} for f, v in per_family.items()},
+        }
+        print(f"  {name:12s} score {results[name]['score']:5.1f}  TPF {results[name]['tpf']:.2f}  "
+              + "  ".join(f"{f} {d['score']:.0f}" for f, d in results[name]["families"].items()), flush=True)
+    return results
+
+
+def cmd_run(args) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    t0 = time.perf_counter()
+    ckpt = out / args.variant / "sft" / "model"
+    if not (ckpt / "config.json").is_file() or args.retrain:
+        ckpt = train_variant(args.variant, out, args)
+    train_seconds = time.perf_counter() - t0
+    print(f"[{args.variant}] trained in {train_seconds:.0f}s; evaluating {ckpt}", flush=True)
+    results = evaluate(ckpt, args)
+    train = json.loads((out / args.variant / "train.json").read_text())
+    record = {"variant": args.variant, "overrides": VARIANTS[args.variant] + SFT_EXTRA.get(args.variant, []),
+              "eval": results,
+              "train_seconds": train_seconds, "cpt_tokens_per_s": train["cpt"].get("train/tokens_per_s"),
+              "sft_tokens_per_s": train["sft"].get("train/tokens_per_s"),
+              "cpt_wall_s": train["cpt"]["wall_seconds"], "sft_wall_s": train["sft"]["wall_seconds"],
+              "sft_val_loss": train["sft"].get("val/loss"), "args": vars(args)}
+    tmp = out / f".{args.variant}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / f"{args.variant}.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    out = Path(args.out)
+    recs = {v: json.loads((out / f"{v}.json").read_text()) for v in VARIANTS if (out / f"{v}.json").is_file()}
+    if not recs:
+        print(f"no results under {out}")
+        return 1
+    families = next(iter(recs.values()))["args"].get("families", FAMILIES)
+    print("| model | decoding | tau_mask / tau_edit | score | TPF | " + " | ".join(families) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(families))
+
+    def row(v, label, name):
+        r = recs[v]["eval"][name]
+        tm, te = SETTINGS[name]
+        fams = " | ".join(f"{r['families'][f]['score']:.1f}" for f in families)
+        print(f"| {v} | {label} | {tm} / {'off' if te > 1 else te} | {r['score']:.1f} | {r['tpf']:.2f} | {fams} |")
+
+    if "m2t" in recs:
+        noedit = [n for n in SETTINGS if n.startswith("noedit")]
+        best = max(noedit, key=lambda n: (recs["m2t"]["eval"][n]["score"], recs["m2t"]["eval"][n]["tpf"]))
+        row("m2t", "M2T only, best threshold", best)
+        row("m2t", "M2T only, S-mode threshold", "noedit@0.5")
+    for v in ("t2t", "t2t_mtf", "t2t_slow", "t2t_keep", "t2t_keep_mtf"):
+        if v in recs:
+            row(v, "Q mode", "Q")
+            row(v, "S mode", "S")
+    print()
+    for v, rec in recs.items():
+        print(f"{v}: CPT {rec['cpt_tokens_per_s']:.0f} tok/s ({rec['cpt_wall_s']:.0f}s), "
+              f"SFT {rec['sft_tokens_per_s']:.0f} tok/s ({rec['sft_wall_s']:.0f}s), SFT val loss {rec['sft_val_loss']:.3f}")
+    print("\nall settings (score / TPF):")
+    print("| model | " + " | ".join(SETTINGS) + " |")
+    print("|---|" + "---|" * len(SETTINGS))
+    for v, rec in recs.items():
+        print(f"| {v} | " + " | ".join(f"{rec['eval'][n]['score']:.1f} / {rec['eval'][n]['tpf']:.2f}" for n in SETTINGS) + " |")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    r.add_argument("--out", default="outputs/train_table")
+    r.add_argument("--cpt-steps", type=int, default=150)
+    r.add_argument("--sft-steps", type=int, default=800)
+    r.add_argument("--sft-batch", type=int, default=32)
+    r.add_argument("--families", nargs="+", default=FAMILIES, help="SFT and evaluation task families")
+    r.add_argument("--sft-examples", type=int, default=4000, help="SFT conversations per family")
+    r.add_argument("--block", type=int, default=16)
+    r.add_argument("--eval-n", type=int, default=100, help="held-out examples per family")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--retrain", action="store_true")
+    rep = sub.add_parser("report")
+    rep.add_argument("--out", default="outputs/train_table")
+    args = p.parse_args(argv)
+    return cmd_run(args) if args.cmd == "run" else cmd_report(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

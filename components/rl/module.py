@@ -1,0 +1,229 @@
+"""The EBPO LightningModule: rollouts, rewards, advantages, then several clipped policy steps.
+
+Manual optimisation: one training_step is one rollout batch and `optim.inner_steps` optimizer
+steps on it (θ_old fixed), so Lightning's strategies (DDP, FSDP) handle the backward and the
+gradient clipping exactly as for SFT. Everything else lives in `rollouts`, `estimator`, `ebpo`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from components.tasks import Example
+
+from .config import RLConfig
+from .ebpo import PreparedBatch, group_advantages, optimise_batch, reference_token_logp
+from .estimator import SequenceLayout, draw_masks, noise_levels
+from .rewards import CombinedReward
+from .rollouts import decode_config, evaluate_policy, generate_rollouts, score_rollouts
+
+
+class PromptBatches(Dataset):
+    """Item k = the prompts of rollout step k: a seeded sample without replacement (pure in (seed, k))."""
+
+    def __init__(self, examples: list[Example], per_step: int, steps: int, seed: int):
+        if not examples:
+            raise ValueError("the RL prompt set is empty")
+        self.examples, self.per_step, self.steps, self.seed = examples, min(per_step, len(examples)), steps, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, k: int) -> list[Example]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        idx = torch.randperm(len(self.examples), generator=g)[: self.per_step]
+        return [self.examples[int(i)] for i in idx]
+
+
+def as_list(item):
+    """DataLoader collate for batch_size=None: the step's list of examples unchanged."""
+    return item
+
+
+class EBPOModule(L.LightningModule):
+    def __init__(self, lm: torch.nn.Module, tokenizer, cfg: RLConfig, reward: CombinedReward,
+                 eval_examples: list[Example] | None = None, ref_lm: torch.nn.Module | None = None,
+                 deadline: float | None = None, progress_dir=None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.lm = lm
+        self.model_config = lm.config
+        self._decoder: torch.nn.Module | None = None  # FSDP only: full-weight copy for decoding
+        self.ref_lm = ref_lm
+        if ref_lm is not None:
+            ref_lm.requires_grad_(False).eval()
+        self.tokenizer, self.cfg, self.reward = tokenizer, cfg, reward
+        self.eval_examples = eval_examples or []
+        self.deadline = deadline  # time.monotonic() by which training must stop (evaluations included)
+        self.progress_dir = progress_dir  # metrics.jsonl / eval_curve.json rewritten after every step
+        self.history: list[dict] = []
+        self.eval_curve: list[dict] = []
+        self.rl_steps = 0
+        self._last_eval_seconds = 0.0
+        self._clock = (time.monotonic(), time.process_time())  # wall and CPU time (contention shows as a gap)
+
+    # ------------------------------------------------------------------ setup
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # a list of Examples (text); rollouts build their own tensors on the model's device
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        return torch.optim.AdamW(self.lm.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+    def _seed(self, salt: int) -> int:
+        return (self.cfg.seed * 1_000_003 + self.rl_steps * 7919 + self.global_rank * 104_729 + salt) % (2 ** 62)
+
+    # ------------------------------------------------------------------ evaluation (the improvement curve)
+    def evaluate(self) -> dict | None:
+        if not self.eval_examples:
+            return None
+        c = self.cfg
+        start = time.monotonic()
+        dcfg = decode_config(c.rollout, self.tokenizer, temperature=c.eval.temperature, seed=c.seed,
+                             max_batch_size=c.eval.max_batch_size)
+        result = evaluate_policy(self.policy, self.tokenizer, self.eval_examples, dcfg, self.reward, c.prompts.template)
+        self._last_eval_seconds = time.monotonic() - start
+        point = {"step": self.rl_steps, **result, "elapsed_s": time.monotonic() - self._clock[0],
+                 "cpu_s": time.process_time() - self._clock[1]}
+        self.eval_curve.append(point)
+        self._emit("rl_eval", result)
+        self._write_progress()
+        return point
+
+    def _write_progress(self) -> None:
+        """Keep the curve on disk as it grows, so an interrupted run still leaves its measurements."""
+        if self.progress_dir is None or self.global_rank != 0:
+            return
+        from .run import _atomic_json, _atomic_lines
+
+        _atomic_lines(Path(self.progress_dir) / "metrics.jsonl", self.history)
+        _atomic_json(Path(self.progress_dir) / "eval_curve.json", self.eval_curve)
+
+    def _emit(self, prefix: str, values: dict) -> None:
+        """Send metrics to the trainer's logger(s) with the rollout step as x-axis (works in any hook)."""
+        metrics = {f"{prefix}/{k}": float(v) for k, v in values.items() if k != "step"}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.rl_steps)
+
+    # ------------------------------------------------------------------ the decoding copy (FSDP)
+    def _is_fsdp(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+
+    def _sync_decoder(self) -> None:
+        """Under FSDP the weights are sharded and a rollout takes a data-dependent number of forwards
+        (which sharded forwards, each a collective, cannot do), so each rank decodes with a plain copy
+        of the full weights, refreshed here, outside any forward, like a separate rollout engine."""
+        if not self._is_fsdp():
+            return
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        from model import DiffusionLM
+
+        root = self.trainer.strategy.model
+        with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT,
+                                  FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
+            full = root.state_dict()
+        weights = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
+        if self._decoder is None:
+            self._decoder = DiffusionLM(self.model_config).to(self.device)
+        self._decoder.load_state_dict(weights)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The network rollouts and evaluations decode with (and `run_rl` exports)."""
+        return self._decoder if self._decoder is not None else self.lm
+
+    # ------------------------------------------------------------------ hooks (outside the training forward)
+    def on_train_start(self) -> None:
+        self._sync_decoder()
+        self.evaluate()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._sync_decoder()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        every = self.cfg.eval.every_steps
+        if every and self.rl_steps % every == 0 and self.eval_examples:
+            self._sync_decoder()
+            self.evaluate()
+        if self.deadline is not None:
+            # Stop when one more step plus the final evaluation would overrun the budget (any rank decides).
+            last = self.history[-1]["step_seconds"] if self.history else 0.0
+            stop = self.deadline - time.monotonic() < last + self._last_eval_seconds
+            if self._world_size() > 1:
+                stop = self.trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop:
+                self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        self._sync_decoder()
+        if self.eval_examples and (not self.eval_curve or self.eval_curve[-1]["step"] != self.rl_steps):
+            self.evaluate()
+
+    # ------------------------------------------------------------------ one rollout batch
+    def _optimizer_step(self) -> float:
+        opt = self.optimizers()
+        grads = [p.grad.detach().norm() for p in self.lm.parameters() if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+        if self.cfg.optim.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    def training_step(self, examples: list[Example], batch_idx: int):
+        c = self.cfg
+        t0 = time.monotonic()
+        dcfg = decode_config(c.rollout, self.tokenizer, temperature=c.rollout.temperature, seed=self._seed(1))
+        batch = score_rollouts(generate_rollouts(self.policy, self.tokenizer, examples, c.rollout.group_size, dcfg,
+                                                 c.prompts.template), self.reward)
+        t_rollout = time.monotonic() - t0
+        adv = group_advantages(batch.rewards, c.rollout.group_size, scale=c.optim.scale_advantages)
+        keep = torch.arange(len(adv))
+        # Under DDP every rank must run the same number of backward passes (each one all-reduces),
+        # so samples are only skipped on a single process.
+        if c.optim.skip_zero_advantage and c.optim.kl_coef == 0.0 and self._world_size() == 1:
+            keep = (adv != 0).nonzero().flatten()
+        row = {
+            "reward_mean": float(batch.rewards.mean()),
+            "reward_std": float(batch.rewards.std(unbiased=False)),
+            "accuracy": float(batch.correct.mean()),
+            "rollout_tpf": batch.tokens_per_forward,
+            "rollout_length": batch.mean_length,
+            "rollout_finished": batch.finished_fraction,
+            "reward_errors": float(len(batch.errors)),
+            "trained_fraction": len(keep) / len(adv),
+            "rollout_seconds": t_rollout,
+        }
+        if len(keep):
+            rollouts = [batch.rollouts[int(i)] for i in keep]
+            layout = SequenceLayout.from_lists([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts],
+                                               dcfg.block_length, device=self.device)
+            g = torch.Generator().manual_seed(self._seed(2))
+            levels, weights = noise_levels(c.estimator, g)
+            masks = draw_masks(layout, levels, self.tokenizer.mask_id, g)
+            prepared = PreparedBatch(layout, adv[keep].to(self.device), masks, weights, self.tokenizer.mask_id)
+            if self.ref_lm is not None and c.optim.kl_coef > 0:
+                prepared.ref_token_logp = reference_token_logp(self.ref_lm, prepared, c.optim.micro_batch_size)
+            self.lm.train()
+            row.update(optimise_batch(self.lm, prepared, c.estimator, c.optim, self.manual_backward,
+                                      self._optimizer_step))
+        row["step_seconds"] = time.monotonic() - t0
+        row["elapsed_s"] = time.monotonic() - self._clock[0]
+        self.rl_steps += 1
+        row["step"] = self.rl_steps
+        self.history.append(row)
+        self._emit("rl", row)
+        self._write_progress()
+        return None
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1

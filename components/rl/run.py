@@ -1,0 +1,156 @@
+"""The RL stage's one entry point: `run_rl(cfg, model_dir, out_dir) -> dict`.
+
+Everything that can be wrong with the inputs (config, reward names, unverifiable prompts, prompts too
+long for the model, tokenizer/model mismatch) is checked before the first rollout. Outputs:
+
+  out_dir/checkpoint/       the trained policy, HF layout (config.json, model.safetensors, tokenizer)
+  out_dir/metrics.jsonl     one line per rollout step (the logged statistics)
+  out_dir/eval_curve.json   held-out accuracy / TPF before, during and after training
+  out_dir/summary.json      the returned metrics
+  out_dir/config.yaml       the resolved config
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.config import load_config, save_config
+
+from .config import RLConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "rl" / "default.yaml"
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _atomic_lines(path: Path, rows: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(lm, tokenizer, target: Path) -> None:
+    """Write into a temporary sibling directory, then swap it in (a reader never sees half a checkpoint)."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        lm.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class RLInputError(ValueError):
+    """The config, checkpoint or prompt set cannot be trained on (raised before any rollout)."""
+
+
+def resolve_config(cfg: RLConfig | str | os.PathLike | None, overrides: list[str] | None = None) -> RLConfig:
+    if isinstance(cfg, RLConfig):
+        if overrides:
+            raise ValueError("overrides apply to a config file; pass an RLConfig without overrides")
+        return cfg
+    return load_config(RLConfig, cfg if cfg is not None else DEFAULT_CONFIG, overrides)
+
+
+def _check_model(lm, tokenizer) -> None:
+    mc = lm.config
+    if tokenizer.vocab_size > mc.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {mc.vocab_size}")
+    if mc.mask_token_id is not None and mc.mask_token_id != tokenizer.mask_id:
+        raise ValueError(f"model mask_token_id={mc.mask_token_id} differs from the tokenizer's mask id {tokenizer.mask_id}")
+
+
+def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_dir: str | os.PathLike,
+           *, overrides: list[str] | None = None, logger=None) -> dict[str, Any]:
+    """Train `model_dir` with EBPO under `cfg`; return metrics and the exported `checkpoint_dir`."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from model import DiffusionLM
+    from model.decoding import validate as validate_decode
+    from model.tokenizer import load_tokenizer
+
+    from .module import EBPOModule, PromptBatches, as_list
+    from .rewards import CombinedReward
+    from .rollouts import decode_config, encode_prompt, load_prompts
+
+    start = time.monotonic()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    # ---- everything checkable, checked before any rollout
+    try:
+        cfg = resolve_config(cfg, overrides)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"model_dir {model_dir} has no config.json (expected an HF-layout checkpoint)")
+        reward = CombinedReward.from_specs(cfg.rewards, cfg.accuracy_reward)
+        train, held = load_prompts(cfg.prompts)
+        reward.check_verifiable(train)
+        if held:
+            reward.check_verifiable(held)
+        tokenizer = load_tokenizer(cfg.tokenizer_path or model_dir)
+        lm = DiffusionLM.from_pretrained(model_dir)
+        _check_model(lm, tokenizer)
+        dcfg = decode_config(cfg.rollout, tokenizer, temperature=cfg.rollout.temperature, seed=cfg.seed)
+        validate_decode(lm, [encode_prompt(tokenizer, e.prompt, cfg.prompts.template) for e in train + held], dcfg)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise RLInputError(message) from exc
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    lm.train()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    ref_lm = copy.deepcopy(lm) if cfg.optim.kl_coef > 0 else None
+    deadline = start + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
+    module = EBPOModule(lm, tokenizer, cfg, reward, held, ref_lm=ref_lm, deadline=deadline, progress_dir=out_dir)
+    loader = DataLoader(PromptBatches(train, cfg.rollout.prompts_per_step, cfg.max_steps, cfg.seed),
+                        batch_size=None, collate_fn=as_list, shuffle=False)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision, max_epochs=1, logger=logger if logger is not None else False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=1, default_root_dir=str(out_dir), num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=loader)
+
+    checkpoint = out_dir / "checkpoint"
+    if trainer.is_global_zero:
+        _save_checkpoint(module.policy, tokenizer, checkpoint)
+        _atomic_lines(out_dir / "metrics.jsonl", module.history)
+        _atomic_json(out_dir / "eval_curve.json", module.eval_curve)
+    metrics: dict[str, float] = {"rl/steps": float(module.rl_steps), "rl/wall_seconds": time.monotonic() - start}
+    if module.history:
+        last = module.history[-1]
+        metrics.update({f"rl/{k}": float(v) for k, v in last.items() if k != "step"})
+    if module.eval_curve:
+        first, final = module.eval_curve[0], module.eval_curve[-1]
+        for key in ("accuracy", "tpf", "length"):
+            metrics[f"rl_eval/initial_{key}"] = float(first[key])
+            metrics[f"rl_eval/{key}"] = float(final[key])
+        metrics["rl_eval/accuracy_gain"] = float(final["accuracy"] - first["accuracy"])
+        metrics["rl_eval/tpf_ratio"] = float(final["tpf"] / first["tpf"]) if first["tpf"] else float("nan")
+    summary = {"checkpoint_dir": str(checkpoint), "metrics": metrics, "eval_curve": module.eval_curve,
+               "history_path": str(out_dir / "metrics.jsonl")}
+    if trainer.is_global_zero:
+        _atomic_json(out_dir / "summary.json", {"checkpoint_dir": str(checkpoint), "metrics": metrics})
+    return summary

@@ -1,0 +1,156 @@
+"""Stage runs: one MLflow run per stage, nested under the pipeline's parent run.
+
+Each run records the resolved config (flattened params + `config.yaml`), the git commit, its stage,
+metrics with stable names, and its outputs as artifacts whose URIs are kept as `draftedit.output.*`
+tags, so a later stage (or a later pipeline) can start from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from components.config import to_container, to_yaml
+
+from .store import git_commit
+
+TAG_STAGE = "draftedit.stage"
+TAG_PIPELINE = "draftedit.pipeline"
+TAG_CONFIG_HASH = "draftedit.config_hash"
+TAG_OUTPUT = "draftedit.output."  # + output name -> URI
+TAG_GIT = "mlflow.source.git.commit"
+TAG_PARENT = "mlflow.parentRunId"
+
+_MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
+_BATCH = 100  # MLflow's limit on params per log_batch
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`; lists stay one value (their repr)."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            text = "null" if value is None else str(value)
+            out[name] = text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 3] + "..."
+    return out
+
+
+def log_config(client, run_id: str, cfg: Any, prefix: str = "", artifact_name: str = "config.yaml") -> None:
+    """The resolved config as params (flattened) and as a YAML artifact (params truncate; YAML does not)."""
+    from mlflow.entities import Param
+
+    params = flatten(to_container(cfg), prefix=prefix)
+    items = [Param(k[:250], v) for k, v in params.items()]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i : i + _BATCH])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / artifact_name
+        path.write_text(to_yaml(cfg))
+        client.log_artifact(run_id, str(path))
+
+
+def log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+    """Log the finite numeric entries of `metrics`; return what was logged."""
+    from mlflow.entities import Metric
+    import time
+
+    now = int(time.time() * 1000)
+    logged = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        value = float(value)
+        if math.isfinite(value):
+            logged[key] = value
+    items = [Metric(k, v, now, step or 0) for k, v in logged.items()]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, metrics=items[i : i + _BATCH])
+    return logged
+
+
+def log_output(client, run_id: str, name: str, local_path: str | os.PathLike, copy: bool = True) -> str:
+    """Record an output of the run and return its URI.
+
+    With `copy`, the files become run artifacts under `name/` and the URI is `runs:/<id>/<name>`;
+    without (checkpoints too big to duplicate), the URI is the absolute local path.
+    """
+    local_path = Path(local_path)
+    if not local_path.exists():
+        raise FileNotFoundError(f"stage output {name!r} does not exist: {local_path}")
+    if copy:
+        if local_path.is_dir():
+            client.log_artifacts(run_id, str(local_path), artifact_path=name)
+        else:
+            client.log_artifact(run_id, str(local_path), artifact_path=name)
+        uri = f"runs:/{run_id}/{name}"
+    else:
+        uri = str(local_path.resolve())
+    client.set_tag(run_id, TAG_OUTPUT + name, uri)
+    return uri
+
+
+def run_outputs(run) -> dict[str, str]:
+    """Output name -> URI recorded on a run."""
+    return {k[len(TAG_OUTPUT):]: v for k, v in run.data.tags.items() if k.startswith(TAG_OUTPUT)}
+
+
+@contextlib.contextmanager
+def stage_run(
+    client,
+    experiment_id: str,
+    stage: str,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    config: Any = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Any]:
+    """Create a run (nested when `parent_run_id`), make it the active fluent run, end it FINISHED or FAILED.
+
+    Being the active run lets components log step metrics with plain `mlflow.log_metric`.
+    """
+    import mlflow
+
+    run_tags = {TAG_STAGE: stage, TAG_GIT: git_commit(), **(tags or {})}
+    if parent_run_id:
+        run_tags[TAG_PARENT] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name or stage, tags=run_tags)
+    run_id = run.info.run_id
+    if config is not None:
+        log_config(client, run_id, config)
+    # The fluent API's tracking URI must be the client's so that components log to this store.
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+    finally:
+        del active
+        mlflow.set_tracking_uri(previous_uri)
+
+
+def child_runs(client, parent_run_id: str) -> list:
+    """Runs nested under `parent_run_id`, oldest first."""
+    parent = client.get_run(parent_run_id)
+    return list(
+        reversed(
+            client.search_runs(
+                [parent.info.experiment_id],
+                filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+            )
+        )
+    )

@@ -1,0 +1,41 @@
+"""`draftedit train`: one CPT or SFT run from a config in conf/train/ plus key=value overrides.
+
+Re-running the same command continues from `<out>/checkpoints/last.ckpt` (exact resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from components.config import CONF_DIR
+
+DEFAULT_CONFIG = CONF_DIR / "train" / "cpt.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="training config YAML (conf/train/cpt.yaml, sft.yaml, ...)")
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, exported model)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. trainer.max_steps=100 model.init_from=outputs/cpt/model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from components.training.run import load_train_config, run_training
+
+    cfg = load_train_config(args.config, args.overrides)
+    result = run_training(cfg, args.out)
+    if result:  # empty on non-zero ranks of a data-parallel run
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="draftedit train", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Corruption of clean training rows into the noisy half x_t of the block-diffusion input.
+
+Three kinds of noise, one result type (`Corruption`), all driven by an explicit `torch.Generator`
+so a training step's noise is a pure function of (seed, step, rank) and resumes exactly:
+
+* M2T (drafting): a noise level t per sequence (or per block) drawn uniformly in the band
+  [t_min, t_max] (LLaDA2.0's "mask ratio bandwidth"); each noisable token is masked with
+  probability t. The model learns to fill masks.
+* T2T (editing): among the noisable tokens left visible, each is replaced with probability r by a
+  random token. The model learns to spot and repair wrong tokens. Random tokens come either from
+  the whole vocabulary (minus special ids) or from the tokens of the batch ("batch": a digit is
+  replaced by another digit, a plausible mistake rather than an obvious outlier).
+* MTF (Multi-Turn Forward): the model's own draft is the corruption. Given the logits of a first
+  turn, part of its masks are filled with the model's predictions (its real mistakes included):
+  the most confident ones, as threshold decoding does, or a random subset. The filled tokens that
+  are wrong become T2T targets of the second turn; the masks left become its M2T targets.
+
+Complementary masking (LLaDA2.0 §5.1) duplicates every row with the complementary M2T mask, so
+every noisable token is masked in exactly one copy.
+
+Noisable positions are `loss_mask & ~prompt_mask`: prompt tokens and padding are never noised and
+never targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from model.masks import block_ids
+
+
+@dataclass
+class Corruption:
+    """A noisy row and which positions each loss stream reads. All tensors [B, L]."""
+
+    xt: torch.Tensor  # long: the noisy tokens fed to the model
+    x0: torch.Tensor  # long: the clean tokens (targets)
+    noisable: torch.Tensor  # bool: positions that may be noised (response / document tokens)
+    m2t: torch.Tensor  # bool: masked positions (M2T targets)
+    t2t: torch.Tensor  # bool: visible but wrong positions (T2T targets)
+    t: torch.Tensor  # float: the M2T noise level at each position (for 1/t weighting)
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """Noisable positions shown with their clean token (optional 'keep' loss)."""
+        return self.noisable & ~self.m2t & ~self.t2t
+
+
+def noisable_positions(loss_mask: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions that may be noised: in the loss and not in the prompt ([B, L] bool)."""
+    noisable = loss_mask.bool()
+    if prompt_mask is not None:
+        noisable = noisable & ~prompt_mask.bool()
+    return noisable
+
+
+def sample_noise_levels(shape_bl: tuple[int, int], t_min: float, t_max: float, per: str, block_length: int,
+                        generator: torch.Generator, device=None) -> torch.Tensor:
+    """t per position [B, L]: one draw in [t_min, t_max] per sequence, or per block of each sequence."""
+    bsz, seq_len = shape_bl
+    if per == "sequence":
+        t = torch.rand(bsz, 1, generator=generator, device=device)  # (B, 1)
+        t = t.expand(bsz, seq_len)
+    elif per == "block":
+        blocks = block_ids(torch.arange(seq_len, device=device), block_length)  # (L,)
+        n_blocks = int(blocks[-1]) + 1
+        t = torch.rand(bsz, n_blocks, generator=generator, device=device)[:, blocks]  # (B, L)
+    else:
+        raise ValueError(f"noise_per must be 'sequence' or 'block', got {per!r}")
+    return t_min + (t_max - t_min) * t
+
+
+def m2t_corrupt(x0: torch.Tensor, noisable: torch.Tensor, *, mask_id: int, t_min: float, t_max: float,
+                generator: torch.Generator, noise_per: str = "sequence", block_length: int = 1) -> Corruption:
+    """Mask each noisable token with probability t (t drawn in the band per sequence or block)."""
+    t = sample_noise_levels(tuple(x0.shape), t_min, t_max, noise_per, block_length, generator, x0.device)
+    m2t = noisable & (torch.rand(x0.shape, generator=generator, device=x0.device) < t)  # (B, L)
+    xt = torch.where(m2t, torch.full_like(x0, mask_id), x0)
+    return Corruption(xt=xt, x0=x0, noisable=noisable, m2t=m2t, t2t=torch.zeros_like(m2t), t=t)
+
+
+def complementary(c: Corruption, mask_id: int) -> Corruption:
+    """Each row followed (in a second half of the batch) by its complement: masked <-> visible.
+
+    The complement's noise level is 1 - t, so 1/t weighting stays the inverse of its mask rate.
+    T2T noise is not duplicated: apply `t2t_corrupt` after this.
+    """
+    m2t_c = c.noisable & ~c.m2t
+    xt_c = torch.where(m2t_c, torch.full_like(c.x0, mask_id), c.x0)
+    cat = lambda a, b: torch.cat([a, b], dim=0)  # noqa: E731 - local shorthand
+    return Corruption(xt=cat(c.xt, xt_c), x0=cat(c.x0, c.x0), noisable=cat(c.noisable, c.noisable),
+                      m2t=cat(c.m2t, m2t_c), t2t=cat(c.t2t, torch.zeros_like(m2t_c)),
+                      t=cat(c.t, (1.0 - c.t).clamp_min(1e-3)))
+
+
+def random_tokens(x0: torch.Tensor, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random token from `pool` (1-D) at every position, re-drawn (twice) where it equals x0."""
+    out = pool[torch.randint(len(pool), x0.shape, generator=generator, device=x0.device)]
+    for _ in range(2):
+        same = out == x0
+        redraw = pool[torch.randint(len(pool), x0.shape, generator=generator, device=x0.device)]
+        out = torch.where(same, redraw, out)
+    return out
+
+
+def token_pool(x0: torch.Tensor, noisable: torch.Tensor, source: str, vocab_size: int,
+               exclude_ids: set[int]) -> torch.Tensor:
+    """Where T2T's random tokens come from: the vocabulary minus special ids, or the batch's tokens."""
+    if source == "uniform":
+        keep = torch.ones(vocab_size, dtype=torch.bool, device=x0.device)
+        keep[[i for i in exclude_ids if 0 <= i < vocab_size]] = False
+        return keep.nonzero().flatten()
+    if source == "batch":
+        pool = x0[noisable]
+        if exclude_ids:
+            pool = pool[~torch.isin(pool, torch.tensor(sorted(exclude_ids), device=x0.device))]
+        if pool.numel() == 0:  # nothing in the batch to draw from: fall back to the vocabulary
+            return token_pool(x0, noisable, "uniform", vocab_size, exclude_ids)
+        return pool
+    raise ValueError(f"t2t_source must be 'uniform' or 'batch', got {source!r}")
+
+
+def t2t_corrupt(c: Corruption, *, rate_min: float, rate_max: float, source: str, vocab_size: int,
+                exclude_ids: set[int], generator: torch.Generator) -> Corruption:
+    """Replace each visible noisable token with probability r (r drawn per sequence in the band)."""
+    if rate_max <= 0.0:
+        return c
+    bsz = c.x0.shape[0]
+    rate = rate_min + (rate_max - rate_min) * torch.rand(bsz, 1, generator=generator, device=c.x0.device)
+    visible = c.noisable & ~c.m2t
+    hit = visible & (torch.rand(c.x0.shape, generator=generator, device=c.x0.device) < rate)  # (B, L)
+    noise = random_tokens(c.x0, token_pool(c.x0, c.noisable, source, vocab_size, exclude_ids), generator)
+    hit = hit & (noise != c.x0)  # a draw equal to the clean token is no corruption
+    return replace(c, xt=torch.where(hit, noise, c.xt), t2t=c.t2t | hit)
+
+
+def mtf_corrupt(c: Corruption, logits: torch.Tensor, *, mask_id: int, fill_min: float, fill_max: float,
+                select: str, generator: torch.Generator, temperature: float = 0.0) -> tuple[Corruption, torch.Tensor]:
+    """The second turn of Multi-Turn Forward: the model's own draft as the corruption.
+
+    `logits` [B, L, V] are the model's output on `c.xt` (detached by the caller). Per row, a
+    fraction f ~ U[fill_min, fill_max] of the masked positions is filled with the model's prediction
+    (arg-max, or a sample at `temperature`): the most confident ones (`select="confidence"`, what
+    threshold decoding commits) or a random subset (`select="random"`). T2T's random tokens of the
+    first turn are reverted to clean, so every wrong visible token of the new state is the model's
+    own mistake. Returns the new corruption and the draft tokens [B, L] (valid where filled).
+    """
+    if select not in ("confidence", "random"):
+        raise ValueError(f"mtf select must be 'confidence' or 'random', got {select!r}")
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, L, V)
+    if temperature > 0.0:
+        flat = torch.softmax(logits.float().flatten(0, 1) / temperature, dim=-1)
+        draft = torch.multinomial(flat, 1, generator=generator).view(c.x0.shape)  # (B, L)
+    else:
+        draft = probs.argmax(-1)  # (B, L)
+    conf = probs.gather(-1, draft[..., None])[..., 0]  # (B, L)
+    if select == "random":
+        conf = torch.rand(c.x0.shape, generator=generator, device=c.x0.device)
+    bsz = c.x0.shape[0]
+    frac = fill_min + (fill_max - fill_min) * torch.rand(bsz, generator=generator, device=c.x0.device)  # (B,)
+    n_masked = c.m2t.sum(1)  # (B,)
+    n_fill = torch.floor(frac * n_masked + 0.5).long()  # (B,)
+    # Rank masked positions by confidence within each row; fill the first n_fill of them.
+    score = torch.where(c.m2t, conf, torch.full_like(conf, -1.0))
+    order = score.argsort(dim=1, descending=True)  # (B, L)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    filled = c.m2t & (rank < n_fill[:, None])  # (B, L)
+    wrong = filled & (draft != c.x0)
+    m2t = c.m2t & ~filled
+    xt = torch.where(m2t, torch.full_like(c.x0, mask_id), c.x0)
+    xt = torch.where(filled, draft, xt)
+    return Corruption(xt=xt, x0=c.x0, noisable=c.noisable, m2t=m2t, t2t=wrong, t=c.t), torch.where(filled, draft, -1)

@@ -1,0 +1,186 @@
+"""The mixed M2T + T2T objective on the block-diffusion input, with MTF, complementary masking and CAP.
+
+`DraftEditObjective(cfg, ...)(lm, batch, generator)` corrupts a batch, runs the network on
+x_t ⊕ x_0 under the training mask of design §4 (or on x_t alone when one block spans the row:
+plain MDLM with a document mask, half the cost), and returns the loss and its parts:
+
+  loss = L_m2t + w_t2t · L_t2t + w_keep · L_keep + w_cap · L_cap   (+ the same for an MTF turn)
+
+* L_m2t: cross-entropy of the clean token at masked positions; `weighting="none"` is the mean over
+  masked tokens, `"inv_t"` the ELBO weight: Σ CE/t over masked tokens divided by the number of
+  noisable tokens (so both have the scale of a per-token cross-entropy).
+* L_t2t: mean cross-entropy of the clean token at visible-but-wrong positions (random tokens, or the
+  model's own wrong drafts in an MTF turn).
+* L_keep: mean cross-entropy at noisable positions shown with their clean token (teaches "leave
+  correct tokens alone"). Without it the T2T stream only ever sees wrong visible tokens, and the
+  model learns that every visible token is wrong (measured: benchmarks/train_table.py).
+* L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
+  model already predicts correctly.
+
+Prompt and padding positions are never noised and never in any loss (`corruption.noisable_positions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model.masks import block_diffusion_mask
+
+from .config import ObjectiveConfig
+from .corruption import (
+    Corruption,
+    complementary,
+    m2t_corrupt,
+    mtf_corrupt,
+    noisable_positions,
+    t2t_corrupt,
+)
+
+
+def training_attention(seq_len: int, block_length: int, doc_ids: torch.Tensor | None, device=None) -> torch.Tensor | None:
+    """The attention mask of one training forward (None = full attention).
+
+    block_length >= seq_len: one block, the x_0 half is not needed (MDLM): a same-document mask
+    [B, 1, L, L] or None. Otherwise the x_t ⊕ x_0 block-diffusion mask [B|1, 1, 2L, 2L].
+    """
+    if block_length >= seq_len:
+        if doc_ids is None:
+            return None
+        return (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]  # (B, 1, L, L)
+    return block_diffusion_mask(seq_len, block_length, doc_ids=doc_ids, device=device)
+
+
+def diffusion_logits(lm, xt: torch.Tensor, x0: torch.Tensor, block_length: int,
+                     doc_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, L, V] of the noisy half for one training forward."""
+    bsz, seq_len = xt.shape
+    if position_ids is None:
+        position_ids = torch.arange(seq_len, device=xt.device).expand(bsz, seq_len)  # (B, L)
+    mask = training_attention(seq_len, block_length, doc_ids, device=xt.device)
+    if block_length >= seq_len:
+        return lm(xt, attention_mask=mask, position_ids=position_ids).logits  # (B, L, V)
+    inputs = torch.cat([xt, x0], dim=1)  # (B, 2L)
+    positions = torch.cat([position_ids, position_ids], dim=1)  # (B, 2L)
+    noisy_half = torch.arange(seq_len, device=xt.device).expand(bsz, seq_len)  # (B, L)
+    return lm(inputs, attention_mask=mask, position_ids=positions, logits_positions=noisy_half).logits
+
+
+def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Per-position cross-entropy [N] at the True positions of `where` [B, L]."""
+    return F.cross_entropy(logits[where], targets[where], reduction="none")
+
+
+def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str) -> dict[str, torch.Tensor]:
+    """Every loss part and accuracy of one forward; empty streams give a zero loss (still in the graph)."""
+    zero = logits.sum() * 0.0
+    out: dict[str, torch.Tensor] = {}
+    n_m2t = int(c.m2t.sum())
+    if n_m2t:
+        ce = _masked_ce(logits, c.x0, c.m2t)  # (N_m2t,)
+        if weighting == "inv_t":
+            out["m2t"] = (ce / c.t[c.m2t]).sum() / c.noisable.sum().clamp_min(1)
+        elif weighting == "none":
+            out["m2t"] = ce.mean()
+        else:
+            raise ValueError(f"weighting must be 'none' or 'inv_t', got {weighting!r}")
+        pred = logits[c.m2t].argmax(-1)  # (N_m2t,)
+        correct = pred == c.x0[c.m2t]
+        out["acc_masked"] = correct.float().mean().detach()
+        if correct.any():
+            logp = torch.log_softmax(logits[c.m2t][correct], dim=-1)  # (N_correct, V)
+            out["cap"] = -(logp.exp() * logp).sum(-1).mean()
+        else:
+            out["cap"] = zero
+    else:
+        out["m2t"] = out["cap"] = zero
+    if c.t2t.any():
+        out["t2t"] = _masked_ce(logits, c.x0, c.t2t).mean()
+        out["acc_t2t"] = (logits[c.t2t].argmax(-1) == c.x0[c.t2t]).float().mean().detach()
+    else:
+        out["t2t"] = zero
+    keep = c.keep
+    out["keep"] = _masked_ce(logits, c.x0, keep).mean() if keep.any() else zero
+    out["n_m2t"] = torch.tensor(float(n_m2t))
+    out["n_t2t"] = torch.tensor(float(c.t2t.sum()))
+    return out
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    metrics: dict[str, float]  # detached scalars for logging (train/<name>)
+    corruption: Corruption  # of the first turn (tests read it)
+    mtf: Corruption | None = None  # of the MTF turn, when one ran
+    mtf_draft: torch.Tensor | None = None  # [B, L] model drafts used by the MTF turn (-1 = not filled)
+
+
+class DraftEditObjective:
+    """Corruption + forward(s) + loss. Stateless; the caller passes the step's generator."""
+
+    def __init__(self, cfg: ObjectiveConfig, *, mask_id: int, vocab_size: int, special_ids: set[int]):
+        self.cfg = cfg
+        self.mask_id = mask_id
+        self.vocab_size = vocab_size
+        self.special_ids = set(special_ids) | {mask_id}
+
+    def t2t_rate_scale(self, step: int) -> float:
+        """Linear ramp of the T2T rate over `t2t_warmup_steps` (avoids slowing early learning)."""
+        if self.cfg.t2t_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, step / self.cfg.t2t_warmup_steps)
+
+    def corrupt(self, batch: dict[str, torch.Tensor], block_length: int, generator: torch.Generator,
+                step: int = 0) -> Corruption:
+        """The first turn's corruption: M2T (+ complement) then T2T on what is left visible."""
+        cfg = self.cfg
+        x0 = batch["input_ids"]
+        noisable = noisable_positions(batch["loss_mask"], batch.get("prompt_mask"))
+        c = m2t_corrupt(x0, noisable, mask_id=self.mask_id, t_min=cfg.t_min, t_max=cfg.t_max, generator=generator,
+                        noise_per=cfg.noise_per, block_length=block_length)
+        if cfg.complementary:
+            c = complementary(c, self.mask_id)
+        scale = self.t2t_rate_scale(step)
+        return t2t_corrupt(c, rate_min=cfg.t2t_rate_min * scale, rate_max=cfg.t2t_rate_max * scale,
+                           source=cfg.t2t_source, vocab_size=self.vocab_size, exclude_ids=self.special_ids,
+                           generator=generator)
+
+    def _turn_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.cfg
+        return parts["m2t"] + cfg.t2t_weight * parts["t2t"] + cfg.keep_weight * parts["keep"] + cfg.cap_weight * parts["cap"]
+
+    def __call__(self, lm, batch: dict[str, torch.Tensor], block_length: int, generator: torch.Generator,
+                 step: int = 0, mtf: bool | None = None) -> ObjectiveOutput:
+        """One training (or validation) step's loss. `mtf=None` draws the MTF turn with prob `mtf_prob`."""
+        cfg = self.cfg
+        c = self.corrupt(batch, block_length, generator, step)
+        doc_ids = batch.get("doc_ids")
+        if doc_ids is not None and cfg.complementary:
+            doc_ids = torch.cat([doc_ids, doc_ids], dim=0)
+        logits = diffusion_logits(lm, c.xt, c.x0, block_length, doc_ids)  # (B, L, V)
+        parts = stream_losses(logits, c, cfg.weighting)
+        loss = self._turn_loss(parts)
+        metrics = {f"loss_{k}": float(parts[k].detach()) for k in ("m2t", "t2t", "keep", "cap")}
+        metrics.update({k: float(parts[k]) for k in ("acc_masked", "acc_t2t", "n_m2t", "n_t2t") if k in parts})
+        if mtf is None:
+            mtf = cfg.mtf_prob > 0 and float(torch.rand(1, generator=generator)) < cfg.mtf_prob
+        out = ObjectiveOutput(loss=loss, metrics=metrics, corruption=c)
+        if mtf and c.m2t.any():
+            c2, draft = mtf_corrupt(c, logits.detach(), mask_id=self.mask_id, fill_min=cfg.mtf_fill_min,
+                                    fill_max=cfg.mtf_fill_max, select=cfg.mtf_select, generator=generator,
+                                    temperature=cfg.mtf_temperature)
+            logits2 = diffusion_logits(lm, c2.xt, c2.x0, block_length, doc_ids)
+            parts2 = stream_losses(logits2, c2, cfg.weighting)
+            loss = loss + cfg.mtf_weight * self._turn_loss(parts2)
+            filled = draft >= 0
+            metrics["mtf_loss_m2t"] = float(parts2["m2t"].detach())
+            metrics["mtf_loss_t2t"] = float(parts2["t2t"].detach())
+            metrics["mtf_error_rate"] = float(c2.t2t.sum()) / max(1, int(filled.sum()))
+            if "acc_t2t" in parts2:
+                metrics["mtf_acc_t2t"] = float(parts2["acc_t2t"])
+            out = ObjectiveOutput(loss=loss, metrics=metrics, corruption=c, mtf=c2, mtf_draft=draft)
+        metrics["loss"] = float(loss.detach())
+        metrics["mtf"] = float(bool(out.mtf is not None))
+        return out

@@ -1,0 +1,348 @@
+"""The one training entry point: `run_training(cfg, out_dir) -> dict` for CPT and SFT.
+
+Order of work, so that bad input stops before any training: config checks (schema) → data
+(prepared or prepared now, cached) → tokenizer/model compatibility (vocabulary, special ids,
+row length vs the model's position limit) → model → Lightning fit (resuming from
+`<out_dir>/checkpoints/last.ckpt` when present) → export of the final (or top-k averaged) weights in
+the Hugging Face layout with the tokenizer beside them, at `<out_dir>/model`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from components.config import REPO_ROOT, save_config
+from model import DiffusionLM, ModelConfig
+
+from .averaging import average_checkpoints, lightning_weights
+from .config import TrainConfig
+from .data import TrainingData, split_validation
+from .module import DiffusionTrainingModule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+EXPORT_DIR = "model"
+RESULT_FILE = "result.json"
+
+
+class TrainingInputError(ValueError):
+    """The data, tokenizer or model cannot be trained together (raised before training starts)."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file and rename: a crash mid-write never leaves a broken last.ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def load_training_data(cfg: TrainConfig):
+    """The prepared data of the run (prepared now, or read from the cache, when not given)."""
+    from components.data import load_data_config, load_prepared, prepare_data
+
+    if cfg.data.prepared:
+        prepared = load_prepared(_resolve(cfg.data.prepared))
+    else:
+        prepared = prepare_data(load_data_config(_resolve(cfg.data.config), cfg.data.overrides))
+    dataset = prepared.cpt if cfg.stage == "cpt" else prepared.sft
+    if dataset is None or len(dataset) == 0:
+        raise TrainingInputError(
+            f"train.stage={cfg.stage!r} but the prepared data at {prepared.root} has no {cfg.stage} rows "
+            f"(enable data.{cfg.stage} in the data config, or point train.data.prepared elsewhere)")
+    return prepared, dataset
+
+
+def build_model(cfg: TrainConfig, tokenizer) -> DiffusionLM:
+    """A checkpoint (`model.init_from`) or a preset sized to the tokenizer, with its special ids."""
+    ids = {"mask_token_id": tokenizer.mask_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    if cfg.model.init_from:
+        if cfg.model.overrides:
+            raise TrainingInputError("train.model.overrides cannot change a checkpoint loaded by model.init_from")
+        lm = DiffusionLM.from_pretrained(_resolve(cfg.model.init_from))
+        for name, value in ids.items():  # a checkpoint without special ids takes the tokenizer's
+            if getattr(lm.config, name) is None:
+                setattr(lm.config, name, value)
+        return lm
+    fields: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, **ids}
+    fields.update(dict(cfg.model.overrides))
+    try:
+        model_cfg = getattr(ModelConfig, cfg.model.preset)(**fields)
+    except TypeError as exc:
+        raise TrainingInputError(f"train.model.overrides: {exc}") from exc
+    torch.manual_seed(cfg.trainer.seed)
+    return DiffusionLM(model_cfg)
+
+
+def row_lengths(dataset) -> int:
+    """Longest row of a CPT or SFT dataset."""
+    if hasattr(dataset, "seq_len"):
+        return int(dataset.seq_len)
+    return int(max(dataset.lengths()))
+
+
+def check_compatibility(model_cfg: ModelConfig, tokenizer, longest_row: int) -> None:
+    problems = []
+    if model_cfg.mask_token_id is None:
+        problems.append("the model has no mask_token_id (a diffusion LM cannot train without one)")
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        problems.append(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                        f"{model_cfg.vocab_size}")
+    for name in ("mask", "eos", "pad"):
+        want = getattr(model_cfg, f"{name}_token_id")
+        got = getattr(tokenizer, f"{name}_id")
+        if want is not None and want != got:
+            problems.append(f"model {name}_token_id={want} but the tokenizer's {name} id is {got}")
+    if longest_row > model_cfg.max_position_embeddings:
+        problems.append(f"a training row has {longest_row} tokens, more than the model's "
+                        f"max_position_embeddings={model_cfg.max_position_embeddings} (lower data.max_seq_len / "
+                        "data.cpt.seq_len)")
+    if problems:
+        raise TrainingInputError("data and model do not match: " + "; ".join(problems))
+
+
+def _collate(cfg: TrainConfig, prepared):
+    from components.data import SFTCollator, cpt_collate
+
+    if cfg.stage == "cpt":
+        return cpt_collate
+    block = int(prepared.manifest.get("config", {}).get("block_length", 1))
+    return SFTCollator(prepared.tokenizer.pad_id, block)
+
+
+def apply_lora(lm: DiffusionLM, cfg: TrainConfig):
+    """Wrap the network with peft LoRA adapters (only the adapters train)."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise TrainingInputError("train.lora.enabled=true needs the 'peft' package (pip install peft)") from exc
+    lo = cfg.lora
+    names = {n.split(".")[-1] for n, _ in lm.named_modules()}
+    missing = [t for t in lo.target_modules if t not in names]
+    if missing:
+        raise TrainingInputError(f"train.lora.target_modules: no module named {missing} in the network")
+    config = peft.LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.target_modules))
+    return peft.inject_adapter_in_model(config, lm)
+
+
+def merge_lora(lm: torch.nn.Module) -> None:
+    """Fold every LoRA adapter into its base weight, in place (so the export is a plain checkpoint)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in lm.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+
+
+def plain_state_dict(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The network's state dict under the checkpoint's own key names (LoRA wrappers removed)."""
+    out = {}
+    for k, v in lm.state_dict().items():
+        if "lora_" in k:
+            continue
+        out[k.replace(".base_layer.", ".")] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+def _precision(cfg: TrainConfig, on_gpu: bool) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def _strategy(cfg: TrainConfig):
+    if cfg.trainer.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from model.network import DecoderLayer
+
+        policy = {DecoderLayer}
+        checkpointing = policy if cfg.model.gradient_checkpointing == "on" else None
+        # use_orig_params: LoRA leaves most parameters frozen inside each wrapped unit.
+        return FSDPStrategy(auto_wrap_policy=policy, activation_checkpointing_policy=checkpointing,
+                            state_dict_type="full", use_orig_params=cfg.lora.enabled)
+    return cfg.trainer.strategy
+
+
+def _on_gpu(cfg: TrainConfig) -> bool:
+    if cfg.trainer.accelerator == "cpu":
+        return False
+    return torch.cuda.is_available()
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Means of the last 10% of steps; tokens/s as the median over the run."""
+    if not rows:
+        return {}
+    tail = rows[-max(1, len(rows) // 10):]  # the last 10% of steps
+    out: dict[str, float] = {}
+    keys = sorted({k for r in tail for k in r if k.startswith(("train/", "moe/"))})
+    for k in keys:
+        vals = [r[k] for r in tail if k in r and math.isfinite(r[k])]
+        if vals:
+            out[k] = statistics.fmean(vals)
+    tps = [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r]
+    if tps:
+        out["train/tokens_per_s"] = statistics.median(tps)
+    return out
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def export_model(weights: dict[str, torch.Tensor], model_cfg: ModelConfig, tokenizer, out_dir: Path,
+                 train_cfg: TrainConfig) -> Path:
+    """Write config.json + model.safetensors + tokenizer files + train_config.yaml to out_dir/model."""
+    lm = DiffusionLM(model_cfg)
+    lm.load_state_dict(weights)
+    final = out_dir / EXPORT_DIR
+    tmp = out_dir / f".{EXPORT_DIR}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    lm.save_pretrained(tmp)
+    tokenizer.save(tmp)
+    save_config(train_cfg, tmp / "train_config.yaml")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list | None = None,
+                 callbacks: list | None = None) -> dict[str, Any]:
+    """Train (or resume) one CPT/SFT run into `out_dir`; returns metrics and `checkpoint_dir`.
+
+    `loggers` / `callbacks` are extra Lightning loggers (e.g. MLflow from the flows) and callbacks.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"run_training expects a TrainConfig, got {type(cfg).__name__}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+
+    prepared, dataset = load_training_data(cfg)
+    tokenizer = prepared.tokenizer
+    lm = build_model(cfg, tokenizer).train()  # from_pretrained returns eval mode
+    check_compatibility(lm.config, tokenizer, row_lengths(dataset))
+    model_cfg = lm.config
+    on_gpu = _on_gpu(cfg)
+    gc = cfg.model.gradient_checkpointing
+    lm.gradient_checkpointing = gc == "on" or (gc == "auto" and on_gpu)
+    if cfg.lora.enabled:
+        lm = apply_lora(lm, cfg)
+    train_set, val_set = split_validation(dataset, cfg.data.val_fraction, cfg.data.val_max_rows, cfg.trainer.seed)
+    data = TrainingData(train_set, val_set, _collate(cfg, prepared), batch_size=cfg.trainer.batch_size,
+                        seed=cfg.trainer.seed, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+                        num_workers=cfg.data.num_workers)
+    special = set(tokenizer.special_ids) | {tokenizer.mask_id, tokenizer.eos_id, tokenizer.pad_id}
+    module = DiffusionTrainingModule(lm, cfg, mask_id=tokenizer.mask_id, vocab_size=model_cfg.vocab_size,
+                                     special_ids=special)
+    save_config(cfg, out_dir / "train_config.yaml")
+
+    t = cfg.trainer
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                              every_n_train_steps=t.checkpoint_every_steps)
+    cbs: list = [last_cb]
+    topk_cb = None
+    if cfg.averaging.top_k > 1:
+        topk_cb = ModelCheckpoint(dirpath=out_dir / "topk", monitor=cfg.averaging.monitor, mode="min",
+                                  save_top_k=cfg.averaging.top_k, save_weights_only=True,
+                                  filename="step{step}", auto_insert_metric_name=False)
+        cbs.append(topk_cb)
+    cbs.extend(callbacks or [])
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger_list = [CSVLogger(out_dir, name="logs", version="run")] + list(loggers or [])
+    trainer = L.Trainer(
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=_strategy(cfg), precision=_precision(cfg, on_gpu),
+        gradient_clip_val=cfg.optim.grad_clip or None, accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_steps,
+        val_check_interval=t.val_every_steps * t.accumulate_grad_batches if val_set is not None else None,
+        check_val_every_n_epoch=None, limit_val_batches=1.0 if val_set is not None else 0,
+        num_sanity_val_steps=0, callbacks=cbs, logger=logger_list, default_root_dir=out_dir,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    last = ckpt_dir / LAST
+    resume = last if (t.resume and last.is_file()) else None
+    resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
+    if resume:
+        log.info("train: resuming from %s (step %d)", resume, resumed_from)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+
+    # Replicas must agree after data-parallel training: compare a checksum of every rank's weights.
+    checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in lm.parameters())])
+    sums = trainer.strategy.all_gather(checksum.to(module.device)).flatten().cpu().tolist() \
+        if trainer.world_size > 1 else checksum.tolist()
+    final_ckpt = ckpt_dir / "final.ckpt"
+    trainer.save_checkpoint(final_ckpt, weights_only=True)  # a full state dict, whatever the strategy
+    result: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        best = sorted(topk_cb.best_k_models) if topk_cb is not None and topk_cb.best_k_models else []
+        weights = average_checkpoints(best) if len(best) > 1 else lightning_weights(final_ckpt)
+        if cfg.lora.enabled:
+            lm.load_state_dict(weights)
+            merge_lora(lm)
+            weights = plain_state_dict(lm)
+        checkpoint_dir = export_model(weights, model_cfg, tokenizer, out_dir, cfg)
+        result = {
+            **_summary(module.history),
+            **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+            "checkpoint_dir": str(checkpoint_dir),
+            "steps": int(trainer.global_step),
+            "resumed_from_step": resumed_from,
+            "averaged_checkpoints": len(best) if len(best) > 1 else 0,
+            "num_parameters": int(sum(p.numel() for p in DiffusionLM(model_cfg).parameters())),
+            "trainable_parameters": int(sum(p.numel() for p in lm.parameters() if p.requires_grad)),
+            "world_size": trainer.world_size,
+            "replica_checksums": sums,
+            "replicas_in_sync": max(sums) - min(sums) <= 1e-6 * max(1.0, abs(sums[0])),
+            "wall_seconds": time.perf_counter() - t0,
+            "data_dir": str(prepared.root),
+            "tokenizer_dir": str(checkpoint_dir),
+        }
+        _atomic_json(out_dir / RESULT_FILE, result)
+    return result
+
+
+def load_train_config(yaml_path: str | os.PathLike | None, overrides=None) -> TrainConfig:
+    """TrainConfig from YAML + `key=value` overrides (unknown keys fail with their path)."""
+    from components.config import load_config
+
+    return load_config(TrainConfig, yaml_path, overrides)

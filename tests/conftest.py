@@ -1,0 +1,51 @@
+"""Shared fixtures. Kept minimal: every area's tests import this file.
+
+- `prefect_harness`: one Prefect test server for the whole session (started only if a test asks).
+- `mlflow_uri`: a per-test SQLite MLflow store, copied from one database migrated once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet before anything imports Prefect; an explicit environment still wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A session-wide Prefect test server on a temporary database (generous start-up on CI)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    timeout = 300 if os.environ.get("CI") else 180
+    with prefect_test_harness(server_startup_timeout=timeout):
+        yield
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory) -> Path:
+    """One SQLite MLflow store with every migration applied; tests get copies of it."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}")
+    client.search_experiments()  # creating the store runs the migrations
+    # Dispose the engine so the file is complete and unlocked before it is copied.
+    store = client._tracking_client.store
+    if hasattr(store, "engine"):
+        store.engine.dispose()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(_mlflow_template_db, tmp_path) -> str:
+    """A fresh SQLite tracking URI for this test (a copy of the migrated template)."""
+    target = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template_db, target)
+    return f"sqlite:///{target}"

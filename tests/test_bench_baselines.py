@@ -1,0 +1,89 @@
+"""The benchmark's baselines: the independent reference loop (golden parity) and the AR-equivalent."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from components.bench.baselines import autoregressive_config, reference_generate
+from golden import decode_kwargs, load_cases, require_golden
+from model import DecodeConfig, DiffusionLM, ModelConfig, generate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two busy cores shared by several processes: a second OpenMP thread only spins (20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+CASES = load_cases()
+
+
+@pytest.fixture(scope="module")
+def golden_lm():
+    return DiffusionLM.from_pretrained(require_golden())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_reference_loop_reproduces_every_golden_case(golden_lm, case):
+    res = reference_generate(golden_lm, case["prompt"], DecodeConfig(**decode_kwargs(case)))
+    assert res.sequences[0] == case["output"]
+    assert res.forwards[0] == case["forward_calls"]
+    assert res.canvases[0] == case["final_canvas"]
+    assert res.edits[0] == case["t2t_edits"] and res.commits[0] == case["m2t_commits"]
+
+
+@pytest.fixture(scope="module")
+def random_lm():
+    torch.manual_seed(3)
+    cfg = ModelConfig.tiny(vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=12, mask_token_id=119,
+                           eos_token_id=7)
+    lm = DiffusionLM(cfg).eval()
+    with torch.no_grad():  # peaked outputs so that drafting commits several tokens and edits happen
+        for name, p in lm.named_parameters():
+            if p.dim() == 2 and "embeddings" not in name:
+                p.normal_(0, p.shape[1] ** -0.5)
+        lm.lm_head.weight.mul_(4.0)
+        lm.lm_head.weight[119].zero_()
+    return lm
+
+
+def test_reference_loop_equals_our_decoder_on_other_weights(random_lm):
+    prompts = [[3, 4, 5, 6, 8], list(range(20, 33)), [9]]
+    cfg = DecodeConfig(gen_length=24, block_length=8, threshold=0.5, editing_threshold=0.7, eos_early_stop=True)
+    ours = generate(random_lm, prompts, cfg)
+    ref = [reference_generate(random_lm, p, cfg) for p in prompts]
+    assert ours.sequences == [r.sequences[0] for r in ref]
+    assert ours.forwards == [r.forwards[0] for r in ref]
+    assert sum(r.edits[0] for r in ref) > 0  # editing was exercised
+
+
+def test_autoregressive_baseline_spends_one_forward_per_token(random_lm):
+    base = DecodeConfig(gen_length=24, block_length=8, threshold=0.3, editing_threshold=0.6, max_post_steps=4)
+    cfg = autoregressive_config(base)
+    res = generate(random_lm, [[3, 4, 5], list(range(10, 21))], cfg)
+    assert res.commits == res.forwards  # exactly one commit per forward
+    assert res.edits == [0, 0]
+    generated = [-(-(p + 24) // 8) * 8 - p for p in (3, 11)]  # canvas positions after the prompt
+    assert res.forwards == generated  # every generated position of every processed block, no post steps
+    assert res.tokens_per_forward <= 1.0
+    assert cfg.block_length == base.block_length and cfg.gen_length == base.gen_length
+
+
+def test_reference_loop_refuses_what_it_does_not_have(random_lm):
+    with pytest.raises(ValueError, match="greedy"):
+        reference_generate(random_lm, [1, 2], DecodeConfig(temperature=0.7, gen_length=8, block_length=4))
+    with pytest.raises(ValueError, match="Multi-Block"):
+        reference_generate(random_lm, [1, 2], DecodeConfig(mbe_window=1, gen_length=8, block_length=4))
+    with pytest.raises(ValueError, match="empty"):
+        reference_generate(random_lm, [], DecodeConfig(gen_length=8, block_length=4))
+    cfg = dataclasses.replace(DecodeConfig(gen_length=8, block_length=4), mask_id=None)
+    random_lm.config.mask_token_id, saved = None, random_lm.config.mask_token_id
+    try:
+        with pytest.raises(ValueError, match="mask id"):
+            reference_generate(random_lm, [1, 2], cfg)
+    finally:
+        random_lm.config.mask_token_id = saved

@@ -1,0 +1,143 @@
+"""EBPO objective: group advantages, the clipped surrogate with ε_low/ε_high, KL, and the batch update."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from components.rl.config import EstimatorConfig, OptimConfig
+from components.rl.ebpo import (
+    PreparedBatch,
+    clipped_surrogate,
+    group_advantages,
+    optimise_batch,
+    reference_token_logp,
+    token_kl,
+)
+from components.rl.estimator import SequenceLayout, draw_masks, noise_levels, sequence_log_likelihood
+from model import DiffusionLM, ModelConfig
+
+MASK_ID = 63
+
+
+def tiny_lm(seed: int = 0) -> DiffusionLM:
+    torch.manual_seed(seed)
+    cfg = ModelConfig.tiny(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=24, mask_token_id=MASK_ID,
+                           eos_token_id=1, pad_token_id=0, max_position_embeddings=128)
+    return DiffusionLM(cfg)
+
+
+def test_group_advantages_closed_form():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+    a = group_advantages(r, 4)
+    torch.testing.assert_close(a[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5, rtol=0)
+    assert torch.equal(a[4:], torch.zeros(4))  # equal rewards: no signal
+    plain = group_advantages(r, 4, scale=False)
+    torch.testing.assert_close(plain[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    r2 = torch.tensor([3.0, 1.0, 2.0])
+    torch.testing.assert_close(group_advantages(r2, 3), (r2 - 2.0) / r2.std(unbiased=False), atol=1e-5, rtol=0)
+
+
+def test_group_advantages_reject_bad_groups():
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        group_advantages(torch.ones(4), 1)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        group_advantages(torch.ones(5), 2)
+
+
+def test_clipped_surrogate_values_and_clip_fraction():
+    eps_low, eps_high = 0.2, 0.28
+    log_ratio = torch.log(torch.tensor([1.0, 1.5, 1.5, 0.5, 0.5, 1.1])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0, 2.0])
+    loss, stats = clipped_surrogate(log_ratio, adv, eps_low, eps_high)
+    expected = torch.tensor([-1.0, -1.28, 1.5, 0.8, -0.5, -2.2])
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=0)
+    assert stats["clipped"].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    loss.sum().backward()
+    g = log_ratio.grad
+    assert g[1] == 0 and g[3] == 0  # the clipped branch blocks the gradient
+    assert g[0] == pytest.approx(-1.0) and g[2] == pytest.approx(1.5) and g[5] == pytest.approx(-2.2)
+
+
+def test_token_kl_k3():
+    lp = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    masked = torch.tensor([[True, True, False]])
+    assert token_kl(lp, lp, masked).item() == 0.0
+    ref = torch.log(torch.tensor([[0.25, 0.2, 0.1]]))
+    r = math.log(0.25 / 0.5)
+    assert token_kl(lp, ref, masked).item() == pytest.approx((math.exp(r) - r - 1) / 2, rel=1e-5)
+
+
+def _batch(lm, est: EstimatorConfig, advantages: list[float], seed: int = 0) -> PreparedBatch:
+    prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [10, 11, 12], [10, 11, 12]]
+    responses = [[20, 21, 22, 1, 1, 1, 1], [30, 31, 32, 33, 34, 1, 1], [40, 41, 1, 1, 1], [42, 43, 44, 45, 1]]
+    layout = SequenceLayout.from_lists(prompts, responses, 4)
+    g = torch.Generator().manual_seed(seed)
+    levels, weights = noise_levels(est, g)
+    masks = draw_masks(layout, levels, MASK_ID, g)
+    return PreparedBatch(layout, torch.tensor(advantages), masks, weights, MASK_ID)
+
+
+def _sgd_step(lm, opt):
+    def step() -> float:
+        norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        return float(norm)
+    return step
+
+
+def test_first_step_ratio_is_one_and_old_estimate_uses_the_same_masks():
+    lm = tiny_lm()
+    old = copy.deepcopy(lm)
+    est = EstimatorConfig(num_levels=2, t_min=0.3)
+    batch = _batch(lm, est, [1.0, -1.0, 1.0, -1.0])
+    opt_cfg = OptimConfig(inner_steps=1, micro_batch_size=3)
+    opt = torch.optim.SGD(lm.parameters(), lr=0.0)
+    stats = optimise_batch(lm, batch, est, opt_cfg, lambda loss: loss.backward(), _sgd_step(lm, opt))
+    assert stats["ratio_min"] == 1.0 and stats["ratio_max"] == 1.0 and stats["clip_fraction"] == 0.0
+    with torch.no_grad():  # θ_old's estimate under the very same masks
+        expected, _ = sequence_log_likelihood(old, batch.layout, batch.masks, batch.weights, MASK_ID)
+    torch.testing.assert_close(batch.old_logp, expected.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_inner_steps_keep_theta_old_fixed_and_move_the_ratio():
+    lm = tiny_lm()
+    est = EstimatorConfig(num_levels=2, t_min=0.3)
+    batch = _batch(lm, est, [1.0, -1.0, 1.0, -1.0])
+    opt_cfg = OptimConfig(inner_steps=3, micro_batch_size=2, eps_low=0.2, eps_high=0.28)
+    opt = torch.optim.Adam(lm.parameters(), lr=3e-2)
+    optimise_batch(lm, batch, est, opt_cfg, lambda loss: loss.backward(), _sgd_step(lm, opt))
+    old = batch.old_logp.clone()
+    with torch.no_grad():
+        new, _ = sequence_log_likelihood(lm, batch.layout, batch.masks, batch.weights, MASK_ID)
+    ratio = (new - old).exp()
+    assert (ratio[[0, 2]] > 1.0).all() and (ratio[[1, 3]] < 1.0).all()  # up for Â > 0, down for Â < 0
+
+
+def test_kl_term_is_zero_against_itself_and_reported():
+    lm = tiny_lm()
+    est = EstimatorConfig(num_levels=2)
+    batch = _batch(lm, est, [1.0, -1.0, 0.5, -0.5])
+    batch.ref_token_logp = reference_token_logp(copy.deepcopy(lm), batch, micro=4)
+    opt = torch.optim.SGD(lm.parameters(), lr=0.0)
+    stats = optimise_batch(lm, batch, est, OptimConfig(inner_steps=1, kl_coef=0.1), lambda loss: loss.backward(),
+                           _sgd_step(lm, opt))
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["entropy"] > 0
+
+
+def test_mean_ratio_normalisation_divides_by_length():
+    lm = tiny_lm()
+    est_sum = EstimatorConfig(num_levels=1, schedule="fixed", levels=[0.5])
+    est_mean = EstimatorConfig(num_levels=1, schedule="fixed", levels=[0.5], ratio="mean")
+    a = _batch(lm, est_sum, [1.0, -1.0, 1.0, -1.0])
+    b = _batch(lm, est_mean, [1.0, -1.0, 1.0, -1.0])
+    opt = torch.optim.SGD(lm.parameters(), lr=0.0)
+    for batch, est in ((a, est_sum), (b, est_mean)):
+        optimise_batch(lm, batch, est, OptimConfig(inner_steps=1), lambda loss: loss.backward(), _sgd_step(lm, opt))
+    torch.testing.assert_close(b.old_logp, a.old_logp / a.layout.response_lengths().float())

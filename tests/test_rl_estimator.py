@@ -1,0 +1,175 @@
+"""EBPO's vectorised ELBO estimator: composite input, masks, one forward per level, and equality
+with the slow per-block definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.rl.config import EstimatorConfig
+from components.rl.estimator import (
+    SequenceLayout,
+    block_log_likelihoods,
+    block_log_likelihoods_reference,
+    composite_input,
+    draw_masks,
+    noise_levels,
+    sequence_log_likelihood,
+)
+from model import DiffusionLM, ModelConfig
+from model.masks import block_diffusion_mask
+
+MASK_ID = 63
+
+
+def tiny_lm(seed: int = 0) -> DiffusionLM:
+    torch.manual_seed(seed)
+    cfg = ModelConfig.tiny(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, mask_token_id=MASK_ID,
+                           eos_token_id=1, pad_token_id=0, max_position_embeddings=256)
+    lm = DiffusionLM(cfg).eval()
+    # Larger weights than the init's 0.02 so attention patterns matter for the outputs.
+    with torch.no_grad():
+        for p in lm.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    return lm
+
+
+def random_layout(seed: int, block: int, n: int = 5) -> SequenceLayout:
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [], []
+    for i in range(n):
+        p_len = int(torch.randint(1, 3 * block, (1,), generator=g))
+        if i == 0:
+            p_len = 2 * block  # a prompt that ends exactly on a block boundary
+        r_len = int(torch.randint(1, 4 * block, (1,), generator=g))
+        prompts.append(torch.randint(3, MASK_ID, (p_len,), generator=g).tolist())
+        responses.append(torch.randint(3, MASK_ID, (r_len,), generator=g).tolist())
+    return SequenceLayout.from_lists(prompts, responses, block)
+
+
+@pytest.mark.parametrize("block", [4, 8])
+def test_vectorised_equals_per_block_loop(block):
+    lm = tiny_lm()
+    layout = random_layout(seed=block, block=block)
+    g = torch.Generator().manual_seed(1)
+    levels, _ = noise_levels(EstimatorConfig(num_levels=3, t_min=0.2), g)
+    masks = draw_masks(layout, levels, MASK_ID, g)
+    with torch.no_grad():
+        for n in range(3):
+            fast = block_log_likelihoods(lm, layout, masks[n], MASK_ID)
+            slow_blocks, slow_tokens = block_log_likelihoods_reference(lm, layout, masks[n], MASK_ID)
+            assert fast.per_block.shape == slow_blocks.shape
+            torch.testing.assert_close(fast.per_block, slow_blocks, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(fast.token_logp, slow_tokens, atol=2e-5, rtol=1e-5)
+            assert (fast.per_block != 0).any()
+
+
+def test_equality_is_sensitive_to_the_mask():
+    """The equality above is not vacuous: letting noisy blocks see later blocks changes the result."""
+    lm = tiny_lm()
+    layout = random_layout(seed=3, block=4)
+    g = torch.Generator().manual_seed(2)
+    masks = draw_masks(layout, torch.tensor([0.5], dtype=torch.float64), MASK_ID, g)
+    z = composite_input(layout, masks[0], MASK_ID)
+    with torch.no_grad():
+        right = lm(z.input_ids, attention_mask=z.attention_mask, position_ids=z.position_ids,
+                   logits_positions=z.logit_index).logits
+        wrong = lm(z.input_ids, attention_mask=None, position_ids=z.position_ids,
+                   logits_positions=z.logit_index).logits
+    assert (right - wrong)[z.scored].abs().max() > 1e-3
+
+
+def test_composite_mask_is_the_training_mask_without_prompt_prefix():
+    """With the prompt inside the first block (P0 = 0) the composite is exactly x_t ⊕ x_0 and its
+    mask is `block_diffusion_mask` (design §4)."""
+    B = 4
+    layout = SequenceLayout.from_lists([[5, 6, 7]], [[8, 9, 10, 11, 12, 13, 14, 15, 16]], B)
+    masked = torch.zeros_like(layout.tokens, dtype=torch.bool)
+    z = composite_input(layout, masked, MASK_ID)
+    L = 12
+    assert z.input_ids.shape == (1, 2 * L)
+    assert torch.equal(z.attention_mask, block_diffusion_mask(L, B))
+    assert torch.equal(z.position_ids[0], torch.cat([torch.arange(L), torch.arange(L)]))
+
+
+def test_prompt_blocks_appear_once_and_match_the_duplicated_training_layout():
+    """Whole prompt blocks are a shared clean prefix (not duplicated), and the result equals the
+    training layout seq_t ⊕ seq_0 under block_diffusion_mask, which duplicates them."""
+    lm = tiny_lm(1)
+    B = 4
+    prompt, response = list(range(3, 14)), list(range(20, 30))  # P = 11 -> P0 = 8
+    layout = SequenceLayout.from_lists([prompt], [response], B)
+    g = torch.Generator().manual_seed(0)
+    masked = draw_masks(layout, torch.tensor([0.6], dtype=torch.float64), MASK_ID, g)[0]
+    z = composite_input(layout, masked, MASK_ID)
+    L, P0 = 21, 8
+    assert z.input_ids.shape[1] == P0 + 2 * (L - P0)
+    assert torch.equal(z.input_ids[0, :P0], torch.tensor(prompt[:P0]))
+    with torch.no_grad():
+        fast = block_log_likelihoods(lm, layout, masked, MASK_ID)
+        seq0 = layout.tokens
+        seqt = torch.where(masked, torch.full_like(seq0, MASK_ID), seq0)
+        logits = lm(torch.cat([seqt, seq0], 1), attention_mask=block_diffusion_mask(L, B),
+                    position_ids=torch.cat([torch.arange(L), torch.arange(L)])[None]).logits[0, :L]
+        lp = F.log_softmax(logits, -1).gather(-1, seq0[0, :, None])[:, 0]
+        expected = torch.where(masked[0], lp, torch.zeros_like(lp))
+    torch.testing.assert_close(fast.token_logp[0], expected, atol=2e-5, rtol=1e-5)
+
+
+def test_one_forward_per_noise_level():
+    lm = tiny_lm()
+    calls = []
+    handle = lm.register_forward_hook(lambda *_: calls.append(1))
+    layout = SequenceLayout.from_lists([[5, 6, 7], [8] * 6], [list(range(10, 40)), list(range(10, 20))], 4)
+    assert int(layout.num_blocks().max()) >= 8  # many blocks, still one forward per level
+    g = torch.Generator().manual_seed(0)
+    levels, weights = noise_levels(EstimatorConfig(num_levels=4), g)
+    masks = draw_masks(layout, levels, MASK_ID, g)
+    total, parts = sequence_log_likelihood(lm, layout, masks, weights, MASK_ID)
+    handle.remove()
+    assert len(calls) == 4
+    expected = sum(float(weights[n]) * parts[n].per_block.sum(-1) for n in range(4))
+    torch.testing.assert_close(total, expected)
+    total.sum().backward()  # the estimate is differentiable
+    assert lm.lm_head.weight.grad is not None and lm.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_masks_touch_only_response_tokens_and_are_reproducible():
+    layout = random_layout(seed=5, block=4)
+    levels = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    a = draw_masks(layout, levels, MASK_ID, torch.Generator().manual_seed(7))
+    b = draw_masks(layout, levels, MASK_ID, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    response = layout.response_positions()
+    assert torch.equal(a[0], response)  # t = 1 masks every response token and nothing else
+    assert not (a[1] & ~response).any()
+    assert 0 < a[1].sum() < response.sum()
+
+
+def test_noise_levels_stratified_and_fixed():
+    g = torch.Generator().manual_seed(0)
+    cfg = EstimatorConfig(num_levels=4, t_min=0.2, t_max=1.0)
+    t, w = noise_levels(cfg, g)
+    edges = 0.2 + 0.8 * torch.arange(5, dtype=torch.float64) / 4
+    assert ((t >= edges[:-1]) & (t < edges[1:])).all()  # one level per stratum
+    torch.testing.assert_close(w, 1.0 / (4 * t))
+    fixed = EstimatorConfig(num_levels=2, schedule="fixed", levels=[0.25, 0.75], weights=[0.3, 0.7])
+    t, w = noise_levels(fixed, g)
+    assert t.tolist() == [0.25, 0.75] and w.tolist() == [0.3, 0.7]
+
+
+def test_estimator_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="estimator.levels"):
+        EstimatorConfig(num_levels=2, schedule="fixed", levels=[0.5]).validate()
+    with pytest.raises(ValueError, match="estimator.num_levels"):
+        EstimatorConfig(num_levels=0).validate()
+    with pytest.raises(ValueError, match="estimator.t_min"):
+        EstimatorConfig(t_min=0.0).validate()
+
+
+def test_layout_rejects_empty_responses():
+    with pytest.raises(ValueError, match="empty"):
+        SequenceLayout.from_lists([[1, 2]], [[]], 4)

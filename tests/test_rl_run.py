@@ -1,0 +1,205 @@
+"""The RL stage end to end: config, rollouts, `run_rl`, bad input, the CLI, and a toy improvement."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.config import load_config
+from components.rl import rewards as rewards_module
+from components.rl.config import RLConfig, RolloutConfig
+from components.rl.module import EBPOModule
+from components.rl.rewards import CombinedReward
+from components.rl.rollouts import decode_config, generate_rollouts, score_rollouts
+from components.rl.run import DEFAULT_CONFIG, RLInputError, run_rl
+from components.tasks import get_family
+from model import DiffusionLM, ModelConfig
+from model.tokenizer import load_tokenizer
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "rl"
+# Overrides that make a run take seconds: tiny batches, short answers, one block per answer.
+FAST = ["max_steps=2", "max_minutes=0", "prompts.train_size=16", "prompts.eval_size=4", "rollout.prompts_per_step=2",
+        "rollout.group_size=4", "rollout.gen_length=8", "rollout.block_length=4", "eval.every_steps=1",
+        "estimator.num_levels=2", "optim.inner_steps=2", "trainer.num_threads=1"]
+DIGIT_REWARD = 'rewards=[{name: format, params: {pattern: ".*[0-9].*", require_eos: false}}]'
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tokenizer trained on a few synthetic prompts and a random tiny model, saved in HF layout."""
+    from components.data.bpe import train_bpe_tokenizer
+
+    path = tmp_path_factory.mktemp("rl-model")
+    examples = get_family("sum").make("train", 100, 0)
+    tok = train_bpe_tokenizer([e.prompt + "\n" + e.answer for e in examples], vocab_size=300, min_frequency=2)
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, mask_token_id=tok.mask_id,
+                           eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, max_position_embeddings=128)
+    torch.manual_seed(0)
+    DiffusionLM(cfg).save_pretrained(path)
+    tok.save(path)
+    return path
+
+
+def test_every_rl_config_loads():
+    files = sorted(CONF_DIR.glob("*.yaml"))
+    assert DEFAULT_CONFIG in files
+    for file in files:
+        cfg = load_config(RLConfig, file)
+        assert cfg.rollout.group_size >= 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.group_size=1", "rl.rollout.group_size must be >= 2"),
+    ("rewards=[{name: no_such_reward}]", "rl.rewards\\[0\\].name: unknown reward 'no_such_reward'"),
+    ("rollout.temperature=0", "rl.rollout.temperature must be > 0"),
+    ("rollout.mode=turbo", "rl.rollout.mode must be one of"),
+    ("estimator.schedule=fixed", "rl.estimator.levels must be 4 values"),
+])
+def test_bad_config_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(RLConfig, DEFAULT_CONFIG, [override])
+
+
+def test_rollouts_group_and_cut_at_block_ends(tiny_model_dir):
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    examples = get_family("sum").make("train", 2, 0)
+    dcfg = decode_config(RolloutConfig(gen_length=8, block_length=4), tok, temperature=1.0, seed=0)
+    assert dcfg.threshold == 0.5 and dcfg.temperature == 1.0  # the speedy preset, sampling on
+    batch = generate_rollouts(lm, tok, examples, 3, dcfg, "chat")
+    assert len(batch.rollouts) == 6
+    assert [r.example.id for r in batch.rollouts] == [examples[0].id] * 3 + [examples[1].id] * 3
+    for r in batch.rollouts:
+        assert (len(r.prompt_ids) + len(r.response_ids)) % 4 == 0  # ends on a block boundary
+        assert r.response_ids[:len(r.sequence)] == r.sequence
+        assert tok.mask_id not in r.response_ids
+        assert r.completion.finished == (r.sequence[-1] == tok.eos_id)
+    assert batch.tokens_per_forward > 0
+    assert len({tuple(r.sequence) for r in batch.rollouts}) > 1  # sampling differs within the batch
+    score_rollouts(batch, CombinedReward.from_specs(load_config(RLConfig, DEFAULT_CONFIG).rewards))
+    assert batch.rewards.shape == (6,) and batch.correct.shape == (6,)
+
+
+def test_run_rl_end_to_end(tiny_model_dir, tmp_path):
+    out = tmp_path / "rl"
+    summary = run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + [DIGIT_REWARD])
+    ckpt = Path(summary["checkpoint_dir"])
+    assert ckpt == out / "checkpoint" and (ckpt / "config.json").is_file() and (ckpt / "tokenizer.json").is_file()
+    trained, initial = DiffusionLM.from_pretrained(ckpt), DiffusionLM.from_pretrained(tiny_model_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values()))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward_mean", "reward_std", "accuracy", "ratio_mean", "ratio_min", "ratio_max", "clip_fraction",
+                "entropy", "rollout_tpf", "rollout_length", "grad_norm"):
+        assert key in rows[-1], key
+    metrics = summary["metrics"]
+    for key in ("rl_eval/initial_accuracy", "rl_eval/accuracy", "rl_eval/tpf", "rl_eval/tpf_ratio", "rl/steps"):
+        assert key in metrics
+    assert [p["step"] for p in summary["eval_curve"]] == [0, 1, 2]
+    assert (out / "summary.json").is_file() and (out / "config.yaml").is_file()
+
+
+def test_run_rl_rejects_bad_input_before_training(tiny_model_dir, tmp_path):
+    out = tmp_path / "bad"
+    with pytest.raises(RLInputError, match="unknown reward 'nope'"):
+        run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + ["rewards=[{name: nope}]"])
+    with pytest.raises(RLInputError, match="group_size must be >= 2"):
+        run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + ["rollout.group_size=1"])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}"}) for i in range(3)) + "\n")
+    with pytest.raises(RLInputError, match="3 of 3 prompts have no answer the reward 'exact_match' can verify"):
+        run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + [
+            "prompts.source=jsonl", f"prompts.train_path={prompts}", "rewards=[{name: exact_match}]"])
+    with pytest.raises(RLInputError, match="no config.json"):
+        run_rl(DEFAULT_CONFIG, tmp_path / "missing", out, overrides=FAST)
+    with pytest.raises(RLInputError, match="max_position_embeddings"):
+        run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + ["rollout.gen_length=200"])
+    assert not (out / "checkpoint").exists()
+
+
+@dataclass(frozen=True)
+class Flaky:
+    """Raises on every other call: those samples must score as failed, the run must go on."""
+
+    name: str = "flaky"
+
+    def verifiable(self, example):
+        return None
+
+    def __call__(self, completion, example):
+        if hash(completion.token_ids) % 2:
+            raise RuntimeError("verifier crashed")
+        return 1.0
+
+
+def test_a_raising_reward_does_not_stop_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(rewards_module.REWARDS, "flaky", Flaky)
+    summary = run_rl(DEFAULT_CONFIG, tiny_model_dir, tmp_path / "flaky",
+                     overrides=FAST + ["max_steps=1", "prompts.eval_size=0", "rewards=[{name: flaky}]"])
+    assert summary["metrics"]["rl/reward_errors"] > 0
+    assert Path(summary["checkpoint_dir"], "model.safetensors").is_file()
+
+
+def test_cli_reports_bad_input(tiny_model_dir, tmp_path, capsys):
+    from flows.cli import main
+
+    code = main(["rl", "--model", str(tiny_model_dir), "--out", str(tmp_path / "cli"), "rollout.group_size=1"])
+    assert code == 2
+    assert "rollout.group_size must be >= 2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ item 5 at toy scale
+
+
+@dataclass(frozen=True)
+class DigitFraction:
+    """Fraction of the answer's characters that are digits: a dense reward a random model can climb."""
+
+    name: str = "digits"
+
+    def verifiable(self, example):
+        return None
+
+    def __call__(self, completion, example):
+        text = completion.text.replace(" ", "")
+        return sum(c.isdigit() for c in text) / max(1, len(text))
+
+
+def test_ebpo_raises_the_reward_of_a_random_model(tiny_model_dir):
+    """The whole update (rollouts -> advantages -> ELBO ratio -> clipped steps) climbs a reward."""
+    torch.manual_seed(0)
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = load_config(RLConfig, DEFAULT_CONFIG, FAST + ["optim.lr=1e-2", "rollout.group_size=8",
+                                                        "rollout.prompts_per_step=4"])
+    module = EBPOModule(lm, tok, cfg, CombinedReward([(DigitFraction(), 1.0)]))
+    opt = module.configure_optimizers()
+    module._optimizer_step = lambda: float(_step(lm, opt))
+    module.manual_backward = lambda loss: loss.backward()
+    module.log = lambda *a, **k: None
+    prompts = get_family("sum").make("train", 4, 0)
+    for _ in range(12):
+        module.training_step(prompts, 0)
+    first = sum(r["reward_mean"] for r in module.history[:3]) / 3
+    last = sum(r["reward_mean"] for r in module.history[-3:]) / 3
+    assert last > first + 0.15, [round(r["reward_mean"], 3) for r in module.history]
+
+
+def _step(lm, opt) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad()
+    return norm
+
+
+def test_time_budget_stops_training_early(tiny_model_dir, tmp_path):
+    """max_minutes bounds the whole stage: with a budget below one step, one step runs, not 50."""
+    summary = run_rl(DEFAULT_CONFIG, tiny_model_dir, tmp_path / "budget",
+                     overrides=FAST + ["max_steps=50", "max_minutes=0.001", "eval.every_steps=0", DIGIT_REWARD])
+    assert summary["metrics"]["rl/steps"] == 1
+    assert [p["step"] for p in summary["eval_curve"]] == [0, 1]

@@ -1,0 +1,295 @@
+"""Corruption statistics, loss coverage (never prompt, never padding), MTF drafts, schedules, averaging."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.training.averaging import average_state_dicts
+from components.training.config import BlockStage, ObjectiveConfig
+from components.training.corruption import (
+    complementary,
+    m2t_corrupt,
+    noisable_positions,
+    t2t_corrupt,
+)
+from components.training.data import StepBatchSampler
+from components.training.moe import ExpertLoadTracker
+from components.training.objective import DraftEditObjective, diffusion_logits, stream_losses
+from components.training.schedule import block_length_at, lr_factor
+from model import DiffusionLM, ModelConfig
+
+MASK, PAD, EOS, V = 2, 0, 1, 64
+SPECIAL = {PAD, EOS, MASK}
+
+
+def sft_batch(bsz: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Rows of prompt (never noised) + reply (in the loss) + padding (neither), length 16."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (bsz, 16), generator=g)
+    prompt = torch.zeros(bsz, 16, dtype=torch.bool)
+    loss = torch.zeros(bsz, 16, dtype=torch.bool)
+    docs = torch.zeros(bsz, 16, dtype=torch.long)
+    for r in range(bsz):
+        p, n = 3 + r % 3, 10 + r % 4  # prompt length, prompt + reply length
+        prompt[r, :p] = True
+        loss[r, p:n] = True
+        ids[r, n:] = PAD
+        prompt[r, n:] = True
+        docs[r, n:] = -1
+    return {"input_ids": ids, "prompt_mask": prompt, "loss_mask": loss, "doc_ids": docs}
+
+
+# ---------------------------------------------------------------------------------------------- rates
+
+
+def test_m2t_rate_matches_band_and_never_touches_prompt_or_padding():
+    b = sft_batch(4000 // 16 * 16)
+    noisable = noisable_positions(b["loss_mask"], b["prompt_mask"])
+    g = torch.Generator().manual_seed(1)
+    c = m2t_corrupt(b["input_ids"], noisable, mask_id=MASK, t_min=0.3, t_max=0.7, generator=g)
+    assert not c.m2t[~noisable].any()
+    assert torch.equal(c.xt[~noisable], b["input_ids"][~noisable])
+    assert (c.xt[c.m2t] == MASK).all() and torch.equal(c.xt[~c.m2t], b["input_ids"][~c.m2t])
+    rate = c.m2t.sum() / noisable.sum()
+    n = int(noisable.sum())
+    assert abs(float(rate) - 0.5) < 4 * math.sqrt(0.25 / n) + 0.02  # E[t] = 0.5
+    t = c.t[:, 0]
+    assert t.min() >= 0.3 and t.max() <= 0.7 and (t.max() - t.min()) > 0.3  # spread over the band
+
+
+def test_block_noise_is_constant_within_a_block():
+    x0 = torch.randint(3, V, (200, 16))
+    g = torch.Generator().manual_seed(2)
+    c = m2t_corrupt(x0, torch.ones_like(x0, dtype=torch.bool), mask_id=MASK, t_min=0.1, t_max=0.9, generator=g,
+                    noise_per="block", block_length=4)
+    blocks = c.t.view(200, 4, 4)
+    assert torch.equal(blocks, blocks[:, :, :1].expand_as(blocks))
+    assert not torch.equal(blocks[:, 0, 0], blocks[:, 1, 0])
+
+
+def test_t2t_rate_matches_config_and_uses_no_special_tokens():
+    b = sft_batch(1600)
+    noisable = noisable_positions(b["loss_mask"], b["prompt_mask"])
+    g = torch.Generator().manual_seed(3)
+    c = m2t_corrupt(b["input_ids"], noisable, mask_id=MASK, t_min=0.2, t_max=0.2, generator=g)
+    c = t2t_corrupt(c, rate_min=0.1, rate_max=0.3, source="uniform", vocab_size=V, exclude_ids=SPECIAL, generator=g)
+    visible = noisable & ~c.m2t
+    assert not (c.t2t & ~visible).any()  # only visible noisable tokens are replaced
+    rate = float(c.t2t.sum() / visible.sum())
+    n = int(visible.sum())
+    # E[r] = 0.2, minus draws equal to the clean token (re-drawn twice: ~(1/61)^3, negligible)
+    assert abs(rate - 0.2) < 4 * math.sqrt(0.16 / n) + 0.01
+    replaced = c.xt[c.t2t]
+    assert not torch.isin(replaced, torch.tensor(sorted(SPECIAL))).any()
+    assert (replaced != b["input_ids"][c.t2t]).all()
+    assert torch.equal(c.xt[~noisable], b["input_ids"][~noisable])
+
+
+def test_t2t_batch_source_draws_tokens_of_the_batch():
+    x0 = torch.randint(10, 15, (64, 16))  # only ids 10..14 occur
+    noisable = torch.ones_like(x0, dtype=torch.bool)
+    g = torch.Generator().manual_seed(4)
+    c = m2t_corrupt(x0, noisable, mask_id=MASK, t_min=0.1, t_max=0.1, generator=g)
+    c = t2t_corrupt(c, rate_min=0.5, rate_max=0.5, source="batch", vocab_size=V, exclude_ids=SPECIAL, generator=g)
+    assert c.t2t.sum() > 100
+    assert ((c.xt[c.t2t] >= 10) & (c.xt[c.t2t] < 15)).all()
+
+
+def test_complementary_masks_partition_the_noisable_tokens():
+    b = sft_batch(8)
+    noisable = noisable_positions(b["loss_mask"], b["prompt_mask"])
+    c = m2t_corrupt(b["input_ids"], noisable, mask_id=MASK, t_min=0.2, t_max=0.8, generator=torch.Generator().manual_seed(5))
+    cc = complementary(c, MASK)
+    first, second = cc.m2t[:8], cc.m2t[8:]
+    assert not (first & second).any()
+    assert torch.equal(first | second, noisable)
+    assert (cc.xt[8:][second] == MASK).all()
+    torch.testing.assert_close(cc.t[8:], 1 - c.t)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+class LogitsProbe(torch.nn.Module):
+    """Stands in for the network: fixed logits as a leaf tensor whose gradient shows which positions a loss reads."""
+
+    def __init__(self, bsz: int, seq_len: int, plant: torch.Tensor | None = None):
+        super().__init__()
+        logits = torch.randn(bsz, seq_len, V, generator=torch.Generator().manual_seed(11))
+        if plant is not None:  # make the arg-max right at even positions (so CAP has something to read)
+            logits[:, ::2].scatter_add_(-1, plant[:, ::2, None], torch.full((bsz, (seq_len + 1) // 2, 1), 20.0))
+        self.logits = torch.nn.Parameter(logits)
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_positions=None):
+        self.calls += 1
+        return type("Out", (), {"logits": self.logits})()
+
+
+def _objective(**kw) -> DraftEditObjective:
+    return DraftEditObjective(ObjectiveConfig(**kw), mask_id=MASK, vocab_size=V, special_ids=SPECIAL)
+
+
+@pytest.mark.parametrize("stream", ["m2t", "t2t", "keep", "cap"])
+def test_each_stream_reads_exactly_its_positions(stream):
+    b = sft_batch(6)
+    weights = dict(t2t_weight=0.0, keep_weight=0.0, cap_weight=0.0)
+    if stream != "m2t":
+        weights[f"{stream}_weight"] = 1.0
+    obj = _objective(t_min=0.3, t_max=0.7, t2t_rate_min=0.3, t2t_rate_max=0.3, t2t_source="uniform", **weights)
+    probe = LogitsProbe(6, 16, plant=b["input_ids"])
+    out = obj(probe, b, block_length=8, generator=torch.Generator().manual_seed(6), mtf=False)
+    c = out.corruption
+    parts = stream_losses(probe.logits, c, "none")
+    parts[stream].backward()
+    touched = probe.logits.grad.abs().sum(-1) > 0  # (B, L)
+    if stream == "cap":
+        expected = c.m2t & (probe.logits.argmax(-1) == c.x0)
+        assert (expected != c.m2t).any()  # some masked predictions are wrong and must not be read
+    else:
+        expected = {"m2t": c.m2t, "t2t": c.t2t, "keep": c.keep}[stream]
+    assert expected.any()
+    assert torch.equal(touched, expected)
+    prompt_or_pad = b["prompt_mask"] | ~b["loss_mask"]
+    assert not touched[prompt_or_pad].any()
+
+
+def test_loss_values_match_cross_entropy_by_hand():
+    b = sft_batch(6)
+    obj = _objective(t_min=0.3, t_max=0.7, t2t_rate_min=0.2, t2t_rate_max=0.2, t2t_source="uniform")
+    probe = LogitsProbe(6, 16)
+    c = obj.corrupt(b, 8, torch.Generator().manual_seed(7))
+    parts = stream_losses(probe.logits, c, "none")
+    lg, x0 = probe.logits.detach(), b["input_ids"]
+    torch.testing.assert_close(parts["m2t"], F.cross_entropy(lg[c.m2t], x0[c.m2t]))
+    torch.testing.assert_close(parts["t2t"], F.cross_entropy(lg[c.t2t], x0[c.t2t]))
+    inv_t = stream_losses(probe.logits, c, "inv_t")["m2t"]
+    by_hand = (F.cross_entropy(lg[c.m2t], x0[c.m2t], reduction="none") / c.t[c.m2t]).sum() / c.noisable.sum()
+    torch.testing.assert_close(inv_t, by_hand)
+
+
+def tiny_lm(vocab: int = V) -> DiffusionLM:
+    torch.manual_seed(0)
+    return DiffusionLM(ModelConfig.tiny(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, mask_token_id=MASK))
+
+
+def test_mtf_corruption_is_the_models_own_draft():
+    """Filled tokens are the model's arg-max on the first turn's input, at its most confident masks."""
+    lm = tiny_lm().eval()
+    b = sft_batch(6)
+    obj = _objective(t_min=0.6, t_max=0.9, t2t_rate_max=0.2, mtf_fill_min=0.5, mtf_fill_max=0.5)
+    out = obj(lm, b, block_length=8, generator=torch.Generator().manual_seed(8), mtf=True)
+    c1, c2, draft = out.corruption, out.mtf, out.mtf_draft
+    with torch.no_grad():
+        logits = diffusion_logits(lm, c1.xt, c1.x0, 8, b["doc_ids"])
+    probs = logits.softmax(-1)
+    filled = draft >= 0
+    assert filled.any() and not (filled & ~c1.m2t).any()
+    assert torch.equal(draft[filled], logits.argmax(-1)[filled])
+    assert torch.equal(c2.xt[filled], draft[filled])
+    conf = probs.max(-1).values
+    for r in range(6):  # half of each row's masks, and the most confident half
+        n_masked = int(c1.m2t[r].sum())
+        assert int(filled[r].sum()) == int(math.floor(0.5 * n_masked + 0.5))
+        if filled[r].any() and (c1.m2t[r] & ~filled[r]).any():
+            assert conf[r][filled[r]].min() >= conf[r][c1.m2t[r] & ~filled[r]].max()
+    # the second turn's T2T targets are exactly the wrong drafts; the first turn's random tokens are gone
+    assert torch.equal(c2.t2t, filled & (draft != b["input_ids"]))
+    assert torch.equal(c2.m2t, c1.m2t & ~filled)
+    untouched = ~c1.m2t
+    assert torch.equal(c2.xt[untouched], b["input_ids"][untouched])
+
+
+def test_mtf_second_turn_trains_on_wrong_drafts():
+    probe = LogitsProbe(6, 16)
+    obj = _objective(t_min=0.8, t_max=0.9, t2t_rate_max=0.0, mtf_fill_min=1.0, mtf_fill_max=1.0)
+    out = obj(probe, sft_batch(6), block_length=8, generator=torch.Generator().manual_seed(9), mtf=True)
+    assert probe.calls == 2
+    assert out.mtf.t2t.sum() > 0 and out.mtf.m2t.sum() == 0  # every mask filled; random logits -> wrong drafts
+    assert out.metrics["mtf_error_rate"] > 0.5
+    assert out.metrics["mtf"] == 1.0
+
+
+def test_t2t_warmup_ramps_the_rate():
+    obj = _objective(t2t_rate_min=0.2, t2t_rate_max=0.2, t2t_warmup_steps=100, t2t_source="uniform")
+    b = sft_batch(400)
+    at0 = obj.corrupt(b, 8, torch.Generator().manual_seed(1), step=0).t2t.sum()
+    at50 = obj.corrupt(b, 8, torch.Generator().manual_seed(1), step=50).t2t.float().sum()
+    at100 = obj.corrupt(b, 8, torch.Generator().manual_seed(1), step=100).t2t.float().sum()
+    assert at0 == 0 and 0.35 < float(at50 / at100) < 0.65
+
+
+# ---------------------------------------------------------------------------------------------- schedules etc.
+
+
+def test_lr_schedule_closed_form():
+    kw = dict(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_factor(0, **kw) == pytest.approx(0.1)
+    assert lr_factor(9, **kw) == pytest.approx(1.0)
+    assert lr_factor(10, **kw) == pytest.approx(1.0)
+    assert lr_factor(60, **kw) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_factor(110, **kw) == pytest.approx(0.1)
+    assert lr_factor(500, **kw) == pytest.approx(0.1)
+
+
+def test_block_schedule_wsd():
+    sched = [BlockStage(10, 1), BlockStage(20, 4), BlockStage(40, 0)]
+    assert [block_length_at(s, 32, sched) for s in (0, 9, 10, 19, 20, 39, 40, 99)] == [1, 1, 4, 4, 0, 0, 32, 32]
+
+
+def test_average_state_dicts():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([3])}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([5])}
+    avg = average_state_dicts([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and torch.equal(avg["n"], torch.tensor([3]))
+    with pytest.raises(ValueError, match="w"):
+        average_state_dicts([a, {"w": torch.zeros(3), "n": torch.tensor([1])}])
+
+
+def test_step_sampler_resumes_and_splits_ranks():
+    full = StepBatchSampler(10, 3, seed=1)
+    it = iter(full)
+    first = [next(it) for _ in range(8)]
+    resumed = iter(StepBatchSampler(10, 3, seed=1, start=5))
+    assert [next(resumed) for _ in range(3)] == first[5:8]
+    r0, r1 = StepBatchSampler(10, 3, seed=1, rank=0, world_size=2), StepBatchSampler(10, 3, seed=1, rank=1, world_size=2)
+    stream = [i for k in range(5) for i in full.batch(k)]
+    assert r0.batch(0) + r1.batch(0) == stream[:6]
+    seen = [i for k in range(10) for i in full.batch(k)][:30]  # three epochs: each a permutation
+    assert all(sorted(seen[e * 10:(e + 1) * 10]) == list(range(10)) for e in range(3))
+
+
+def test_expert_bias_moves_against_load():
+    lm = DiffusionLM(ModelConfig.tiny_moe(vocab_size=V, hidden_size=32, num_hidden_layers=2, moe_intermediate_size=16,
+                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, mask_token_id=MASK))
+    tracker = ExpertLoadTracker(lm, rate=0.01)
+    assert len(tracker.layers) == 1
+    lm.train()
+    lm(torch.randint(3, V, (2, 16)))
+    name, moe = tracker.layers[0]
+    load = tracker.loads[name].clone()
+    stats = tracker.update()
+    bias = moe.gate.expert_bias
+    assert torch.equal(bias, torch.sign(load.mean() - load) * 0.01)
+    assert stats["layer1/load_max_over_mean"] == pytest.approx(float(load.max() / load.mean()))
+    lm.eval()
+    lm(torch.randint(3, V, (2, 16)))
+    assert not tracker.loads  # evaluation forwards are not counted
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    b = sft_batch(4)
+    grads = []
+    for checkpointing in (False, True):
+        lm = tiny_lm().train()
+        lm.gradient_checkpointing = checkpointing
+        obj = _objective(t2t_rate_max=0.2, t2t_source="uniform")
+        obj(lm, b, block_length=8, generator=torch.Generator().manual_seed(3), mtf=True).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
