@@ -170,7 +170,9 @@ def cmd_report(args) -> int:
             row(v, "Q mode", "Q")
             row(v, "S mode", "S")
     print()
+    nan = float("nan")
     for v, rec in recs.items():
+        rec = {k: (nan if val is None else val) for k, val in rec.items()}  # a resumed-at-the-end run has no rate
         print(f"{v}: CPT {rec['cpt_tokens_per_s']:.0f} tok/s ({rec['cpt_wall_s']:.0f}s), "
               f"SFT {rec['sft_tokens_per_s']:.0f} tok/s ({rec['sft_wall_s']:.0f}s), SFT val loss {rec['sft_val_loss']:.3f}")
     print("\nall settings (score / TPF):")
