@@ -74,6 +74,9 @@ def merge_config(
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{source}: {_describe(exc)}") from exc
+        except TypeError as exc:  # e.g. `a.0.b=x` addressing a list item: OmegaConf raises a bare TypeError
+            raise ConfigError(f"{source}: {exc} (a list item cannot be overridden by index; override the "
+                              f"whole list, e.g. 'key=[...]')") from exc
     # A YAML marks a value the user must give with `???`. Merging `???` over a schema default keeps the
     # default, so check the YAML ⊕ overrides layers on their own as well.
     user_layers = OmegaConf.merge(*(layer for _, layer in layers)) if layers else OmegaConf.create({})
