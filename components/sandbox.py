@@ -249,10 +249,11 @@ def run_python(
                     os.chown(p, NOBODY_UID, NOBODY_GID)
         os.chmod(workdir, 0o700)
         uid = NOBODY_UID if drop else os.getuid()
+        python = _base_interpreter()
         spec = {
             "workdir": workdir,
-            "python": sys.executable,
-            "argv": [sys.executable, "-I", "main.py", *map(str, argv)],
+            "python": python,
+            "argv": [python, "-I", "main.py", *map(str, argv)],
             "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"},
             "status_fd": status_w,
             "memory_bytes": limits.memory_mb * 1024 * 1024,
@@ -302,9 +303,15 @@ def run_python(
         _remove_tree(workdir)
 
 
+def _base_interpreter() -> str:
+    """The real, non-virtualenv interpreter: sandboxed code needs only the standard library, and a
+    virtualenv may live under /tmp, which the sandbox replaces with an empty private tmpfs."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
 def _interpreter_dirs() -> list[str]:
     """Directories the child's Python needs (venv and base installation), outermost only."""
-    dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)))}
+    dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(_base_interpreter()))}
     return sorted(d for d in dirs if not any(d != o and _under(d, (o,)) for o in dirs))
 
 
