@@ -45,6 +45,16 @@ def _flat_metrics(result: dict, prefix: str) -> dict[str, float]:
     return out
 
 
+def _quiet_lightning() -> None:
+    """Lightning sets its logger to INFO on import (devices, tips) for every stage; the pipeline prints
+    its own progress. DRAFTEDIT_DEBUG=1 keeps Lightning's messages."""
+    import logging
+    import os
+
+    if not os.environ.get("DRAFTEDIT_DEBUG"):
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
 def _mlflow_logger():
     """A Lightning logger writing into the active MLflow run (the stage's), or None outside one."""
     import mlflow
@@ -83,6 +93,7 @@ def train(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     cfg.data = dataclasses.replace(cfg.data, prepared=str(inputs["data"]))
     if inputs.get("checkpoint") is not None:
         cfg.model = dataclasses.replace(cfg.model, init_from=str(inputs["checkpoint"]))
+    _quiet_lightning()
     logger = _mlflow_logger()
     result = run_training(cfg, out_dir, loggers=[logger] if logger is not None else None)
     return {
@@ -95,6 +106,7 @@ def train(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
 def reinforce(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     from components.rl.run import run_rl
 
+    _quiet_lightning()
     result = run_rl(cfg, inputs["checkpoint"], out_dir, logger=_mlflow_logger())
     return {"checkpoint_dir": result["checkpoint_dir"], "metrics": result["metrics"],
             "step": int(result["metrics"].get("rl/steps", 0))}

@@ -257,10 +257,12 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
         out.append((row["stage"], row["status"], run, fmt(m.get("eval/score")), fmt(m.get("eval/tpf"), ".2f"),
                     fmt(m.get("eval/tps"), ".1f"), fmt(row["seconds"], ".1f")))
         if row["stage"] == "benchmark":
-            modes = sorted({k.split("/")[1] for k in m if k.startswith("bench/") and k.count("/") == 2})
-            for mode in modes:
-                out.append((f"  bench {mode}", "", "", fmt(m.get(f"bench/{mode}/score")),
-                            fmt(m.get(f"bench/{mode}/tpf"), ".2f"), fmt(m.get(f"bench/{mode}/tps"), ".1f"), ""))
+            names = sorted({k.split("/")[1] for k in m if k.startswith("bench/") and k.count("/") == 2})
+            # `bench/<mode>/*` repeats the first unquantized setting of that mode (`<mode>_b1`): skip it.
+            aliases = {n for n in names if any(other.startswith(n + "_") for other in names)}
+            for name in (n for n in names if n not in aliases):
+                out.append((f"  {name}", "", "", fmt(m.get(f"bench/{name}/score")),
+                            fmt(m.get(f"bench/{name}/tpf"), ".2f"), fmt(m.get(f"bench/{name}/tps"), ".1f"), ""))
     return out
 
 
@@ -271,7 +273,7 @@ def print_summary(result: dict, wall_seconds: float) -> None:
     console = Console()
     table = Table(title=f"draftedit pipeline — parent run {result['parent_run_id']}")
     for col in SUMMARY_COLUMNS:
-        table.add_column(col, justify="left" if col in ("stage", "status", "run") else "right")
+        table.add_column(col, justify="left" if col in ("stage", "status", "run") else "right", no_wrap=True)
     for row in summary_rows(result["rows"]):
         table.add_row(*row)
     console.print(table)
@@ -300,10 +302,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
-    # Lightning announces devices and tips at INFO for every stage; the summary is what matters here.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     cfg = load_pipeline_config(args.preset, args.overrides)
     if args.dry_run:
         validate_stage_configs(cfg)

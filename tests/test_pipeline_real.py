@@ -62,7 +62,7 @@ def test_real_pipeline_end_to_end(tmp_path, mlflow_uri, monkeypatch, capsys):
     printed = capsys.readouterr().out
     for stage in STAGE_ORDER:
         assert stage in printed
-    assert "bench speedy" in printed and "Registered model real version 1" in printed
+    assert "speedy_b2_int8_dynamic" in printed and "reference" in printed and "Registered model real version 1" in printed
 
     client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     [parent] = client.search_runs([client.get_experiment_by_name("real").experiment_id],

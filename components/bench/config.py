@@ -73,7 +73,8 @@ class BenchConfig:
     memory_limit_mb: Optional[float] = None  # null = the memory available when the run starts
     resume: bool = True  # keep settings already completed in out_dir (same fingerprint)
     # Run the repeats round-robin over the settings (all settings finish together at the end), so
-    # that load from other processes on a shared machine hits every setting alike.
+    # that load from other processes on a shared machine hits every setting alike. Trade-off: an
+    # interruption then loses every setting of the interleaved group (none has finished yet).
     interleave: bool = False
     quant_skip_modules: list[str] = field(default_factory=lambda: ["lm_head"])
     fp8_block_size: list[int] = field(default_factory=lambda: [128, 128])

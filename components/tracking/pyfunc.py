@@ -10,6 +10,7 @@ prompt with the completion, its token count, forwards and tokens per forward.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ def _prompts(model_input: Any) -> list[str]:
     if bad:
         raise ValueError(f"every prompt must be a non-empty string; rows {bad[:5]} are not")
     return values
+
+
+# MLflow warns at class creation that predict() lacks type hints; our signature (with params) is explicit
+# and accepts several input shapes, which type-hint validation would reject.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*", category=UserWarning)
 
 
 class DraftEditModel(mlflow.pyfunc.PythonModel):
@@ -163,11 +169,9 @@ def log_pyfunc_model(
         artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint_dir)}
     else:
         config["checkpoint_path"] = str(checkpoint_dir)
-    import warnings
-
     with warnings.catch_warnings():
-        # MLflow nags about type hints and input examples; our signature (with params) is explicit,
-        # and an input example would make it decode once at logging time.
+        # MLflow advises an input example; it would make logging decode once, and the signature
+        # (with params) already describes the interface.
         warnings.simplefilter("ignore", UserWarning)
         return mlflow.pyfunc.log_model(
             name=name,
