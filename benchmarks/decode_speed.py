@@ -5,6 +5,7 @@ Decodes the same prompts with
        (components.bench.baselines.reference_generate, an independent re-implementation);
   (b0) our `generate`, KV cache, batch 1, speculative verification off (same forwards as (a));
   (b)  our `generate`, KV cache, batch 1, the preset as configured;
+  (c0) our `generate`, KV cache, batch 8, speculative verification off;
   (c)  our `generate`, KV cache, batch 8 (prompts of different lengths, each at its own pace);
 checks that all outputs are token-identical (greedy), and prints TPS, TPF, forwards and ratios,
 medians over repeats (warm-up excluded; repeats interleaved so contention hits every variant alike).
@@ -108,6 +109,8 @@ def main() -> int:
         "(b0) cache, batch 1, no spec": (lambda: generate(lm, prompts, _with(base, max_batch_size=1,
                                                                           speculative_verify=False))),
         "(b) cache, batch 1": (lambda: generate(lm, prompts, _with(base, max_batch_size=1))),
+        f"(c0) cache, batch {args.batch}, no spec": (lambda: generate(lm, prompts, _with(
+            base, max_batch_size=args.batch, speculative_verify=False))),
         f"(c) cache, batch {args.batch}": (lambda: generate(lm, prompts, _with(base, max_batch_size=args.batch))),
     }
     ref_cfg = _with(base, use_cache=False, max_batch_size=1, speculative_verify=False)

@@ -238,7 +238,7 @@ class _Decoder:
         logit_idx = torch.minimum(logit_idx, (ends_t - starts_t - 1)[:, None])  # (R, K), padded by repetition
         with torch.no_grad():
             out = self.lm(input_ids, attention_mask=mask, position_ids=q_pos, past=cache,
-                          return_key_values=cache is not None, logits_positions=logit_idx)
+                          return_key_values=cache is not None, logits_positions=logit_idx, token_valid=q_valid)
         self.forward_calls += 1
         tokens, conf = choose_tokens(out.logits, self.mask_id, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
         tokens, conf = tokens.cpu(), conf.cpu()

@@ -72,9 +72,13 @@ class Attention(nn.Module):
             self.query_layernorm = self.key_layernorm = None
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.use_bias)
 
-    def forward(self, x, cos, sin, mask, past: tuple[torch.Tensor, torch.Tensor] | None):
-        bsz, q_len, _ = x.shape
-        qkv = self.query_key_value(x).view(bsz, q_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+    def forward(self, x, cos, sin, mask, past: tuple[torch.Tensor, torch.Tensor] | None,
+                packing: "TokenPacking | None" = None):
+        qkv = self.query_key_value(x)
+        if packing is not None:
+            qkv = packing.unpack(qkv)
+        bsz, q_len, _ = qkv.shape
+        qkv = qkv.view(bsz, q_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KVH, T, D)
         if self.query_layernorm is not None:
@@ -86,6 +90,8 @@ class Attention(nn.Module):
             v = torch.cat([past[1], v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
         out = out.transpose(1, 2).reshape(bsz, q_len, self.num_heads * self.head_dim)
+        if packing is not None:
+            out = packing.pack(out)
         return self.dense(out), new_kv
 
 
@@ -160,6 +166,39 @@ class SparseMoE(nn.Module):
         return out.view(shape)
 
 
+class TokenPacking:
+    """Which (row, position) slots of a padded (B, T) batch hold real tokens.
+
+    When rows of a batch need different query lengths, the padded slots would cost as much as real
+    ones in every projection and MLP. With a packing, those token-wise parts run on the N real tokens
+    only, as an (N, hidden) matrix; only attention, which needs the (B, T) layout, scatters them back.
+    """
+
+    def __init__(self, valid: torch.Tensor):
+        self.shape = tuple(valid.shape)
+        self.flat_index = valid.reshape(-1).nonzero().squeeze(1)  # (N,) into B*T
+        self.slot_of = torch.full((valid.numel(),), -1, dtype=torch.long, device=valid.device)
+        self.slot_of[self.flat_index] = torch.arange(len(self.flat_index), device=valid.device)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)"""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.flat_index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), zeros in the padded slots."""
+        out = x.new_zeros((self.shape[0] * self.shape[1], *x.shape[1:]))
+        out.index_copy_(0, self.flat_index, x)
+        return out.view(*self.shape, *x.shape[1:])
+
+    def packed_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, K) positions within each row -> (B, K) indices into the packed tokens (all must be real)."""
+        rows = torch.arange(self.shape[0], device=positions.device)[:, None]
+        slots = self.slot_of[rows * self.shape[1] + positions]
+        if bool((slots < 0).any()):
+            raise ValueError("logits_positions point at padded (token_valid=False) slots")
+        return slots
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -169,8 +208,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, past):
-        attn_out, new_kv = self.attention(self.input_layernorm(x), cos, sin, mask, past)
+    def forward(self, x, cos, sin, mask, past, packing=None):
+        attn_out, new_kv = self.attention(self.input_layernorm(x), cos, sin, mask, past, packing)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_kv
@@ -226,30 +265,41 @@ class DiffusionLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past: KVCache | None = None,
-                return_key_values: bool = False, logits_positions: torch.Tensor | None = None) -> ModelOutput:
+                return_key_values: bool = False, logits_positions: torch.Tensor | None = None,
+                token_valid: torch.Tensor | None = None) -> ModelOutput:
         """Run the network.
 
         attention_mask: None (full bidirectional), bool [B|1, 1, T, Tpast+T] (True = attend) or an additive
         float mask of that shape (0 / -inf). past: keys/values prepended to every layer's keys (the
         caller's mask must cover them). logits_positions [B, K]: only compute logits there (saves the
-        vocabulary projection on positions the caller does not read).
+        vocabulary projection on positions the caller does not read). token_valid [B, T] bool: which
+        input slots are real tokens when rows are padded to a common length; the projections and MLPs
+        then skip the padding (see TokenPacking). Padded slots' keys/values are zeros and their
+        logits cannot be asked for.
         """
         bsz, seq_len = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=input_ids.device).expand(bsz, seq_len)
         mask = self._prepare_mask(attention_mask, bsz, seq_len, past)
-        x = self.model.word_embeddings(input_ids)  # (B, T, hidden)
+        packing = TokenPacking(token_valid) if token_valid is not None and not bool(token_valid.all()) else None
+        x = self.model.word_embeddings(input_ids if packing is None else packing.pack(input_ids))
         cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, x.dtype)
         key_values = []
         for i, layer in enumerate(self.model.layers):
             layer_past = past.layer(i) if past is not None else None
             if self.gradient_checkpointing and self.training:
-                x, kv = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_past, use_reentrant=False)
+                x, kv = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_past, packing,
+                                                          use_reentrant=False)
             else:
-                x, kv = layer(x, cos, sin, mask, layer_past)
+                x, kv = layer(x, cos, sin, mask, layer_past, packing)
             if return_key_values:
                 key_values.append(kv)
-        if logits_positions is not None:
+        if packing is not None:
+            if logits_positions is None:
+                x = packing.unpack(x)  # (B, T, hidden)
+            else:
+                x = x[packing.packed_positions(logits_positions)]  # (B, K, hidden)
+        elif logits_positions is not None:
             x = x.gather(1, logits_positions[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, K, hidden)
         logits = self.lm_head(self.model.norm(x)).float()
         return ModelOutput(logits=logits, key_values=key_values if return_key_values else None)

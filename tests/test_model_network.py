@@ -191,3 +191,31 @@ def test_block_diffusion_mask_matches_definition():
                 allowed = kb <= qb
             allowed = allowed and docs[0, q % L] == docs[0, k % L]
             assert bool(mask[q, k]) == bool(allowed), (q, k)
+
+
+def test_padded_rows_give_the_same_logits_packed_or_not(golden_lm):
+    """token_valid packs the real tokens for the projections/MLPs; padding must not change real outputs."""
+    torch.manual_seed(0)
+    lengths = [12, 5, 9]
+    T, V = max(lengths), golden_lm.config.vocab_size
+    ids = torch.randint(0, V - 2, (len(lengths), T))
+    valid = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = (causal[None] & valid[:, None, :])[:, None]  # padded keys masked out
+    mask = mask | torch.eye(T, dtype=torch.bool)  # every (padded) query sees itself: no empty rows
+    positions = torch.stack([torch.arange(3) + n - 3 for n in lengths])  # each row's last three real tokens
+    with torch.no_grad():
+        padded = golden_lm(ids, attention_mask=mask, return_key_values=True, logits_positions=positions)
+        packed = golden_lm(ids, attention_mask=mask, return_key_values=True, logits_positions=positions,
+                           token_valid=valid)
+        full = golden_lm(ids, attention_mask=mask, token_valid=valid).logits
+    torch.testing.assert_close(packed.logits, padded.logits, atol=1e-4, rtol=1e-4)
+    for (k0, v0), (k1, v1) in zip(padded.key_values, packed.key_values):
+        for r, n in enumerate(lengths):
+            torch.testing.assert_close(k1[r, :, :n], k0[r, :, :n], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(v1[r, :, :n], v0[r, :, :n], atol=1e-4, rtol=1e-4)
+        assert k1[1, :, 5:].abs().sum() == 0  # padded slots are zeros, not computed
+    for r, n in enumerate(lengths):
+        torch.testing.assert_close(full[r, n - 3:n], packed.logits[r], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="padded"):
+        golden_lm(ids, attention_mask=mask, logits_positions=torch.full((3, 1), T - 1), token_valid=valid)
