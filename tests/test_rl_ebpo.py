@@ -12,6 +12,7 @@ from components.rl.config import EstimatorConfig, OptimConfig
 from components.rl.ebpo import (
     PreparedBatch,
     clipped_surrogate,
+    damp_negative,
     group_advantages,
     optimise_batch,
     reference_token_logp,
@@ -40,6 +41,13 @@ def test_group_advantages_closed_form():
     torch.testing.assert_close(plain[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
     r2 = torch.tensor([3.0, 1.0, 2.0])
     torch.testing.assert_close(group_advantages(r2, 3), (r2 - 2.0) / r2.std(unbiased=False), atol=1e-5, rtol=0)
+
+
+def test_damp_negative_scales_only_negative_advantages():
+    a = torch.tensor([1.5, -0.5, 0.0, -2.0])
+    torch.testing.assert_close(damp_negative(a, 0.25), torch.tensor([1.5, -0.125, 0.0, -0.5]))
+    assert damp_negative(a, 1.0) is a
+    torch.testing.assert_close(damp_negative(a, 0.0), torch.tensor([1.5, 0.0, 0.0, 0.0]))
 
 
 def test_group_advantages_reject_bad_groups():

@@ -59,6 +59,7 @@ def test_every_rl_config_loads():
     ("rollout.temperature=0", "rl.rollout.temperature must be > 0"),
     ("rollout.mode=turbo", "rl.rollout.mode must be one of"),
     ("estimator.schedule=fixed", "rl.estimator.levels must be 4 values"),
+    ("optim.negative_scale=1.5", "rl.optim.negative_scale must be in \\[0, 1\\]"),
 ])
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):

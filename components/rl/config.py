@@ -142,6 +142,10 @@ class OptimConfig:
     kl_coef: float = 0.0  # weight of the KL to the frozen initial model (0 = no reference kept)
     scale_advantages: bool = True  # divide by the group's reward std (False: Dr. GRPO's plain centring)
     skip_zero_advantage: bool = True  # groups with equal rewards carry no policy gradient
+    # Multiplies negative advantages. 1.0 is the symmetric objective of eq. 4. A failed response
+    # mostly shares its tokens with the successful ones, so pushing all of them down lowers the
+    # model's confidence broadly (fewer tokens pass the threshold: TPF falls); < 1 damps that.
+    negative_scale: float = 1.0
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -158,6 +162,8 @@ class OptimConfig:
             _fail("optim.kl_coef", ">= 0", self.kl_coef)
         if self.grad_clip < 0.0:
             _fail("optim.grad_clip", ">= 0", self.grad_clip)
+        if not 0.0 <= self.negative_scale <= 1.0:
+            _fail("optim.negative_scale", "in [0, 1]", self.negative_scale)
 
 
 @dataclass

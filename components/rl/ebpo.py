@@ -39,6 +39,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.view(-1)
 
 
+def damp_negative(advantages: torch.Tensor, negative_scale: float) -> torch.Tensor:
+    """Scale the negative advantages by `negative_scale` (1.0 leaves them as they are)."""
+    if negative_scale == 1.0:
+        return advantages
+    return torch.where(advantages < 0, advantages * negative_scale, advantages)
+
+
 def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sequence loss −min(ρÂ, clip(ρ)Â) (S,) and detached statistics."""

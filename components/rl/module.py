@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from components.tasks import Example
 
 from .config import RLConfig
-from .ebpo import PreparedBatch, group_advantages, optimise_batch, reference_token_logp
+from .ebpo import PreparedBatch, damp_negative, group_advantages, optimise_batch, reference_token_logp
 from .estimator import SequenceLayout, draw_masks, noise_levels
 from .rewards import CombinedReward
 from .rollouts import decode_config, evaluate_policy, generate_rollouts, score_rollouts
@@ -186,7 +186,8 @@ class EBPOModule(L.LightningModule):
         batch = score_rollouts(generate_rollouts(self.policy, self.tokenizer, examples, c.rollout.group_size, dcfg,
                                                  c.prompts.template), self.reward)
         t_rollout = time.monotonic() - t0
-        adv = group_advantages(batch.rewards, c.rollout.group_size, scale=c.optim.scale_advantages)
+        adv = damp_negative(group_advantages(batch.rewards, c.rollout.group_size, scale=c.optim.scale_advantages),
+                            c.optim.negative_scale)
         keep = torch.arange(len(adv))
         # Under DDP every rank must run the same number of backward passes (each one all-reduces),
         # so samples are only skipped on a single process.
