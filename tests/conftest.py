@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 # Offline and quiet before anything imports Prefect; an explicit environment still wins.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -49,3 +50,13 @@ def mlflow_uri(_mlflow_template_db, tmp_path) -> str:
     target = tmp_path / "mlflow.db"
     shutil.copyfile(_mlflow_template_db, target)
     return f"sqlite:///{target}"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
+    matmuls on two busy cores shared by several processes run ~20x faster single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

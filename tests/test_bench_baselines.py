@@ -10,13 +10,7 @@ from golden import decode_kwargs, load_cases, require_golden
 from model import DecodeConfig, DiffusionLM, ModelConfig, generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores shared by several processes: a second OpenMP thread only spins (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = load_cases()
 

@@ -16,13 +16,7 @@ from components.tasks import get_family
 from model import DiffusionLM, ModelConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores shared by several processes: a second OpenMP thread only spins (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["prompts.num_prompts=3", "decode.gen_length=8", "decode.block_length=8", "repeats=2", "warmup=1",
         "baselines.max_prompts=2", "threads=1"]

@@ -32,13 +32,7 @@ from model import DiffusionLM, GenerationResult, ModelConfig
 SHORT = ["decode.overrides.gen_length=16"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared two-core machine run ~20x faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from model import CheckpointError, DiffusionLM, ModelConfig
 from model.fp8 import FP8_DTYPE, FP8_MAX, FP8FormatError, dequantize_blockwise, quantize_blockwise, scale_shape
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores shared by several processes: a second OpenMP thread only spins (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # e4m3: 3 mantissa bits, so round-to-nearest is off by at most 2^-4 of the value for normal numbers;
 # below the smallest normal (2^-6) the spacing is 2^-9, so at most 2^-10 in absolute (scaled) terms.

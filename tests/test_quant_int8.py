@@ -11,13 +11,7 @@ from model import DiffusionLM, ModelConfig, generate
 from model.decoding import DecodeConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores shared by several processes: a second OpenMP thread only spins (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCHEMES = ["int8_dynamic", "int8_weight_only", "int8_dynamic_fbgemm"]
 
