@@ -102,7 +102,7 @@ def main() -> None:
         with torch.no_grad():
             vec = block_log_likelihoods(lm, layout, masked, mask_id).per_block
             blk = per_block_batched(lm, layout, masked, mask_id)
-            ref, _ = block_log_likelihoods_reference(lm, layout, masked, mask_id)
+            ref, _, _ = block_log_likelihoods_reference(lm, layout, masked, mask_id)
         diff = max(float((vec - blk).abs().max()), float((vec - ref).abs().max()))
 
         def fwd_vec():

@@ -63,6 +63,8 @@ SETTINGS = {
 def data_overrides(out: Path, args) -> str:
     items = [f"cache_dir={out / 'data'}", f"block_length={args.block}", "cpt.seq_len=128",
              f"sft.synthetic.families=[{','.join(args.families)}]", f"sft.synthetic.num_examples={args.sft_examples}"]
+    if args.family_params:
+        items.append(f"sft.synthetic.params={args.family_params}")  # CPT keeps its default mix
     return "data.overrides=[" + ",".join(json.dumps(i) for i in items) + "]"
 
 
@@ -94,7 +96,8 @@ def evaluate(checkpoint: Path, args) -> dict:
     tok = load_tokenizer(checkpoint)
     examples = []
     for fam in args.families:
-        examples += get_family(fam).make("heldout", args.eval_n, seed=123)
+        examples += get_family(fam, **json.loads(args.family_params or "{}").get(fam, {})).make(
+            "heldout", args.eval_n, seed=123)
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
     results = {}
     for name, (tau_m, tau_e) in SETTINGS.items():
@@ -194,6 +197,7 @@ def main(argv=None) -> int:
     r.add_argument("--sft-batch", type=int, default=32)
     r.add_argument("--families", nargs="+", default=FAMILIES, help="SFT and evaluation task families")
     r.add_argument("--sft-examples", type=int, default=4000, help="SFT conversations per family")
+    r.add_argument("--family-params", default="", help='JSON difficulty per family, e.g. \'{"sort": {"max_value": 9}}\'')
     r.add_argument("--block", type=int, default=16)
     r.add_argument("--eval-n", type=int, default=100, help="held-out examples per family")
     r.add_argument("--seed", type=int, default=0)

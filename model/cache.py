@@ -1,13 +1,31 @@
 """An explicit key/value cache for finished blocks, passed to `DiffusionLM.forward`.
 
 Slot j of row r holds the keys/values of absolute position j of that row's sequence, so rows of
-different lengths share one tensor; `lengths[r]` says how many leading slots of row r are valid.
-Only finished (frozen) blocks are stored: under the block-causal mask they never change.
+different lengths share one tensor; `lengths[r]` says how many leading slots of row r are kept.
+Only finished (frozen) blocks are kept: under the block-causal mask they never change.
+
+A forward with a cache writes its query tokens' keys/values straight into their own slots (their
+absolute positions) and attends over slots [0, width) of one preallocated tensor per layer. Nothing
+is concatenated or copied per step, and keeping a finished block afterwards only advances
+`lengths`. Slots at or beyond a row's length hold scratch from earlier forwards until they are
+overwritten; the caller's attention mask must hide them (keys at absolute positions the row's
+queries may not see).
 """
 
 from __future__ import annotations
 
 import torch
+
+
+class LayerCache:
+    """One layer's view of a `KVCache` during one forward."""
+
+    def __init__(self, cache: "KVCache", layer: int):
+        self.cache, self.layer = cache, layer
+
+    def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this forward's (B, KVH, T, D) keys/values into their slots; return the (B, KVH, width, D) views."""
+        return self.cache.write(self.layer, key, value)
 
 
 class KVCache:
@@ -17,6 +35,8 @@ class KVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self._write_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.width = 0  # key slots the current forward attends to
 
     @classmethod
     def for_model(cls, lm, batch: int, capacity: int) -> "KVCache":
@@ -24,33 +44,40 @@ class KVCache:
         return cls(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, capacity, lm.dtype, lm.device)
 
     @property
-    def length(self) -> int:
-        """Slots every forward attends to (the longest row); shorter rows mask the rest."""
-        return int(self.lengths.max()) if self.lengths.numel() else 0
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
 
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.length
-        return self.keys[i][:, :, :n], self.values[i][:, :, :n]
+    def begin(self, positions: torch.Tensor, valid: torch.Tensor | None) -> int:
+        """Prepare a forward whose query slot (r, t) is absolute position positions[r, t] (only where
+        `valid`); return the key width, the slots [0, width) every layer attends to."""
+        if valid is None:
+            valid = torch.ones_like(positions, dtype=torch.bool)
+        rows, cols = valid.nonzero(as_tuple=True)
+        slots = positions[rows, cols]
+        top = int(slots.max()) + 1 if slots.numel() else 0
+        if top > self.capacity:
+            raise ValueError(f"query position {top - 1} is beyond the cache capacity {self.capacity}")
+        self._write_index = (rows, cols, slots)
+        self.width = max(top, int(self.lengths.max()) if self.lengths.numel() else 0)
+        return self.width
 
-    def valid(self) -> torch.Tensor:
-        """bool (B, length): which slots hold real keys."""
-        return torch.arange(self.length, device=self.lengths.device)[None, :] < self.lengths[:, None]
+    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._write_index is None:
+            raise RuntimeError("KVCache.begin() must be called before a forward writes to the cache")
+        rows, cols, slots = self._write_index
+        self.keys[layer][rows, :, slots] = key[rows, :, cols]
+        self.values[layer][rows, :, slots] = value[rows, :, cols]
+        return self.keys[layer][:, :, :self.width], self.values[layer][:, :, :self.width]
 
-    def store(self, key_values: list[tuple[torch.Tensor, torch.Tensor]], starts: torch.Tensor,
-              counts: list[int]) -> None:
-        """Append `counts[r]` new positions per row from a forward whose input began at slot `starts[r]`.
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self, i)
 
-        key_values[l] = (k, v), each (B, KVH, T, D), as returned by `forward(..., return_key_values=True)`;
-        the first `counts[r]` input tokens of row r are written at slots starts[r] .. starts[r]+counts[r].
-        """
+    def keep(self, starts: torch.Tensor, counts: list[int]) -> None:
+        """After a forward whose input began at slot `starts[r]`: keep its first `counts[r]` positions
+        (their keys/values are already in place)."""
         for r, count in enumerate(counts):
-            if count == 0:
-                continue
-            start = int(starts[r])
-            for layer, (k, v) in enumerate(key_values):
-                self.keys[layer][r, :, start:start + count] = k[r, :, :count]
-                self.values[layer][r, :, start:start + count] = v[r, :, :count]
-            self.lengths[r] = start + count
+            if count:
+                self.lengths[r] = int(starts[r]) + count
 
     def truncate(self, row: int, length: int) -> None:
         """Forget slots >= length of one row (their block was edited and must be re-encoded)."""

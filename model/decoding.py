@@ -227,10 +227,9 @@ class _Decoder:
         width = max(len(r.canvas) for r in rows) + q_len
         canvas = torch.stack([torch.nn.functional.pad(r.canvas, (0, width - len(r.canvas))) for r in rows]).to(device)
         input_ids = canvas.gather(1, q_pos)  # (R, Tq)
-        if cache is not None:
-            past_len = cache.length
-            k_pos = torch.cat([torch.arange(past_len, device=device).expand(len(rows), -1), q_pos], dim=1)
-            k_valid = torch.cat([cache.valid(), q_valid], dim=1)
+        if cache is not None:  # keys are the cache slots 0 .. max end: kept prefix, then this step's queries
+            k_pos = torch.arange(max(ends), device=device).expand(len(rows), -1)
+            k_valid = k_pos < ends_t[:, None]
         else:
             k_pos, k_valid = q_pos, q_valid
         mask = window_block_mask(q_pos, k_pos, B, k_valid, torch.tensor(bidir_from, device=device))
@@ -238,7 +237,7 @@ class _Decoder:
         logit_idx = torch.minimum(logit_idx, (ends_t - starts_t - 1)[:, None])  # (R, K), padded by repetition
         with torch.no_grad():
             out = self.lm(input_ids, attention_mask=mask, position_ids=q_pos, past=cache,
-                          return_key_values=cache is not None, logits_positions=logit_idx, token_valid=q_valid)
+                          logits_positions=logit_idx, token_valid=q_valid)
         self.forward_calls += 1
         tokens, conf = choose_tokens(out.logits, self.mask_id, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
         tokens, conf = tokens.cpu(), conf.cpu()
@@ -271,7 +270,7 @@ class _Decoder:
             if self.on_step is not None:
                 self.on_step(row.index, row.canvas, row.trajectory.steps[-1])
         if cache is not None:
-            cache.store(out.key_values, starts_t, store_counts)
+            cache.keep(starts_t, store_counts)
 
     # ------------------------------------------------------------------ the update rules
     def _apply_block_step(self, row: _Row, tok: torch.Tensor, cf: torch.Tensor, kind: str) -> int:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache
+from .cache import KVCache, LayerCache
 from .config import ModelConfig
 
 
@@ -72,8 +72,7 @@ class Attention(nn.Module):
             self.query_layernorm = self.key_layernorm = None
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.use_bias)
 
-    def forward(self, x, cos, sin, mask, past: tuple[torch.Tensor, torch.Tensor] | None,
-                packing: "TokenPacking | None" = None):
+    def forward(self, x, cos, sin, mask, past: "LayerCache | None", packing: "TokenPacking | None" = None):
         qkv = self.query_key_value(x)
         if packing is not None:
             qkv = packing.unpack(qkv)
@@ -86,8 +85,7 @@ class Attention(nn.Module):
         q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
         new_kv = (k, v)
         if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, KVH, Tpast + T, D)
-            v = torch.cat([past[1], v], dim=2)
+            k, v = past.update(k, v)  # (B, KVH, width, D): keys at absolute positions 0 .. width-1
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
         out = out.transpose(1, 2).reshape(bsz, q_len, self.num_heads * self.head_dim)
         if packing is not None:
@@ -269,9 +267,12 @@ class DiffusionLM(nn.Module):
                 token_valid: torch.Tensor | None = None) -> ModelOutput:
         """Run the network.
 
-        attention_mask: None (full bidirectional), bool [B|1, 1, T, Tpast+T] (True = attend) or an additive
-        float mask of that shape (0 / -inf). past: keys/values prepended to every layer's keys (the
-        caller's mask must cover them). logits_positions [B, K]: only compute logits there (saves the
+        attention_mask: None (full bidirectional), bool [B|1, 1, T, Tk] (True = attend) or an additive
+        float mask of that shape (0 / -inf); Tk = T, or with `past` the cache width. past: a KVCache
+        whose slot j is absolute position j; the input tokens' keys/values are written at their
+        slots (position_ids) and every query attends over slots [0, width), width = 1 + the largest
+        real input position (or the longest kept row), so the key axis of the mask is absolute
+        positions and it must hide slots a query may not see (see model/cache.py). logits_positions [B, K]: only compute logits there (saves the
         vocabulary projection on positions the caller does not read). token_valid [B, T] bool: which
         input slots are real tokens when rows are padded to a common length; the projections and MLPs
         then skip the padding (see TokenPacking). Padded slots' keys/values are zeros and their
@@ -280,7 +281,8 @@ class DiffusionLM(nn.Module):
         bsz, seq_len = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=input_ids.device).expand(bsz, seq_len)
-        mask = self._prepare_mask(attention_mask, bsz, seq_len, past)
+        key_len = past.begin(position_ids, token_valid) if past is not None else seq_len
+        mask = self._prepare_mask(attention_mask, bsz, seq_len, key_len)
         packing = TokenPacking(token_valid) if token_valid is not None and not bool(token_valid.all()) else None
         x = self.model.word_embeddings(input_ids if packing is None else packing.pack(input_ids))
         cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, x.dtype)
@@ -304,10 +306,9 @@ class DiffusionLM(nn.Module):
         logits = self.lm_head(self.model.norm(x)).float()
         return ModelOutput(logits=logits, key_values=key_values if return_key_values else None)
 
-    def _prepare_mask(self, attention_mask, bsz, seq_len, past):
+    def _prepare_mask(self, attention_mask, bsz, seq_len, expected_keys):
         if attention_mask is None:
             return None
-        expected_keys = seq_len + (past.length if past is not None else 0)
         if (attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[2] != seq_len
                 or attention_mask.shape[3] != expected_keys or attention_mask.shape[0] not in (1, bsz)):
             raise ValueError(

@@ -219,3 +219,32 @@ def test_padded_rows_give_the_same_logits_packed_or_not(golden_lm):
         torch.testing.assert_close(full[r, n - 3:n], packed.logits[r], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="padded"):
         golden_lm(ids, attention_mask=mask, logits_positions=torch.full((3, 1), T - 1), token_valid=valid)
+
+
+def test_cache_writes_in_place_and_scratch_is_overwritten(golden_lm):
+    """A cached forward writes its keys/values at their absolute slots: decoding block 2 over a kept
+    block 1 gives the uncached logits, even after an earlier forward left other tokens in those slots."""
+    from model.cache import KVCache
+    from model.masks import window_block_mask
+
+    torch.manual_seed(1)
+    B, V = 8, golden_lm.config.vocab_size
+    ids = torch.randint(0, V - 2, (1, 2 * B))
+    with torch.no_grad():
+        expected = golden_lm(ids, attention_mask=block_causal_mask(2 * B, B)).logits[:, B:]
+        cache = KVCache.for_model(golden_lm, 1, 2 * B)
+
+        def step(tokens, start):
+            q_pos = torch.arange(start, start + tokens.shape[1])[None]
+            k_pos = torch.arange(start + tokens.shape[1])[None]
+            mask = window_block_mask(q_pos, k_pos, B, torch.ones_like(k_pos, dtype=torch.bool))
+            return golden_lm(tokens, attention_mask=mask, position_ids=q_pos, past=cache).logits
+
+        step(ids[:, :B], 0)
+        cache.keep(torch.tensor([0]), [B])
+        step(torch.randint(0, V - 2, (1, B)), B)  # a draft that is not kept: scratch in slots B..2B-1
+        assert int(cache.lengths[0]) == B
+        got = step(ids[:, B:], B)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="beyond the cache capacity"):
+        cache.begin(torch.arange(2 * B + 1)[None], None)

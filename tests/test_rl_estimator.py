@@ -60,11 +60,16 @@ def test_vectorised_equals_per_block_loop(block):
     with torch.no_grad():
         for n in range(3):
             fast = block_log_likelihoods(lm, layout, masks[n], MASK_ID)
-            slow_blocks, slow_tokens = block_log_likelihoods_reference(lm, layout, masks[n], MASK_ID)
+            slow_blocks, slow_tokens, slow_keep = block_log_likelihoods_reference(lm, layout, masks[n], MASK_ID)
             assert fast.per_block.shape == slow_blocks.shape
             torch.testing.assert_close(fast.per_block, slow_blocks, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(fast.token_logp, slow_tokens, atol=2e-5, rtol=1e-5)
-            assert (fast.per_block != 0).any()
+            torch.testing.assert_close(fast.keep_logp, slow_keep, atol=2e-5, rtol=1e-5)
+            assert (fast.per_block != 0).any() and (fast.keep_logp != 0).any()
+            # keep terms sit exactly on the visible response tokens, the masked terms on the hidden ones
+            response = layout.response_positions()
+            assert ((fast.keep_logp != 0) <= (response & ~masks[n])).all()
+            assert ((fast.token_logp != 0) <= (response & masks[n])).all()
 
 
 def test_equality_is_sensitive_to_the_mask():
@@ -133,6 +138,10 @@ def test_one_forward_per_noise_level():
     assert len(calls) == 4
     expected = sum(float(weights[n]) * parts[n].per_block.sum(-1) for n in range(4))
     torch.testing.assert_close(total, expected)
+    with_keep, _ = sequence_log_likelihood(lm, layout, masks, weights, MASK_ID, keep_weight=0.5)
+    keep = sum(part.keep_logp.sum(-1) for part in parts) / 4
+    torch.testing.assert_close(with_keep, expected + 0.5 * keep)
+    assert (keep < 0).all()
     total.sum().backward()  # the estimate is differentiable
     assert lm.lm_head.weight.grad is not None and lm.lm_head.weight.grad.abs().sum() > 0
 

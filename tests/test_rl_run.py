@@ -14,7 +14,7 @@ from components.rl import rewards as rewards_module
 from components.rl.config import RLConfig, RolloutConfig
 from components.rl.module import EBPOModule
 from components.rl.rewards import CombinedReward
-from components.rl.rollouts import decode_config, generate_rollouts, score_rollouts
+from components.rl.rollouts import decode_config, generate_rollouts, load_prompts, score_rollouts
 from components.rl.run import DEFAULT_CONFIG, RLInputError, run_rl
 from components.tasks import get_family
 from model import DiffusionLM, ModelConfig
@@ -64,6 +64,18 @@ def test_every_rl_config_loads():
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(RLConfig, DEFAULT_CONFIG, [override])
+
+
+def test_prompt_params_set_the_family_difficulty():
+    cfg = load_config(RLConfig, DEFAULT_CONFIG, ["prompts.family=sudoku4", "prompts.params={min_clues: 9, max_clues: 10}",
+                                                 "prompts.train_size=50", "prompts.eval_size=20"])
+    train, held = load_prompts(cfg.prompts)
+    clues = {16 - e.meta["puzzle"].count("0") for e in train + held}
+    assert clues <= {9, 10} and len(clues) == 2
+    assert {e.id for e in train}.isdisjoint(e.id for e in held)
+    cfg = load_config(RLConfig, DEFAULT_CONFIG, ["prompts.family=sudoku4", "prompts.params={clues: 3}"])
+    with pytest.raises(ValueError, match="clues"):
+        load_prompts(cfg.prompts)
 
 
 def test_rollouts_group_and_cut_at_block_ends(tiny_model_dir):

@@ -38,6 +38,7 @@ class PromptsConfig:
     eval_split: str = "heldout"
     seed: int = 0
     template: str = "chat"  # chat: the SFT chat template (user turn + assistant marker); raw: the text
+    params: dict = field(default_factory=dict)  # synthetic family difficulty, e.g. {max_value: 9, max_len: 10}
 
     def validate(self) -> None:
         if self.source not in PROMPT_SOURCES:
@@ -106,6 +107,7 @@ class EstimatorConfig:
     levels: list[float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     ratio: str = "sum"  # sum: sequence log-ratio (eq. 5); mean: divided by the response length
+    keep_weight: float = 0.0  # > 0 adds the log-prob of keeping visible tokens (T2T); 0 = eq. 5 exactly
 
     def validate(self) -> None:
         if self.num_levels < 1:
@@ -126,6 +128,8 @@ class EstimatorConfig:
             _fail("estimator.weights", "non-negative", list(self.weights))
         if self.ratio not in RATIO_NORMALIZATIONS:
             _fail("estimator.ratio", f"one of {RATIO_NORMALIZATIONS}", self.ratio)
+        if self.keep_weight < 0:
+            _fail("estimator.keep_weight", ">= 0", self.keep_weight)
 
 
 @dataclass

@@ -98,7 +98,7 @@ def micro_batch_loss(lm, batch: PreparedBatch, index: torch.Tensor, est: Estimat
     layout = batch.layout.select(index)
     width = layout.tokens.shape[1]
     masks = batch.masks[:, index, :width]
-    logp, parts = sequence_log_likelihood(lm, layout, masks, batch.weights, batch.mask_id)  # (s,)
+    logp, parts = sequence_log_likelihood(lm, layout, masks, batch.weights, batch.mask_id, est.keep_weight)  # (s,)
     if est.ratio == "mean":
         logp = logp / layout.response_lengths().clamp_min(1)
     old = batch.old_logp[index]

@@ -26,6 +26,15 @@ definition literally, one forward per block, and the tests check both agree to f
 The sequence estimate is log pi(y|x) ≈ Σ_n w_n Σ_b Σ_{masked i in b} log p(y_i | z_n). The masks are
 drawn once per rollout batch and reused for θ, θ_old and the reference, so their noise cancels in
 the ratio.
+
+Keep terms (optional, `keep_weight` > 0; 0 is eq. 5 exactly). A draft-and-edit policy also decides,
+at every visible token, whether to keep it or edit it (T2T), and that decision reads the model's
+prediction at the visible position. Eq. 5 only scores masked positions, so RL leaves those
+predictions untrained and they drift: the tiny sudoku model's TPF fell 14% in 160 steps at lr 5e-6
+because it began editing tokens it used to keep. With keep terms the estimate adds
+keep_weight · (1/N) Σ_n Σ_{visible response i} log p(y_i | z_n) — the log-probability of keeping
+each visible clean token — so a rewarded response also reinforces keeping its tokens and a failed
+one makes its tokens candidates for editing.
 """
 
 from __future__ import annotations
@@ -141,6 +150,7 @@ class CompositeInput:
     positions: torch.Tensor  # (S, K): the absolute sequence positions read there
     targets: torch.Tensor  # (S, K): the clean tokens at those positions
     scored: torch.Tensor  # (S, K) bool: masked response tokens (the terms of the estimate)
+    visible: torch.Tensor  # (S, K) bool: visible (unmasked) response tokens (the keep terms)
 
 
 def composite_attention(kind: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
@@ -181,8 +191,10 @@ def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, 
     logit_index = p0 + torch.minimum(k, d - 1)  # (S, K) slots of the noisy region
     positions = logit_index  # noisy slots sit at their own absolute position
     targets = tokens.gather(1, positions)
-    scored = inside & masked.gather(1, positions) & (positions >= layout.prompt_lengths[:, None])
-    return CompositeInput(input_ids, pos, attention, logit_index, positions, targets, scored)
+    response = inside & (positions >= layout.prompt_lengths[:, None])
+    hidden = masked.gather(1, positions)
+    return CompositeInput(input_ids, pos, attention, logit_index, positions, targets, response & hidden,
+                          response & ~hidden)
 
 
 # ---------------------------------------------------------------------------------------- estimates
@@ -194,6 +206,7 @@ class BlockLogLik:
     token_logp: torch.Tensor  # (S, Lmax): log p(clean) at masked response tokens, 0 elsewhere
     masked: torch.Tensor  # (S, Lmax) bool
     entropy: torch.Tensor  # (S, Lmax) detached predictive entropy at masked tokens, 0 elsewhere
+    keep_logp: torch.Tensor  # (S, Lmax): log p(clean) at visible response tokens (keeping them), 0 elsewhere
 
 
 def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int) -> BlockLogLik:
@@ -202,8 +215,9 @@ def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask
     out = lm(z.input_ids, attention_mask=z.attention_mask, position_ids=z.position_ids,
              logits_positions=z.logit_index)
     logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (S, K, V)
-    logp = logp_all.gather(-1, z.targets[..., None])[..., 0]  # (S, K)
-    logp = torch.where(z.scored, logp, torch.zeros_like(logp))
+    target_logp = logp_all.gather(-1, z.targets[..., None])[..., 0]  # (S, K)
+    logp = torch.where(z.scored, target_logp, torch.zeros_like(target_logp))
+    keep = torch.where(z.visible, target_logp, torch.zeros_like(target_logp))
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         entropy = torch.where(z.scored, entropy, torch.zeros_like(entropy))
@@ -215,18 +229,21 @@ def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask
     width = layout.tokens.shape[1]
     token_logp = torch.zeros(S, width, dtype=logp.dtype, device=logp.device).scatter_add(1, z.positions, logp)
     token_entropy = torch.zeros(S, width, device=logp.device).scatter_add(1, z.positions, entropy)
-    return BlockLogLik(per_block, token_logp, masked & layout.response_positions(), token_entropy)
+    token_keep = torch.zeros(S, width, dtype=keep.dtype, device=keep.device).scatter_add(1, z.positions, keep)
+    return BlockLogLik(per_block, token_logp, masked & layout.response_positions(), token_entropy, token_keep)
 
 
 def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int
-                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The slow definition: one forward per (sequence, block) over clean blocks < b ⊕ noisy block b
-    under the decoder's block-causal mask. Returns (per_block (S, NB), token_logp (S, Lmax))."""
+    under the decoder's block-causal mask. Returns (per_block (S, NB), token_logp (S, Lmax),
+    keep_logp (S, Lmax))."""
     B = layout.block_length
     S, width = layout.tokens.shape
     nb = int(layout.num_blocks().max())
     per_block = torch.zeros(S, nb)
     token_logp = torch.zeros(S, width)
+    keep_logp = torch.zeros(S, width)
     for s in range(S):
         P, L = int(layout.prompt_lengths[s]), int(layout.lengths[s])
         first = P // B
@@ -239,15 +256,20 @@ def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Te
             logits = lm(ids[None], attention_mask=block_causal_mask(end, B, device=ids.device)).logits[0]
             logp = F.log_softmax(logits[start:end].float(), dim=-1)
             lp = logp.gather(-1, layout.tokens[s, start:end, None])[:, 0]
+            visible = ~hide & (torch.arange(start, end, device=lp.device) >= P)
+            keep_logp[s, start:end] = torch.where(visible, lp, torch.zeros_like(lp))
             lp = torch.where(hide, lp, torch.zeros_like(lp))
             per_block[s, rb] = lp.sum()
             token_logp[s, start:end] = lp
-    return per_block, token_logp
+    return per_block, token_logp, keep_logp
 
 
 def sequence_log_likelihood(lm, layout: SequenceLayout, masks: torch.Tensor, weights: torch.Tensor,
-                            mask_id: int) -> tuple[torch.Tensor, list[BlockLogLik]]:
-    """log pi(y|x) ≈ Σ_n w_n Σ_b log p(y_b | z_n): one forward per level. Returns ((S,), per-level parts)."""
+                            mask_id: int, keep_weight: float = 0.0) -> tuple[torch.Tensor, list[BlockLogLik]]:
+    """log pi(y|x) ≈ Σ_n w_n Σ_b log p(y_b | z_n) (+ the keep terms, see the module docstring): one
+    forward per level. Returns ((S,), per-level parts)."""
     parts = [block_log_likelihoods(lm, layout, masks[n], mask_id) for n in range(masks.shape[0])]
     total = sum(float(weights[n]) * part.per_block.sum(-1) for n, part in enumerate(parts))
+    if keep_weight:
+        total = total + keep_weight / len(parts) * sum(part.keep_logp.sum(-1) for part in parts)
     return total, parts

@@ -57,7 +57,7 @@ def _read_jsonl(path: str, what: str) -> list[Example]:
 def load_prompts(cfg: PromptsConfig) -> tuple[list[Example], list[Example]]:
     """(train prompts for rollouts, held-out prompts for evaluation)."""
     if cfg.source == "synthetic":
-        family = get_family(cfg.family)
+        family = get_family(cfg.family, **cfg.params)
         train = family.make("train", cfg.train_size, cfg.seed)
         held = family.make(cfg.eval_split, cfg.eval_size, cfg.seed + 1) if cfg.eval_size else []
         return train, held
