@@ -10,6 +10,10 @@ minutes on two CPU cores with TPF not below 90% of the start.
         --levels 1 4 --minutes 15 [key=value overrides for conf/rl/default.yaml]
 
 Wall and CPU seconds are both printed: on a shared machine the gap between them is contention.
+
+`--permute-advantages` is a control: each group's advantages are shuffled among its responses, so
+the updates keep their size and statistics but no longer depend on the reward. A real run must beat
+it; when it does not, the update noise, not the reward signal, sets the outcome.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.rl.run import DEFAULT_CONFIG, run_rl  # noqa: E402
 
 
+def permute_advantages_within_groups(seed: int = 0) -> None:
+    """Make every EBPO step use its group's advantages in a random order (the control run)."""
+    import torch
+
+    import components.rl.module as rl_module
+
+    true_advantages = rl_module.group_advantages
+    generator = torch.Generator().manual_seed(seed)
+
+    def permuted(rewards, group_size, scale=True, eps=1e-6):
+        adv = true_advantages(rewards, group_size, scale, eps).view(-1, group_size)
+        order = torch.stack([torch.randperm(group_size, generator=generator) for _ in range(adv.shape[0])])
+        return adv.gather(1, order).view(-1)
+
+    rl_module.group_advantages = permuted
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="starting checkpoint (e.g. the tiny SFT model)")
@@ -31,8 +52,11 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4], help="numbers of noise levels N to compare")
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget per run, evaluations included")
+    ap.add_argument("--permute-advantages", action="store_true", help="control run (see the docstring)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = ap.parse_args()
+    if args.permute_advantages:
+        permute_advantages_within_groups()
 
     summaries = {}
     for n in args.levels:

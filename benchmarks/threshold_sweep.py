@@ -4,7 +4,7 @@ For each checkpoint it decodes the held-out split of a synthetic family under ev
 (τ_mask, τ_edit, max_post_steps) in the grid (τ_edit > 1 disables editing) and prints the grid, then
 a summary per checkpoint: its best-scoring setting (the Q-mode candidate) and the fastest setting
 that loses at most `--max-loss` points against it (the S-mode candidate), with their TPF ratio.
-All checkpoints see the same prompts; the decoder is deterministic (greedy).
+All checkpoints see the same prompts; decoding is greedy unless `--temperature` > 0 (seeded).
 
     .venv/bin/python benchmarks/threshold_sweep.py outputs/train_table_sudoku1500/m2t/sft/model \
         outputs/train_table_sudoku1500/t2t_keep/sft/model --family sudoku4 --block 16 --n 200
@@ -36,7 +36,7 @@ def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
             for post in (args.max_post if tau_edit <= 1 else [args.max_post[-1]]):  # no edits: post steps moot
                 cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_mask,
                                    editing_threshold=tau_edit, max_post_steps=post, eos_early_stop=True,
-                                   max_batch_size=64)
+                                   max_batch_size=64, temperature=args.temperature, seed=args.seed)
                 with torch.no_grad():
                     res = generate(lm, prompts, cfg)
                 ok = sum(bool(family.score(tok.decode(s, skip_special_tokens=True).strip(), e))
@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--tau-edit", type=float, nargs="+", default=[0.7, 0.9, 0.95, 1.01])
     ap.add_argument("--max-post", type=int, nargs="+", default=[1, 2, 16], help="max_post_steps values")
     ap.add_argument("--max-loss", type=float, default=3.0, help="points an S-mode candidate may lose")
+    ap.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (seeded by --seed)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
