@@ -9,6 +9,9 @@ Decodes the same prompts with
   (c)  our `generate`, KV cache, batch 8 (prompts of different lengths, each at its own pace);
 checks that all outputs are token-identical (greedy), and prints TPS, TPF, forwards and ratios,
 medians over repeats (warm-up excluded; repeats interleaved so contention hits every variant alike).
+Last, the matmul floor: every linear layer of the network timed alone at one row's block of tokens
+and at `--batch` rows' worth, which bounds what batching can gain on this machine (on a CPU whose
+batch-1 forward is already mostly matmul, the bound is far below a GPU's).
 
     .venv/bin/python benchmarks/decode_speed.py --threads 1 --repeats 3
     taskset -c 0 .venv/bin/python benchmarks/decode_speed.py --threads 1   # pin to one core
@@ -63,6 +66,49 @@ def make_prompts(args, vocab: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(args.seed + 1)
     lengths = torch.randint(args.min_prompt, args.max_prompt + 1, (args.prompts,), generator=g).tolist()
     return [torch.randint(0, vocab - 2, (n,), generator=g).tolist() for n in lengths]
+
+
+def gemm_floor_ms(lm, tokens: int, repeats: int = 30) -> float:
+    """Median time of one pass of every linear layer of the network at `tokens` input rows.
+
+    A decoding forward of a block runs each of these once on its query tokens (block_length per
+    row), so this is the matmul work no decoder can avoid: the floor under one forward's time. The
+    linears run alone here, on the same weights and dtype, so the figure is this machine's GEMM rate
+    at that size.
+    """
+    linears = [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(tokens, m.in_features, dtype=lm.dtype) for m in linears]
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            t = time.perf_counter()
+            for m, x in zip(linears, inputs):
+                m(x)
+            if i >= 3:  # warm-up passes excluded
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def print_roofline(lm, args, by: dict, b_name: str, c_name: str) -> dict:
+    """How far batching can go on this machine: compare each variant's time per forward with the
+    time its matmuls alone need (measured here, now, on the same weights)."""
+    block = args.block_length
+    floor_1 = gemm_floor_ms(lm, block)
+    floor_b = gemm_floor_ms(lm, block * args.batch)
+    b, c = by[b_name], by[c_name]
+    ms_b = 1000 * b["wall_s_median"] / b["network_calls"]  # one row per call
+    ms_c_row = 1000 * c["wall_s_median"] / c["forwards"]  # per row-forward
+    bound = ms_b / (floor_b / args.batch)
+    print("\nmatmul floor (every linear layer once, same weights and dtype, median of 30):")
+    print(f"  {block} tokens (one row's block): {floor_1:.2f} ms  | (b) spends {ms_b:.2f} ms per forward "
+          f"({100 * floor_1 / ms_b:.0f}% in matmuls at best)")
+    print(f"  {block * args.batch} tokens ({args.batch} rows): {floor_b:.2f} ms = {floor_b / args.batch:.2f} ms per row "
+          f"| {c_name} spends {ms_c_row:.2f} ms per row-forward")
+    print(f"  GEMM rate gain from batching alone: {args.batch * floor_1 / floor_b:.2f}x; best possible "
+          f"batch-{args.batch} / batch-1 TPS ratio with zero non-matmul cost at batch {args.batch}: {bound:.2f}x "
+          f"(measured: {c['tps'] / b['tps']:.2f}x)")
+    return {"floor_ms_batch1": floor_1, "floor_ms_batched": floor_b, "ms_per_forward_b": ms_b,
+            "ms_per_row_forward_c": ms_c_row, "best_possible_ratio": bound, "measured_ratio": c["tps"] / b["tps"]}
 
 
 def run_reference(lm, prompts, cfg) -> GenerationResult:
@@ -169,8 +215,10 @@ def main() -> int:
         same_forwards = by["(a) reference loop"]["forwards"] == by["(b0) cache, batch 1, no spec"]["forwards"]
         print(f"\n(a) and (b0) forwards equal: {same_forwards}")
     print(f"all outputs token-identical: {all(agree.values())}")
+    roofline = print_roofline(lm, args, by, b_name, f"(c) cache, batch {args.batch}")
     if args.json:
-        out = {"args": vars(args), "machine": machine, "rows": rows, "all_identical": all(agree.values())}
+        out = {"args": vars(args), "machine": machine, "rows": rows, "all_identical": all(agree.values()),
+               "roofline": roofline}
         tmp = Path(args.json).with_suffix(".tmp")
         tmp.write_text(json.dumps(out, indent=2))
         os.replace(tmp, args.json)

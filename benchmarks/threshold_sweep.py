@@ -26,6 +26,23 @@ from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 
 
+def forward_kinds(res) -> dict:
+    """Where the forwards go, per prompt on average: drafting steps (masks left in the block), post
+    steps that edited (each buys another post step), and verification steps (a post step with no
+    edit, which ends the block; with speculation its forward also drafted the next block)."""
+    n = len(res.trajectories)
+    draft = post_edit = verify = 0
+    for traj in res.trajectories:
+        for step in traj.steps:
+            if step.kind == "draft":
+                draft += 1
+            elif step.kind == "post":
+                post_edit += bool(step.t2t)
+                verify += not step.t2t
+    return {"draft": draft / n, "post_edit": post_edit / n, "verify": verify / n,
+            "tokens": sum(len(s) for s in res.sequences) / n}
+
+
 def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
     lm = DiffusionLM.from_pretrained(checkpoint).eval()
     tok = load_tokenizer(checkpoint)
@@ -36,17 +53,19 @@ def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
             for post in (args.max_post if tau_edit <= 1 else [args.max_post[-1]]):  # no edits: post steps moot
                 cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_mask,
                                    editing_threshold=tau_edit, max_post_steps=post, eos_early_stop=True,
-                                   max_batch_size=64, temperature=args.temperature, seed=args.seed)
+                                   max_batch_size=64, temperature=args.temperature, seed=args.seed,
+                                   speculative_verify=args.speculative, record_trajectory=True)
                 with torch.no_grad():
                     res = generate(lm, prompts, cfg)
                 ok = sum(bool(family.score(tok.decode(s, skip_special_tokens=True).strip(), e))
                          for e, s in zip(examples, res.sequences))
                 rows.append({"tau_mask": tau_mask, "tau_edit": tau_edit, "max_post_steps": post,
                              "score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward,
-                             "edits": sum(res.edits)})
+                             "edits": sum(res.edits), **forward_kinds(res)})
                 r = rows[-1]
                 print(f"| {checkpoint.parent.parent.name} | {tau_mask} | {'off' if tau_edit > 1 else tau_edit} | "
-                      f"{post} | {r['score']:.1f} | {r['tpf']:.2f} | {r['edits']} |", flush=True)
+                      f"{post} | {r['score']:.1f} | {r['tpf']:.2f} | {r['edits']} | {r['draft']:.2f} | "
+                      f"{r['post_edit']:.2f} | {r['verify']:.2f} | {r['tokens']:.1f} |", flush=True)
     return rows
 
 
@@ -64,14 +83,19 @@ def main() -> int:
     ap.add_argument("--max-loss", type=float, default=3.0, help="points an S-mode candidate may lose")
     ap.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (seeded by --seed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--example-seed", type=int, default=123,
+                    help="which held-out sample: choose thresholds on one seed, report on another")
+    ap.add_argument("--no-speculative", dest="speculative", action="store_false",
+                    help="turn speculative verification off (the presets have it on)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     family = get_family(args.family, **json.loads(args.params))
-    examples = family.make("heldout", args.n, seed=123)
-    print("| model | τ_mask | τ_edit | max_post_steps | score | TPF | edits |\n|---|---|---|---|---|---|---|")
+    examples = family.make("heldout", args.n, seed=args.example_seed)
+    print("| model | τ_mask | τ_edit | max_post_steps | score | TPF | edits | draft fw | edit-post fw | verify fw "
+          "| tokens |\n|---|---|---|---|---|---|---|---|---|---|---|")
     results = {str(c): sweep(c, family, examples, args) for c in args.checkpoints}
     print("\n| model | best score: setting | score | TPF | fastest within "
           f"{args.max_loss:g} pts: setting | score | TPF | TPF ratio |\n|---|---|---|---|---|---|---|---|")

@@ -41,11 +41,17 @@ VARIANTS = {
                  "objective.keep_weight=1.0"],
     "t2t_keep_mtf": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.5",
                      "objective.keep_weight=1.0"],
+    # MTF only in the second half of SFT (set in SFT_EXTRA): the model's own drafts are worth
+    # learning from once it drafts well; CPT runs without MTF.
+    "t2t_keep_mtf_late": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
+                          "objective.keep_weight=1.0"],
     # A gentler corruption schedule: half the T2T rate, ramped in over most of SFT.
     "t2t_slow": ["objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.1", "objective.mtf_prob=0.0"],
 }
 # SFT-only overrides per variant (applied last); the default ramps T2T in over the first 100 SFT steps.
-SFT_EXTRA = {"t2t_slow": ["objective.t2t_warmup_steps=400"]}
+# "{half}" stands for half the SFT steps.
+SFT_EXTRA = {"t2t_slow": ["objective.t2t_warmup_steps=400"],
+             "t2t_keep_mtf_late": ["objective.mtf_prob=0.5", "objective.mtf_start_step={half}"]}
 FAMILIES = ["sudoku4", "permutation", "sum"]
 # name -> (threshold tau_mask, editing_threshold tau_edit); tau_edit > 1 disables editing.
 SETTINGS = {
@@ -58,6 +64,10 @@ SETTINGS = {
     "noedit@0.5": (0.5, 1.01),
     "noedit@0.3": (0.3, 1.01),
 }
+
+
+def sft_extra(variant: str, args) -> list[str]:
+    return [item.format(half=args.sft_steps // 2) for item in SFT_EXTRA.get(variant, [])]
 
 
 def data_overrides(out: Path, args) -> str:
@@ -73,15 +83,16 @@ def train_variant(variant: str, out: Path, args) -> Path:
 
     common = [data_overrides(out, args), f"trainer.block_length={args.block}", f"trainer.seed={args.seed}",
               "trainer.checkpoint_every_steps=100", *VARIANTS[variant]]
+    size = [f"model.overrides={args.model_overrides}"] if args.model_overrides else []  # CPT builds the model
     cpt = load_train_config("conf/train/cpt.yaml", [*common, f"trainer.max_steps={args.cpt_steps}",
                                                     "trainer.batch_size=8", "objective.t2t_warmup_steps=50",
-                                                    "trainer.val_every_steps=1000000"])
+                                                    "trainer.val_every_steps=1000000", *size])
     r1 = run_training(cpt, out / variant / "cpt")
     sft = load_train_config("conf/train/sft.yaml", [
         *common, f"trainer.max_steps={args.sft_steps}", f"model.init_from={r1['checkpoint_dir']}",
         f"trainer.batch_size={args.sft_batch}",
         f"trainer.val_every_steps={max(1, args.sft_steps // 4)}", "objective.t2t_warmup_steps=100",
-        *SFT_EXTRA.get(variant, [])])
+        *sft_extra(variant, args)])
     r2 = run_training(sft, out / variant / "sft")
     (out / variant / "train.json").write_text(json.dumps({"cpt": r1, "sft": r2}, indent=2))
     return Path(r2["checkpoint_dir"])
@@ -101,8 +112,9 @@ def evaluate(checkpoint: Path, args) -> dict:
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
     results = {}
     for name, (tau_m, tau_e) in SETTINGS.items():
-        cfg = DecodeConfig(block_length=args.block, gen_length=32, threshold=tau_m, editing_threshold=tau_e,
-                           max_post_steps=16, eos_early_stop=True, use_cache=True, max_batch_size=64)
+        cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_m, editing_threshold=tau_e,
+                           max_post_steps=16, eos_early_stop=True, use_cache=True, max_batch_size=64,
+                           speculative_verify=args.speculative)
         with torch.no_grad():
             res = generate(lm, prompts, cfg)
         per_family: dict[str, list] = {f: [0, 0, 0, 0] for f in args.families}  # ok, n, tokens, forwards
@@ -135,7 +147,7 @@ def cmd_run(args) -> int:
     print(f"[{args.variant}] trained in {train_seconds:.0f}s; evaluating {ckpt}", flush=True)
     results = evaluate(ckpt, args)
     train = json.loads((out / args.variant / "train.json").read_text())
-    record = {"variant": args.variant, "overrides": VARIANTS[args.variant] + SFT_EXTRA.get(args.variant, []),
+    record = {"variant": args.variant, "overrides": VARIANTS[args.variant] + sft_extra(args.variant, args),
               "eval": results,
               "train_seconds": train_seconds, "cpt_tokens_per_s": train["cpt"].get("train/tokens_per_s"),
               "sft_tokens_per_s": train["sft"].get("train/tokens_per_s"),
@@ -168,7 +180,7 @@ def cmd_report(args) -> int:
         best = max(noedit, key=lambda n: (recs["m2t"]["eval"][n]["score"], recs["m2t"]["eval"][n]["tpf"]))
         row("m2t", "M2T only, best threshold", best)
         row("m2t", "M2T only, S-mode threshold", "noedit@0.5")
-    for v in ("t2t", "t2t_mtf", "t2t_slow", "t2t_keep", "t2t_keep_mtf"):
+    for v in ("t2t", "t2t_mtf", "t2t_slow", "t2t_keep", "t2t_keep_mtf", "t2t_keep_mtf_late"):
         if v in recs:
             row(v, "Q mode", "Q")
             row(v, "S mode", "S")
@@ -198,11 +210,17 @@ def main(argv=None) -> int:
     r.add_argument("--families", nargs="+", default=FAMILIES, help="SFT and evaluation task families")
     r.add_argument("--sft-examples", type=int, default=4000, help="SFT conversations per family")
     r.add_argument("--family-params", default="", help='JSON difficulty per family, e.g. \'{"sort": {"max_value": 9}}\'')
+    r.add_argument("--model-overrides", default="", help="ModelConfig fields for a larger model, e.g. "
+                   "'{hidden_size: 192, num_hidden_layers: 6}' (CPT's random init; SFT continues from it)")
     r.add_argument("--block", type=int, default=16)
+    r.add_argument("--gen-length", type=int, default=32, help="decoding budget (answers must fit, EOS included)")
     r.add_argument("--eval-n", type=int, default=100, help="held-out examples per family")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--retrain", action="store_true")
+    r.add_argument("--no-speculative", dest="speculative", action="store_false",
+                   help="decode without speculative verification (the S/Q presets have it on; outputs are "
+                        "the same, only forwards differ)")
     rep = sub.add_parser("report")
     rep.add_argument("--out", default="outputs/train_table")
     args = p.parse_args(argv)

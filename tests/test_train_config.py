@@ -40,6 +40,7 @@ def test_unknown_key_names_its_path():
 @pytest.mark.parametrize("override,field", [
     ("objective.t_min=0.9", "objective.t_min"),  # above t_max=... (band inverted) once t_max is lower
     ("objective.t2t_source=random", "objective.t2t_source"),
+    ("objective.mtf_start_step=-1", "objective.mtf_start_step"),
     ("trainer.strategy=horovod", "trainer.strategy"),
     ("trainer.block_length=-1", "trainer.block_length"),
     ("optim.betas=[0.9]", "optim.betas"),

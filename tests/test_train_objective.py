@@ -215,6 +215,16 @@ def test_mtf_second_turn_trains_on_wrong_drafts():
     assert out.metrics["mtf"] == 1.0
 
 
+def test_mtf_start_step_holds_the_second_turn_back_until_then():
+    """With mtf_prob 1 the second turn runs on every step from mtf_start_step on, and on none before."""
+    probe = LogitsProbe(6, 16)
+    obj = _objective(t_min=0.8, t_max=0.9, t2t_rate_max=0.0, mtf_prob=1.0, mtf_start_step=5)
+    before = obj(probe, sft_batch(6), block_length=8, generator=torch.Generator().manual_seed(9), step=4)
+    assert probe.calls == 1 and before.mtf is None and before.metrics["mtf"] == 0.0
+    after = obj(probe, sft_batch(6), block_length=8, generator=torch.Generator().manual_seed(9), step=5)
+    assert probe.calls == 3 and after.mtf is not None and after.metrics["mtf"] == 1.0
+
+
 def test_t2t_warmup_ramps_the_rate():
     obj = _objective(t2t_rate_min=0.2, t2t_rate_max=0.2, t2t_warmup_steps=100, t2t_source="uniform")
     b = sft_batch(400)

@@ -164,8 +164,9 @@ class DraftEditObjective:
         loss = self._turn_loss(parts)
         metrics = {f"loss_{k}": float(parts[k].detach()) for k in ("m2t", "t2t", "keep", "cap")}
         metrics.update({k: float(parts[k]) for k in ("acc_masked", "acc_t2t", "n_m2t", "n_t2t") if k in parts})
-        if mtf is None:
+        if mtf is None:  # the draw is made from the first step on, so the noise stream does not depend on the start
             mtf = cfg.mtf_prob > 0 and float(torch.rand(1, generator=generator)) < cfg.mtf_prob
+            mtf = mtf and step >= cfg.mtf_start_step
         out = ObjectiveOutput(loss=loss, metrics=metrics, corruption=c)
         if mtf and c.m2t.any():
             c2, draft = mtf_corrupt(c, logits.detach(), mask_id=self.mask_id, fill_min=cfg.mtf_fill_min,
