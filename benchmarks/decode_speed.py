@@ -77,16 +77,24 @@ def gemm_floor_ms(lm, tokens: int, repeats: int = 30) -> float:
     at that size.
     """
     linears = [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = [torch.randn(tokens, m.in_features, dtype=lm.dtype) for m in linears]
+    inputs = [torch.randn(tokens, m.in_features, dtype=lm.dtype, device=lm.device) for m in linears]
     times = []
     with torch.no_grad():
         for i in range(repeats + 3):
+            _sync(lm.device)
             t = time.perf_counter()
             for m, x in zip(linears, inputs):
                 m(x)
+            _sync(lm.device)
             if i >= 3:  # warm-up passes excluded
                 times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def print_roofline(lm, args, by: dict, b_name: str, c_name: str) -> dict:
@@ -142,13 +150,14 @@ def main() -> int:
     ap.add_argument("--init", choices=["default", "peaked"], default="peaked")
     ap.add_argument("--head-scale", type=float, default=3.0, help="--init peaked: output head scale")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-reference", action="store_true", help="only (b0), (b), (c)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    lm = build_model(args).to(getattr(torch, args.dtype))
+    lm = build_model(args).to(device=args.device, dtype=getattr(torch, args.dtype))
     prompts = make_prompts(args, lm.config.vocab_size)
     base = load_decode_config(args.preset, gen_length=args.gen_length, block_length=args.block_length)
     variants = {

@@ -29,23 +29,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.tasks import get_family  # noqa: E402
-from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
+from model import DecodeConfig, DiffusionLM  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
+from threshold_sweep import add_heldout_args, decode_and_score, encode_prompts  # noqa: E402  (same folder)
 
 MODES = {"S": (0.5, 0.7), "Q": (0.9, 0.95)}  # the presets' (tau_mask, tau_edit)
 
 
 def accuracy(lm, tok, family, examples, args, tau_mask: float, tau_edit: float, temperature: float = 0.0,
              seed: int = 0) -> tuple[float, float]:
-    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
     cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_mask,
                        editing_threshold=tau_edit, eos_early_stop=True, speculative_verify=True, max_batch_size=64,
                        temperature=temperature, seed=seed)
-    with torch.no_grad():
-        res = generate(lm, prompts, cfg)
-    ok = sum(bool(family.score(tok.decode(s, skip_special_tokens=True).strip(), e))
-             for e, s in zip(examples, res.sequences))
-    return 100.0 * ok / len(examples), res.tokens_per_forward
+    score, res = decode_and_score(lm, tok, family, examples, encode_prompts(tok, examples), cfg)
+    return score, res.tokens_per_forward
 
 
 def cmd_drift(args) -> None:
@@ -97,13 +94,7 @@ def cmd_decoding(args, family, examples) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["drift", "noise", "decoding"])
-    ap.add_argument("checkpoints", type=Path, nargs="+")
-    ap.add_argument("--family", default="sudoku4")
-    ap.add_argument("--params", default="{}", help="family difficulty as JSON")
-    ap.add_argument("--block", type=int, default=16)
-    ap.add_argument("--gen-length", type=int, default=32)
-    ap.add_argument("--n", type=int, default=200, help="held-out examples")
-    ap.add_argument("--example-seed", type=int, default=1, help="1 = the RL eval set of prompts.seed 0 (it uses seed + 1)")
+    add_heldout_args(ap, example_seed=1)  # 1: the RL stage's eval set for prompts.seed 0 (it uses seed + 1)
     ap.add_argument("--mode", choices=sorted(MODES), default="S", help="noise: the decoding mode to score")
     ap.add_argument("--rel", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="noise sizes")
     ap.add_argument("--seeds", type=int, default=3, help="noise draws / sampling seeds")

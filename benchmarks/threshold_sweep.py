@@ -43,10 +43,35 @@ def forward_kinds(res) -> dict:
             "tokens": sum(len(s) for s in res.sequences) / n}
 
 
+def add_heldout_args(ap: argparse.ArgumentParser, example_seed: int = 123) -> None:
+    """The task, decoding shape and held-out sample options (shared with ebpo_diagnostics.py)."""
+    ap.add_argument("checkpoints", type=Path, nargs="+")
+    ap.add_argument("--family", default="sudoku4")
+    ap.add_argument("--params", default="{}", help="family difficulty as JSON, e.g. '{\"min_clues\": 8}'")
+    ap.add_argument("--block", type=int, default=16)
+    ap.add_argument("--gen-length", type=int, default=32)
+    ap.add_argument("--n", type=int, default=200, help="held-out examples")
+    ap.add_argument("--example-seed", type=int, default=example_seed,
+                    help="which held-out sample: choose thresholds on one seed, report on another")
+
+
+def encode_prompts(tok, examples) -> list[list[int]]:
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
+
+
+def decode_and_score(lm, tok, family, examples, prompts, cfg: DecodeConfig):
+    """(score in %, GenerationResult) of one decoding setting."""
+    with torch.no_grad():
+        res = generate(lm, prompts, cfg)
+    ok = sum(bool(family.score(tok.decode(s, skip_special_tokens=True).strip(), e))
+             for e, s in zip(examples, res.sequences))
+    return 100.0 * ok / len(examples), res
+
+
 def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
     lm = DiffusionLM.from_pretrained(checkpoint).eval()
     tok = load_tokenizer(checkpoint)
-    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
+    prompts = encode_prompts(tok, examples)
     rows = []
     for tau_mask in args.tau_mask:
         for tau_edit in args.tau_edit:
@@ -55,12 +80,9 @@ def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
                                    editing_threshold=tau_edit, max_post_steps=post, eos_early_stop=True,
                                    max_batch_size=64, temperature=args.temperature, seed=args.seed,
                                    speculative_verify=args.speculative, record_trajectory=True)
-                with torch.no_grad():
-                    res = generate(lm, prompts, cfg)
-                ok = sum(bool(family.score(tok.decode(s, skip_special_tokens=True).strip(), e))
-                         for e, s in zip(examples, res.sequences))
+                score, res = decode_and_score(lm, tok, family, examples, prompts, cfg)
                 rows.append({"tau_mask": tau_mask, "tau_edit": tau_edit, "max_post_steps": post,
-                             "score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward,
+                             "score": score, "tpf": res.tokens_per_forward,
                              "edits": sum(res.edits), **forward_kinds(res)})
                 r = rows[-1]
                 print(f"| {checkpoint.parent.parent.name} | {tau_mask} | {'off' if tau_edit > 1 else tau_edit} | "
@@ -71,20 +93,13 @@ def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", type=Path, nargs="+")
-    ap.add_argument("--family", default="sudoku4")
-    ap.add_argument("--params", default="{}", help="family difficulty as JSON, e.g. '{\"min_clues\": 8}'")
-    ap.add_argument("--block", type=int, default=16)
-    ap.add_argument("--gen-length", type=int, default=32)
-    ap.add_argument("--n", type=int, default=200, help="held-out examples")
+    add_heldout_args(ap)
     ap.add_argument("--tau-mask", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     ap.add_argument("--tau-edit", type=float, nargs="+", default=[0.7, 0.9, 0.95, 1.01])
     ap.add_argument("--max-post", type=int, nargs="+", default=[1, 2, 16], help="max_post_steps values")
     ap.add_argument("--max-loss", type=float, default=3.0, help="points an S-mode candidate may lose")
     ap.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (seeded by --seed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--example-seed", type=int, default=123,
-                    help="which held-out sample: choose thresholds on one seed, report on another")
     ap.add_argument("--no-speculative", dest="speculative", action="store_false",
                     help="turn speculative verification off (the presets have it on)")
     ap.add_argument("--threads", type=int, default=2)
