@@ -28,20 +28,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.decoding import load_decode_config  # noqa: E402
 from components.tasks import get_family  # noqa: E402
-from model import DecodeConfig, DiffusionLM  # noqa: E402
+from model import DiffusionLM  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 from threshold_sweep import add_heldout_args, decode_and_score, encode_prompts  # noqa: E402  (same folder)
 
-MODES = {"S": (0.5, 0.7), "Q": (0.9, 0.95)}  # the presets' (tau_mask, tau_edit)
+MODES = {"S": "speedy", "Q": "quality"}  # the presets in conf/decode
 
 
-def accuracy(lm, tok, family, examples, args, tau_mask: float, tau_edit: float, temperature: float = 0.0,
+def accuracy(lm, tok, family, examples, prompts, args, mode: str, temperature: float = 0.0,
              seed: int = 0) -> tuple[float, float]:
-    cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_mask,
-                       editing_threshold=tau_edit, eos_early_stop=True, speculative_verify=True, max_batch_size=64,
-                       temperature=temperature, seed=seed)
-    score, res = decode_and_score(lm, tok, family, examples, encode_prompts(tok, examples), cfg)
+    """(score in %, TPF) of one decoding of `prompts` with the mode's preset."""
+    cfg = load_decode_config(MODES[mode], block_length=args.block, gen_length=args.gen_length, max_batch_size=64,
+                             temperature=temperature, seed=seed)
+    score, res = decode_and_score(lm, tok, family, examples, prompts, cfg)
     return score, res.tokens_per_forward
 
 
@@ -63,8 +64,9 @@ def cmd_drift(args) -> None:
 def cmd_noise(args, family, examples) -> None:
     base = DiffusionLM.from_pretrained(args.checkpoints[0]).eval()
     tok = load_tokenizer(args.checkpoints[0])
-    tau_mask, tau_edit = MODES[args.mode]
-    print(f"unperturbed ({args.mode} mode, greedy): accuracy {accuracy(base, tok, family, examples, args, tau_mask, tau_edit)[0]:.1f}")
+    prompts = encode_prompts(tok, examples)
+    unperturbed = accuracy(base, tok, family, examples, prompts, args, args.mode)[0]
+    print(f"unperturbed ({args.mode} mode, greedy): accuracy {unperturbed:.1f}")
     for rel in args.rel:
         for seed in range(args.seeds):
             lm = copy.deepcopy(base)
@@ -72,7 +74,7 @@ def cmd_noise(args, family, examples) -> None:
             with torch.no_grad():
                 for p in lm.parameters():
                     p.add_(torch.randn(p.shape, generator=g) * rel * p.abs().mean())
-            acc, tpf = accuracy(lm, tok, family, examples, args, tau_mask, tau_edit)
+            acc, tpf = accuracy(lm, tok, family, examples, prompts, args, args.mode)
             print(f"noise {rel:g} x mean|w|, seed {seed}: accuracy {acc:.1f}  TPF {tpf:.2f}")
 
 
@@ -81,10 +83,11 @@ def cmd_decoding(args, family, examples) -> None:
     for checkpoint in args.checkpoints:
         lm = DiffusionLM.from_pretrained(checkpoint).eval()
         tok = load_tokenizer(checkpoint)
-        for mode, (tau_mask, tau_edit) in MODES.items():
+        prompts = encode_prompts(tok, examples)
+        for mode in MODES:
             for temperature in (0.0, 1.0):
                 seeds = [0] if temperature == 0.0 else list(range(args.seeds))
-                runs = [accuracy(lm, tok, family, examples, args, tau_mask, tau_edit, temperature, s) for s in seeds]
+                runs = [accuracy(lm, tok, family, examples, prompts, args, mode, temperature, s) for s in seeds]
                 acc = sum(r[0] for r in runs) / len(runs)
                 tpf = sum(r[1] for r in runs) / len(runs)
                 label = "greedy" if temperature == 0.0 else f"T={temperature:g}, mean of {len(seeds)} seeds"

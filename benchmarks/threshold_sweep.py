@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.rl.rollouts import encode_prompt  # noqa: E402
 from components.tasks import get_family  # noqa: E402
 from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
@@ -56,7 +57,8 @@ def add_heldout_args(ap: argparse.ArgumentParser, example_seed: int = 123) -> No
 
 
 def encode_prompts(tok, examples) -> list[list[int]]:
-    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
+    """The prompts in the SFT chat format, exactly as the RL stage encodes them."""
+    return [encode_prompt(tok, e.prompt, "chat") for e in examples]
 
 
 def decode_and_score(lm, tok, family, examples, prompts, cfg: DecodeConfig):

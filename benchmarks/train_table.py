@@ -99,6 +99,7 @@ def train_variant(variant: str, out: Path, args) -> Path:
 
 
 def evaluate(checkpoint: Path, args) -> dict:
+    from components.rl.rollouts import encode_prompt
     from components.tasks import get_family
     from model import DecodeConfig, DiffusionLM, generate
     from model.tokenizer import load_tokenizer
@@ -109,7 +110,7 @@ def evaluate(checkpoint: Path, args) -> dict:
     for fam in args.families:
         examples += get_family(fam, **json.loads(args.family_params or "{}").get(fam, {})).make(
             "heldout", args.eval_n, seed=123)
-    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": e.prompt}])) for e in examples]
+    prompts = [encode_prompt(tok, e.prompt, "chat") for e in examples]
     results = {}
     for name, (tau_m, tau_e) in SETTINGS.items():
         cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_m, editing_threshold=tau_e,
