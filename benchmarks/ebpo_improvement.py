@@ -11,6 +11,11 @@ minutes on two CPU cores with TPF not below 90% of the start.
 
 Wall and CPU seconds are both printed: on a shared machine the gap between them is contention.
 
+`--parallel` runs the arms side by side, one process and one torch thread each (set
+trainer.num_threads=1), so on two cores each arm has one core for the whole budget. The curve is
+whatever `eval.*` asks for: greedy by default, the sampled policy EBPO trains with
+`eval.temperature=1.0 eval.samples_per_prompt=K`.
+
 `--permute-advantages` is a control: each group's advantages are shuffled among its responses, so
 the updates keep their size and statistics but no longer depend on the reward. A real run must beat
 it; when it does not, the update noise, not the reward signal, sets the outcome.
@@ -53,25 +58,38 @@ def main() -> None:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4], help="numbers of noise levels N to compare")
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget per run, evaluations included")
     ap.add_argument("--permute-advantages", action="store_true", help="control run (see the docstring)")
+    ap.add_argument("--parallel", action="store_true", help="run the arms side by side, one process each")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = ap.parse_args()
     if args.permute_advantages:
         permute_advantages_within_groups()
 
-    summaries = {}
+    jobs = {}
     for n in args.levels:
         out = args.out / f"levels_{n}"
         overrides = list(args.overrides) + [f"estimator.num_levels={n}", f"max_minutes={args.minutes}",
                                             "max_steps=100000"]
-        print(f"\n=== N = {n} noise level(s): run_rl {args.model} -> {out}\n    overrides: {' '.join(overrides)}",
+        print(f"=== N = {n} noise level(s): run_rl {args.model} -> {out}\n    overrides: {' '.join(overrides)}",
               flush=True)
-        summary = run_rl(args.config, args.model, out, overrides=overrides)
-        summaries[n] = summary
+        jobs[n] = (out, overrides)
+    if args.parallel:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=permute_advantages_within_groups if args.permute_advantages else None
+                                 ) as pool:
+            futures = {n: pool.submit(run_rl, args.config, args.model, out, overrides=o) for n, (out, o) in jobs.items()}
+            summaries = {n: f.result() for n, f in futures.items()}
+    else:
+        summaries = {n: run_rl(args.config, args.model, out, overrides=o) for n, (out, o) in jobs.items()}
+    for n, summary in summaries.items():
+        print(f"\n=== N = {n}: held-out curve")
         print(f"{'step':>5} {'wall s':>7} {'cpu s':>7} {'accuracy':>9} {'tpf':>6} {'length':>7}")
         for p in summary["eval_curve"]:
             print(f"{p['step']:>5} {p['elapsed_s']:>7.0f} {p['cpu_s']:>7.0f} {100 * p['accuracy']:>8.1f}% "
                   f"{p['tpf']:>6.2f} {p['length']:>7.1f}")
-    print("\n=== summary (held-out accuracy, greedy, rollout mode)")
+    print("\n=== summary (held-out accuracy in the rollout mode, decoded as eval.* says)")
     print(f"{'N':>3} {'steps':>6} {'initial':>8} {'final':>7} {'best':>7} {'gain pts':>9} {'tpf0':>6} {'tpf':>6} "
           f"{'tpf ratio':>9} {'wall s':>7}")
     table = {}

@@ -14,7 +14,7 @@ from components.rl import rewards as rewards_module
 from components.rl.config import RLConfig, RolloutConfig
 from components.rl.module import EBPOModule
 from components.rl.rewards import CombinedReward
-from components.rl.rollouts import decode_config, generate_rollouts, load_prompts, score_rollouts
+from components.rl.rollouts import decode_config, evaluate_policy, generate_rollouts, load_prompts, score_rollouts
 from components.rl.run import DEFAULT_CONFIG, RLInputError, run_rl
 from components.tasks import get_family
 from model import DiffusionLM, ModelConfig
@@ -60,6 +60,11 @@ def test_every_rl_config_loads():
     ("rollout.mode=turbo", "rl.rollout.mode must be one of"),
     ("estimator.schedule=fixed", "rl.estimator.levels must be 4 values"),
     ("optim.negative_scale=1.5", "rl.optim.negative_scale must be in \\[0, 1\\]"),
+    ("eval.samples_per_prompt=0", "rl.eval.samples_per_prompt must be >= 1"),
+    ("eval.samples_per_prompt=4", "rl.eval.samples_per_prompt must be 1 when eval.temperature is 0"),
+    ("eval.every_steps=-1", "rl.eval.every_steps must be >= 0"),
+    ("optim.ema_decay=1.0", "rl.optim.ema_decay must be in \\[0, 1\\)"),
+    ("optim.schedule=linear", "rl.optim.schedule must be one of"),
 ])
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -96,6 +101,24 @@ def test_rollouts_group_and_cut_at_block_ends(tiny_model_dir):
     assert len({tuple(r.sequence) for r in batch.rollouts}) > 1  # sampling differs within the batch
     score_rollouts(batch, CombinedReward.from_specs(load_config(RLConfig, DEFAULT_CONFIG).rewards))
     assert batch.rewards.shape == (6,) and batch.correct.shape == (6,)
+
+
+def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
+    """eval.samples_per_prompt: k sampled responses per held-out prompt, all scored."""
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    examples = get_family("sum").make("heldout", 3, 0)
+    dcfg = decode_config(RolloutConfig(gen_length=8, block_length=4), tok, temperature=1.0, seed=0)
+    calls = []
+
+    class Digit(CombinedReward):
+        def __call__(self, completion, example):
+            calls.append(example.id)
+            return super().__call__(completion, example)
+
+    reward = Digit.from_specs(load_config(RLConfig, DEFAULT_CONFIG, [DIGIT_REWARD]).rewards)
+    result = evaluate_policy(lm, tok, examples, dcfg, reward, "chat", samples_per_prompt=4)
+    assert sorted(calls) == sorted([e.id for e in examples] * 4)
 
 
 def test_run_rl_end_to_end(tiny_model_dir, tmp_path):
@@ -201,6 +224,55 @@ def test_ebpo_raises_the_reward_of_a_random_model(tiny_model_dir):
     first = sum(r["reward_mean"] for r in module.history[:3]) / 3
     last = sum(r["reward_mean"] for r in module.history[-3:]) / 3
     assert last > first + 0.15, [round(r["reward_mean"], 3) for r in module.history]
+
+
+def test_weight_average_is_evaluated_and_exported_while_rollouts_use_the_online_policy(tiny_model_dir):
+    """optim.ema_decay d: after one optimizer step the exported policy is d θ0 + (1 − d) θ1."""
+    torch.manual_seed(0)
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = load_config(RLConfig, DEFAULT_CONFIG, FAST + ["optim.lr=1e-2", "optim.inner_steps=1", "optim.ema_decay=0.75",
+                                                        "rollout.group_size=8", "rollout.prompts_per_step=4"])
+    module = EBPOModule(lm, tok, cfg, CombinedReward([(DigitFraction(), 1.0)]))
+    assert module.policy is lm  # no average before training starts
+    module.on_train_start()
+    opt = module.configure_optimizers()
+    module._optimizer_step = lambda: (float(_step(lm, opt)), module._update_average())[0]
+    module.manual_backward = lambda loss: loss.backward()
+    before = [p.detach().clone() for p in lm.parameters()]
+    module.training_step(get_family("sum").make("train", 4, 0), 0)
+    assert module.history[-1]["trained_fraction"] > 0
+    assert module.rollout_policy is lm and module.policy is not lm
+    moved = False
+    for avg, old, new in zip(module.policy.parameters(), before, lm.parameters()):
+        torch.testing.assert_close(avg, 0.75 * old + 0.25 * new.detach())
+        moved |= not torch.equal(old, new)
+    assert moved
+
+
+def test_cosine_schedule_follows_steps_or_the_clock_whichever_is_further(tiny_model_dir):
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = load_config(RLConfig, DEFAULT_CONFIG, FAST + ["max_steps=10", "optim.lr=1e-3", "optim.schedule=cosine",
+                                                        "optim.min_lr_ratio=0.1"])
+    module = EBPOModule(lm, tok, cfg, CombinedReward([(DigitFraction(), 1.0)]))
+    assert module.lr_now() == pytest.approx(1e-3)
+    module.rl_steps = 5
+    assert module.lr_now() == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    module.rl_steps = 10
+    assert module.lr_now() == pytest.approx(1e-4)
+    module.rl_steps = 0
+    module.deadline = module._clock[0] - 1.0  # the wall-clock budget is spent: the end of the cosine
+    assert module.lr_now() == pytest.approx(1e-4)
+    constant = EBPOModule(lm, tok, load_config(RLConfig, DEFAULT_CONFIG, FAST + ["optim.lr=1e-3"]),
+                          CombinedReward([(DigitFraction(), 1.0)]))
+    constant.rl_steps = 2
+    assert constant.lr_now() == 1e-3
+
+
+def test_weight_average_is_refused_under_fsdp():
+    with pytest.raises(ValueError, match="rl.optim.ema_decay must be 0 under trainer.strategy 'fsdp'"):
+        load_config(RLConfig, DEFAULT_CONFIG, ["optim.ema_decay=0.99", "trainer.strategy=fsdp"])
 
 
 def _step(lm, opt) -> float:

@@ -14,6 +14,7 @@ PROMPT_TEMPLATES = ("chat", "raw")
 DECODE_MODES = ("speedy", "quality")
 NOISE_SCHEDULES = ("stratified", "fixed")
 RATIO_NORMALIZATIONS = ("sum", "mean")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _fail(path: str, expected: str, got: Any) -> None:
@@ -150,6 +151,14 @@ class OptimConfig:
     # mostly shares its tokens with the successful ones, so pushing all of them down lowers the
     # model's confidence broadly (fewer tokens pass the threshold: TPF falls); < 1 damps that.
     negative_scale: float = 1.0
+    # Polyak average of the weights after every optimizer step (0 = off). Rollouts still come from
+    # the online policy; evaluations and the exported checkpoint use the average. Why: with a few
+    # informative groups per step the online iterate jitters, and its greedy accuracy with it.
+    ema_decay: float = 0.0
+    # constant, or cosine from lr to lr * min_lr_ratio over the run. The run ends at max_steps or
+    # max_minutes, whichever comes first, so the cosine follows whichever is further along.
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.0
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -168,6 +177,12 @@ class OptimConfig:
             _fail("optim.grad_clip", ">= 0", self.grad_clip)
         if not 0.0 <= self.negative_scale <= 1.0:
             _fail("optim.negative_scale", "in [0, 1]", self.negative_scale)
+        if not 0.0 <= self.ema_decay < 1.0:
+            _fail("optim.ema_decay", "in [0, 1) (0 = off)", self.ema_decay)
+        if self.schedule not in LR_SCHEDULES:
+            _fail("optim.schedule", f"one of {LR_SCHEDULES}", self.schedule)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            _fail("optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
 
 
 @dataclass
@@ -181,11 +196,30 @@ class RewardSpec:
 
 @dataclass
 class EvalConfig:
-    """Held-out accuracy and TPF under greedy decoding in the rollout mode (the improvement curve)."""
+    """Held-out accuracy and TPF in the rollout mode (the improvement curve).
+
+    temperature 0 measures the greedy decoder. The policy EBPO optimises is the rollouts' sampled
+    one, so `temperature` = the rollouts' with `samples_per_prompt` > 1 measures that policy, averaged
+    over k draws per prompt (a fixed seed: every evaluation draws the same random numbers).
+    """
 
     every_steps: int = 10  # rollout steps between evaluations (0 = only before and after)
     temperature: float = 0.0
+    samples_per_prompt: int = 1
     max_batch_size: int | None = 64
+
+    def validate(self) -> None:
+        if self.every_steps < 0:
+            _fail("eval.every_steps", ">= 0", self.every_steps)
+        if self.temperature < 0:
+            _fail("eval.temperature", ">= 0", self.temperature)
+        if self.samples_per_prompt < 1:
+            _fail("eval.samples_per_prompt", ">= 1", self.samples_per_prompt)
+        if self.samples_per_prompt > 1 and self.temperature == 0:
+            _fail("eval.samples_per_prompt", "1 when eval.temperature is 0 (greedy draws are identical)",
+                  self.samples_per_prompt)
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            _fail("eval.max_batch_size", "null or >= 1", self.max_batch_size)
 
 
 @dataclass
@@ -222,7 +256,7 @@ class RLConfig:
             _fail("max_steps", ">= 1", self.max_steps)
         if self.max_minutes < 0:
             _fail("max_minutes", ">= 0", self.max_minutes)
-        for part in (self.prompts, self.rollout, self.estimator, self.optim):
+        for part in (self.prompts, self.rollout, self.estimator, self.optim, self.eval):
             part.validate()
         if not self.rewards:
             _fail("rewards", "a non-empty list of {name, weight, params}", self.rewards)
@@ -230,6 +264,9 @@ class RLConfig:
             name = spec.name if isinstance(spec, RewardSpec) else spec.get("name")
             if name not in REWARDS:
                 raise ValueError(f"rl.rewards[{i}].name: unknown reward {name!r}; known: {sorted(REWARDS)}")
+        if self.optim.ema_decay and self.trainer.strategy == "fsdp":
+            _fail("optim.ema_decay", "0 under trainer.strategy 'fsdp' (the average needs the full weights)",
+                  self.optim.ema_decay)
         names = [s.name for s in self.rewards]
         if self.accuracy_reward is not None and self.accuracy_reward not in names:
             _fail("accuracy_reward", f"null or one of the configured rewards {names}", self.accuracy_reward)

@@ -7,6 +7,7 @@ gradient clipping exactly as for SFT. Everything else lives in `rollouts`, `esti
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from components.tasks import Example
+from components.training.schedule import cosine_factor
 
 from .config import RLConfig
 from .ebpo import PreparedBatch, damp_negative, group_advantages, optimise_batch, reference_token_logp
@@ -54,6 +56,7 @@ class EBPOModule(L.LightningModule):
         self.lm = lm
         self.model_config = lm.config
         self._decoder: torch.nn.Module | None = None  # FSDP only: full-weight copy for decoding
+        self._average: torch.nn.Module | None = None  # optim.ema_decay > 0: the Polyak-averaged policy
         self.ref_lm = ref_lm
         if ref_lm is not None:
             ref_lm.requires_grad_(False).eval()
@@ -86,7 +89,8 @@ class EBPOModule(L.LightningModule):
         start = time.monotonic()
         dcfg = decode_config(c.rollout, self.tokenizer, temperature=c.eval.temperature, seed=c.seed,
                              max_batch_size=c.eval.max_batch_size)
-        result = evaluate_policy(self.policy, self.tokenizer, self.eval_examples, dcfg, self.reward, c.prompts.template)
+        result = evaluate_policy(self.policy, self.tokenizer, self.eval_examples, dcfg, self.reward, c.prompts.template,
+                                 c.eval.samples_per_prompt)
         self._last_eval_seconds = time.monotonic() - start
         point = {"step": self.rl_steps, **result, "elapsed_s": time.monotonic() - self._clock[0],
                  "cpu_s": time.process_time() - self._clock[1]}
@@ -137,12 +141,28 @@ class EBPOModule(L.LightningModule):
         self._decoder.load_state_dict(weights)
 
     @property
-    def policy(self) -> torch.nn.Module:
-        """The network rollouts and evaluations decode with (and `run_rl` exports)."""
+    def rollout_policy(self) -> torch.nn.Module:
+        """The online network rollouts decode with."""
         return self._decoder if self._decoder is not None else self.lm
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The network evaluations decode with and `run_rl` exports: the weight average when
+        `optim.ema_decay` > 0, else the online network."""
+        return self._average if self._average is not None else self.rollout_policy
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        if self._average is None:
+            return
+        keep = self.cfg.optim.ema_decay
+        for avg, p in zip(self._average.parameters(), self.lm.parameters()):
+            avg.lerp_(p.detach(), 1.0 - keep)
 
     # ------------------------------------------------------------------ hooks (outside the training forward)
     def on_train_start(self) -> None:
+        if self.cfg.optim.ema_decay > 0 and self._average is None:
+            self._average = copy.deepcopy(self.lm).requires_grad_(False)
         self._sync_decoder()
         self.evaluate()
 
@@ -169,22 +189,39 @@ class EBPOModule(L.LightningModule):
             self.evaluate()
 
     # ------------------------------------------------------------------ one rollout batch
+    def run_progress(self) -> float:
+        """How far the run is, 0..1: its step count or its wall-clock budget, whichever is further."""
+        progress = self.rl_steps / self.cfg.max_steps
+        if self.deadline is not None:
+            start = self._clock[0]
+            progress = max(progress, (time.monotonic() - start) / max(self.deadline - start, 1e-9))
+        return min(1.0, progress)
+
+    def lr_now(self) -> float:
+        o = self.cfg.optim
+        if o.schedule == "constant":
+            return o.lr
+        return o.lr * cosine_factor(self.run_progress(), o.min_lr_ratio)
+
     def _optimizer_step(self) -> float:
         opt = self.optimizers()
+        for group in opt.param_groups:
+            group["lr"] = self.lr_now()
         grads = [p.grad.detach().norm() for p in self.lm.parameters() if p.grad is not None]
         norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
         if self.cfg.optim.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        self._update_average()
         return norm
 
     def training_step(self, examples: list[Example], batch_idx: int):
         c = self.cfg
         t0 = time.monotonic()
         dcfg = decode_config(c.rollout, self.tokenizer, temperature=c.rollout.temperature, seed=self._seed(1))
-        batch = score_rollouts(generate_rollouts(self.policy, self.tokenizer, examples, c.rollout.group_size, dcfg,
-                                                 c.prompts.template), self.reward)
+        batch = score_rollouts(generate_rollouts(self.rollout_policy, self.tokenizer, examples, c.rollout.group_size,
+                                                 dcfg, c.prompts.template), self.reward)
         t_rollout = time.monotonic() - t0
         adv = damp_negative(group_advantages(batch.rewards, c.rollout.group_size, scale=c.optim.scale_advantages),
                             c.optim.negative_scale)
@@ -217,6 +254,7 @@ class EBPOModule(L.LightningModule):
             self.lm.train()
             row.update(optimise_batch(self.lm, prepared, c.estimator, c.optim, self.manual_backward,
                                       self._optimizer_step))
+        row["lr"] = self.lr_now()
         row["step_seconds"] = time.monotonic() - t0
         row["elapsed_s"] = time.monotonic() - self._clock[0]
         self.rl_steps += 1

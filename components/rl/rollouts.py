@@ -172,9 +172,10 @@ def score_rollouts(batch: RolloutBatch, reward: CombinedReward, workers: int = 1
 
 
 def evaluate_policy(lm, tokenizer, examples: list[Example], dcfg: DecodeConfig, reward: CombinedReward,
-                    template: str) -> dict[str, float]:
-    """Accuracy (the accuracy reward term), TPF and length on `examples`, one response each."""
-    batch = score_rollouts(generate_rollouts(lm, tokenizer, examples, 1, dcfg, template), reward)
+                    template: str, samples_per_prompt: int = 1) -> dict[str, float]:
+    """Accuracy (the accuracy reward term), TPF and length on `examples`, averaged over
+    `samples_per_prompt` responses each."""
+    batch = score_rollouts(generate_rollouts(lm, tokenizer, examples, samples_per_prompt, dcfg, template), reward)
     return {"accuracy": float(batch.correct.mean()), "tpf": batch.tokens_per_forward,
             "length": batch.mean_length, "reward_mean": float(batch.rewards.mean()),
             "finished": batch.finished_fraction, "wall_seconds": batch.wall_seconds}

@@ -15,7 +15,12 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: flo
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    return cosine_factor((step - warmup_steps) / span, min_lr_ratio)
+
+
+def cosine_factor(progress: float, min_lr_ratio: float) -> float:
+    """Cosine from 1 at progress 0 to `min_lr_ratio` at progress 1 (flat after it)."""
+    progress = min(1.0, max(0.0, progress))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
