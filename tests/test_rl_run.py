@@ -117,7 +117,7 @@ def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
             return super().__call__(completion, example)
 
     reward = Digit.from_specs(load_config(RLConfig, DEFAULT_CONFIG, [DIGIT_REWARD]).rewards)
-    result = evaluate_policy(lm, tok, examples, dcfg, reward, "chat", samples_per_prompt=4)
+    evaluate_policy(lm, tok, examples, dcfg, reward, "chat", samples_per_prompt=4)
     assert sorted(calls) == sorted([e.id for e in examples] * 4)
 
 
@@ -237,7 +237,9 @@ def test_weight_average_is_evaluated_and_exported_while_rollouts_use_the_online_
     assert module.policy is lm  # no average before training starts
     module.on_train_start()
     opt = module.configure_optimizers()
-    module._optimizer_step = lambda: (float(_step(lm, opt)), module._update_average())[0]
+    module.optimizers = lambda: opt  # the real _optimizer_step (lr schedule, clip, step, average) without a Trainer
+    module.clip_gradients = lambda optimizer, gradient_clip_val, gradient_clip_algorithm: \
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), gradient_clip_val)
     module.manual_backward = lambda loss: loss.backward()
     before = [p.detach().clone() for p in lm.parameters()]
     module.training_step(get_family("sum").make("train", 4, 0), 0)
