@@ -45,6 +45,10 @@ VARIANTS = {
     # learning from once it drafts well; CPT runs without MTF.
     "t2t_keep_mtf_late": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
                           "objective.keep_weight=1.0"],
+    # Editing-stream rows (a quarter of the rows unmasked, T2T noise only): the fully drafted block
+    # that decoding's post steps judge is then in the training distribution (issue 22).
+    "t2t_stream": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
+                   "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25"],
     # A gentler corruption schedule: half the T2T rate, ramped in over most of SFT.
     "t2t_slow": ["objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.1", "objective.mtf_prob=0.0"],
 }
@@ -73,8 +77,8 @@ def sft_extra(variant: str, args) -> list[str]:
 def data_overrides(out: Path, args) -> str:
     items = [f"cache_dir={out / 'data'}", f"block_length={args.block}", "cpt.seq_len=128",
              f"sft.synthetic.families=[{','.join(args.families)}]", f"sft.synthetic.num_examples={args.sft_examples}"]
-    if args.family_params:
-        items.append(f"sft.synthetic.params={args.family_params}")  # CPT keeps its default mix
+    # CPT keeps its default mix; SFT gets exactly the given families and difficulty (none = defaults)
+    items.append(f"sft.synthetic.params={args.family_params or '{}'}")
     return "data.overrides=[" + ",".join(json.dumps(i) for i in items) + "]"
 
 
@@ -181,7 +185,7 @@ def cmd_report(args) -> int:
         best = max(noedit, key=lambda n: (recs["m2t"]["eval"][n]["score"], recs["m2t"]["eval"][n]["tpf"]))
         row("m2t", "M2T only, best threshold", best)
         row("m2t", "M2T only, S-mode threshold", "noedit@0.5")
-    for v in ("t2t", "t2t_mtf", "t2t_slow", "t2t_keep", "t2t_keep_mtf", "t2t_keep_mtf_late"):
+    for v in ("t2t", "t2t_mtf", "t2t_slow", "t2t_keep", "t2t_stream", "t2t_keep_mtf", "t2t_keep_mtf_late"):
         if v in recs:
             row(v, "Q mode", "Q")
             row(v, "S mode", "S")

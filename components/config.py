@@ -47,6 +47,21 @@ def _parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> Dic
     return OmegaConf.from_dotlist(list(overrides))
 
 
+def _clear_replaced_mappings(base: DictConfig, overrides) -> None:
+    """`key={...}` on the command line replaces the mapping at `key` (as `key=[...]` replaces a list):
+    merging would keep the keys it does not name, so `params={}` could never clear a default."""
+    if overrides is None or isinstance(overrides, Mapping):
+        return
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if not value.strip().startswith("{"):
+            continue
+        node = OmegaConf.select(base, key.strip(), throw_on_missing=False)
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
+            for name in list(node.keys()):
+                del node[name]
+
+
 def merge_config(
     schema_cls: type[T],
     yaml_path: str | os.PathLike | None = None,
@@ -71,6 +86,8 @@ def merge_config(
     layers.append(("overrides", _parse_overrides(overrides)))
     for source, layer in layers:
         try:
+            if source == "overrides":
+                _clear_replaced_mappings(base, overrides)
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{source}: {_describe(exc)}") from exc

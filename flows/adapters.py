@@ -152,7 +152,9 @@ def load_checkpoint(folder: Path, device: str = "cpu"):
 def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     """The task suite of an EvalConfig on the checkpoint; per-task metrics plus suite aggregates.
 
-    eval/score is the mean task score; eval/tpf and eval/tps pool tokens over the whole suite.
+    eval/score is the mean task score; eval/tpf and eval/tps pool tokens over the whole suite. Each
+    mode in cfg.modes adds eval/<mode>/* (and eval/<mode>_noedit/* with cfg.editing_ablation): the
+    same suite decoded in S or Q mode, with T2T editing on and off, edit counts and edit precision.
     """
     import torch
 
@@ -160,18 +162,34 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lm, tokenizer = load_checkpoint(inputs["checkpoint"], device)
-    results = evaluate_suite(
-        lm, tokenizer, list(cfg.tasks),
-        mode=cfg.mode, limit=cfg.limit, batch_size=cfg.batch_size,
-        task_overrides=list(cfg.task_overrides), output_dir=out_dir,
-    )
+
+    def suite(mode, extra: list[str], folder: Path):
+        return evaluate_suite(lm, tokenizer, list(cfg.tasks), mode=mode, limit=cfg.limit, batch_size=cfg.batch_size,
+                              task_overrides=list(cfg.task_overrides) + extra, output_dir=folder)
+
+    results = suite(cfg.mode, [], out_dir)
     metrics: dict[str, float] = {}
     for result in results:
         metrics.update(result.metrics())
+    metrics.update(suite_metrics(results, "eval"))
+    noedit = ["decode.overrides.editing_threshold=1.01"]  # tau_edit > 1: no token is ever edited
+    for mode in cfg.modes:
+        metrics.update(suite_metrics(suite(mode, [], out_dir / mode), f"eval/{mode}"))
+        if cfg.editing_ablation:
+            metrics.update(suite_metrics(suite(mode, noedit, out_dir / f"{mode}_noedit"), f"eval/{mode}_noedit"))
+    return {"metrics": metrics}
+
+
+def suite_metrics(results, prefix: str) -> dict[str, float]:
+    """`<prefix>/score` (mean task score), `/tpf`, `/tps` (pooled over tasks) and the suite's edit metrics."""
+    from components.evaluate.results import edit_stats
+    from components.edits import EditStats
+
     tokens = sum(r.tokens for r in results)
     forwards = sum(r.forwards for r in results)
     seconds = sum(r.generation_seconds for r in results)
-    metrics["eval/score"] = sum(r.score for r in results) / len(results)
-    metrics["eval/tpf"] = tokens / forwards if forwards else 0.0
-    metrics["eval/tps"] = tokens / seconds if seconds > 0 else 0.0
-    return {"metrics": metrics}
+    edits = sum((edit_stats(r.edits) for r in results if r.edits is not None), EditStats())
+    return {f"{prefix}/score": sum(r.score for r in results) / len(results),
+            f"{prefix}/tpf": tokens / forwards if forwards else 0.0,
+            f"{prefix}/tps": tokens / seconds if seconds > 0 else 0.0,
+            **edits.metrics(prefix)}

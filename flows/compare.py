@@ -29,12 +29,16 @@ class RunView:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def modes(self) -> dict[str, dict[str, float]]:
-        """mode -> {score, tpf, tps} from eval/* (mode `eval`) and bench/<mode>/*."""
+        """mode -> {score, tpf, tps} from eval/* (mode `eval`), eval/<mode or task>/* and bench/<setting>/*."""
         out: dict[str, dict[str, float]] = {}
         for q in QUANTITIES:
             if f"eval/{q}" in self.metrics:
                 out.setdefault("eval", {})[q] = self.metrics[f"eval/{q}"]
-        for key, value in self.metrics.items():
+        for key, value in sorted(self.metrics.items()):
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "eval" and parts[2] in QUANTITIES:
+                out.setdefault(f"eval/{parts[1]}", {})[parts[2]] = value  # a decoding mode or a task
+        for key, value in sorted(self.metrics.items()):
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "bench" and parts[2] in QUANTITIES:
                 out.setdefault(parts[1], {})[parts[2]] = value
@@ -103,6 +107,43 @@ def plot(views: list[RunView], path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     if ax.collections:
         ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+STAGE_PLOT_MODES = (("quality", "Q mode"), ("speedy", "S mode"), ("speedy_noedit", "S mode, editing off"))
+
+
+def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
+    """Score and TPF of every evaluated stage (probes and the final evaluation) per decoding mode:
+    what each stage adds. `rows` are the pipeline's summary rows; None when no stage has eval metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [r for r in rows if r.get("run_id") and any(f"eval/{m}/score" in r["metrics"] for m, _ in STAGE_PLOT_MODES)]
+    if not stages:
+        return None
+    fig, (ax_score, ax_tpf) = plt.subplots(1, 2, figsize=(10, 4))
+    x = list(range(len(stages)))
+    for mode, label in STAGE_PLOT_MODES:
+        for ax, quantity in ((ax_score, "score"), (ax_tpf, "tpf")):
+            ys = [r["metrics"].get(f"eval/{mode}/{quantity}", float("nan")) for r in stages]
+            if any(y == y for y in ys):
+                ax.plot(x, ys, marker="o", label=label)
+    for ax, title in ((ax_score, "held-out score"), (ax_tpf, "tokens per forward (TPF)")):
+        ax.set_xticks(x, [r["stage"] for r in stages])
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("draftedit pipeline: what each stage adds")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Write a figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")

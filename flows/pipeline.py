@@ -10,6 +10,7 @@ the finished stages' outputs and continues from the first stage that did not fin
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ from .config import (
 from .stages import STAGE_FLOWS, load_stage_config, tracking_client
 
 TAG_FAILED_STAGE = "draftedit.failed_stage"
-SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "seconds")
+SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "S score", "S TPF", "S edits", "seconds")
+FINAL_COLUMNS = ("decoding", "score", "TPF", "TPS", "edits/sample", "edit precision")
 
 
 def validate_stage_configs(cfg: PipelineConfig) -> None:
@@ -229,6 +231,7 @@ def pipeline_flow(
     final = next((r for r in reversed(rows) if r["stage"] == "evaluate" and r["run_id"]), None)
     if final:
         log_metrics(client, parent_id, {k: v for k, v in final["metrics"].items() if k.startswith("eval/")})
+    plot_path = _log_stage_plot(client, parent_id, rows, output_dir)
     client.set_tag(parent_id, TAG_FAILED_STAGE, "")
     client.set_terminated(parent_id, status="FINISHED")
     registration = next((r.get("registration") for r in rows if r.get("registration")), None)
@@ -241,47 +244,109 @@ def pipeline_flow(
         "rows": rows,
         "registration": registration,
         "checkpoint": state["checkpoint"],
+        "plot": plot_path,
     }
 
 
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _log_stage_plot(client, parent_id: str, rows: list[dict], output_dir: str) -> str | None:
+    """The parent run's `stages.png`: score and TPF per stage and decoding mode (None when nothing was probed)."""
+    from .compare import plot_stages
+
+    path = Path(output_dir) / "pipelines" / parent_id / "stages.png"
+    if plot_stages(rows, path) is None:
+        return None
+    client.log_artifact(parent_id, str(path))
+    return str(path)
+
+
 def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
-    """Table rows (see SUMMARY_COLUMNS); the benchmark adds one row per decoding mode."""
+    """Table rows (see SUMMARY_COLUMNS); the benchmark adds one row per decoding setting.
 
-    def fmt(value: float | None, spec: str = ".3f") -> str:
-        return "-" if value is None else format(value, spec)
-
+    score / TPF / TPS are the stage's evaluation in its tasks' own preset (Q mode); the S columns are
+    the same suite in S mode (`eval/speedy/*`), with the T2T edits per sample.
+    """
     out = []
     for row in rows:
         m = row["metrics"]
         run = (row["run_id"] or "-")[:8]
-        out.append((row["stage"], row["status"], run, fmt(m.get("eval/score")), fmt(m.get("eval/tpf"), ".2f"),
-                    fmt(m.get("eval/tps"), ".1f"), fmt(row["seconds"], ".1f")))
+        out.append((row["stage"], row["status"], run, _fmt(m.get("eval/score")), _fmt(m.get("eval/tpf"), ".2f"),
+                    _fmt(m.get("eval/tps"), ".1f"), _fmt(m.get("eval/speedy/score")),
+                    _fmt(m.get("eval/speedy/tpf"), ".2f"), _fmt(m.get("eval/speedy/edits_per_sample"), ".2f"),
+                    _fmt(row["seconds"], ".1f")))
         if row["stage"] == "benchmark":
             names = sorted({k.split("/")[1] for k in m if k.startswith("bench/") and k.count("/") == 2})
             # `bench/<mode>/*` repeats the first unquantized setting of that mode (`<mode>_b1`): skip it.
-            aliases = {n for n in names if any(other.startswith(n + "_") for other in names)}
+            aliases = {n for n in names if any(other.startswith(n + "_b") for other in names)}
             for name in (n for n in names if n not in aliases):
-                out.append((f"  {name}", "", "", fmt(m.get(f"bench/{name}/score")),
-                            fmt(m.get(f"bench/{name}/tpf"), ".2f"), fmt(m.get(f"bench/{name}/tps"), ".1f"), ""))
+                out.append((f"  {name}", "", "", _fmt(m.get(f"bench/{name}/score")),
+                            _fmt(m.get(f"bench/{name}/tpf"), ".2f"), _fmt(m.get(f"bench/{name}/tps"), ".1f"),
+                            "", "", "", ""))
     return out
+
+
+FINAL_MODES = (("quality", "Q, editing on"), ("quality_noedit", "Q, editing off"),
+               ("speedy", "S, editing on"), ("speedy_noedit", "S, editing off"))
+
+
+def final_model_rows(rows: list[dict]) -> list[tuple[str, ...]]:
+    """The evaluate stage's suite per decoding mode, editing on and off (score, TPF, TPS, edits, precision)."""
+    final = next((r for r in reversed(rows) if r["stage"] == "evaluate" and r["run_id"]), None)
+    if final is None:
+        return []
+    m = final["metrics"]
+    out = []
+    for key, label in FINAL_MODES:
+        if f"eval/{key}/score" in m:
+            out.append((label, _fmt(m.get(f"eval/{key}/score")), _fmt(m.get(f"eval/{key}/tpf"), ".2f"),
+                        _fmt(m.get(f"eval/{key}/tps"), ".1f"), _fmt(m.get(f"eval/{key}/edits_per_sample"), ".2f"),
+                        _fmt(m.get(f"eval/{key}/edit_precision"), ".2f")))
+    return out
+
+
+def rl_line(rows: list[dict]) -> str | None:
+    """What RL did to its held-out accuracy (its own curve, in its rollout mode)."""
+    rl = next((r for r in rows if r["stage"] == "rl" and r["run_id"]), None)
+    if rl is None or "rl_eval/initial_accuracy" not in rl["metrics"]:
+        return None
+    m = rl["metrics"]
+    first, last = 100 * m["rl_eval/initial_accuracy"], 100 * m["rl_eval/accuracy"]
+    return (f"RL: held-out accuracy {first:.1f}% -> {last:.1f}% ({last - first:+.1f} points) in "
+            f"{int(m.get('rl/steps', 0))} steps")
 
 
 def print_summary(result: dict, wall_seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets the whole table
     table = Table(title=f"draftedit pipeline — parent run {result['parent_run_id']}")
     for col in SUMMARY_COLUMNS:
         table.add_column(col, justify="left" if col in ("stage", "status", "run") else "right", no_wrap=True)
     for row in summary_rows(result["rows"]):
         table.add_row(*row)
     console.print(table)
+    final = final_model_rows(result["rows"])
+    if final:
+        ftable = Table(title="final model (evaluate stage): decoding modes, T2T editing on and off")
+        for col in FINAL_COLUMNS:
+            ftable.add_column(col, justify="left" if col == "decoding" else "right", no_wrap=True)
+        for row in final:
+            ftable.add_row(*row)
+        console.print(ftable)
+    line = rl_line(result["rows"])
+    if line:
+        console.print(line)
     reg = result.get("registration")
     if reg:
         champ = "now champion" if reg["champion"] else f"champion stays version {reg['previous_champion']}"
         console.print(f"Registered model [bold]{reg['name']}[/] version {reg['version']} "
                       f"(score {reg['score']:.4g}; models:/{reg['name']}/latest; {champ})")
+    if result.get("plot"):
+        console.print(f"Plot (score and TPF per stage and mode): {result['plot']}")
     console.print(f"Wall time: {wall_seconds:.0f} s")
     console.print(f"Tracking: {result['tracking_uri']}  (experiment '{result['experiment']}')")
     console.print(f"Outputs:  {result['output_dir']}")

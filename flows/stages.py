@@ -283,7 +283,8 @@ def run_stage(
                     probe = call_component.with_options(name=f"{stage}-probe")(
                         "evaluate", probe_cfg, {"checkpoint": str(ckpt)}, str(out_dir / "probe")
                     )
-                    metrics.update(log_metrics(client, run_id, summarize_eval(probe.get("metrics", {}))))
+                    probe_metrics = probe.get("metrics", {})
+                    metrics.update(log_metrics(client, run_id, {**probe_metrics, **summarize_eval(probe_metrics)}))
             if not result.get("artifacts_logged"):
                 _log_results(client, run_id, out_dir, skip)
             if stage == "evaluate":  # suite aggregates, when the component did not give them

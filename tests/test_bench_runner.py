@@ -72,6 +72,8 @@ def test_every_measure_is_reported(result):
     assert "quality_b2" in by["reference"]["same_tokens_as"].split(",")
     assert by["reference"]["x_reference"] == pytest.approx(1.0)
     assert by["quality_b2_fp8"]["agreement_with_unquantized"] is not None
+    assert by["quality_b2_fp8"]["x_unquantized"] == pytest.approx(by["quality_b2_fp8"]["tps"] / by["quality_b2"]["tps"])
+    assert by["quality_b2"]["x_unquantized"] is None  # only quantized settings have an unquantized twin
     machine = json.loads((out / "machine.json").read_text())
     assert machine["torch"] == torch.__version__ and machine["torch_threads"] >= 1 and machine["cpu"]
     for name in ("results.jsonl", "results.csv", "results.md", "table3.md", "score_vs_tps.png", "bench_config.yaml"):

@@ -27,6 +27,11 @@ from model.tokenizer import TokenizerError
 CONF_DATA = Path(__file__).resolve().parent.parent / "conf" / "data"
 
 
+# Four short-answer families (the data tests check preparation, not the default pipeline's task mix).
+FOUR_FAMILIES = ["cpt.synthetic.families=[permutation,sum,sudoku4,addition]", "cpt.synthetic.params={}",
+                 "sft.synthetic.families=[permutation,sum,sudoku4,addition]", "sft.synthetic.params={}"]
+
+
 def small(tmp_path, *extra):
     """The default config shrunk to a few hundred KB so each preparation takes about a second."""
     return load_data_config(overrides=[
@@ -34,7 +39,7 @@ def small(tmp_path, *extra):
         "block_length=16", "max_seq_len=128", "cpt.seq_len=64",
         "tokenizer.vocab_size=512",
         "cpt.stdlib.max_bytes=150000", "cpt.synthetic.num_examples=50", "sft.synthetic.num_examples=60",
-        *extra,
+        *FOUR_FAMILIES, *extra,
     ])
 
 
@@ -269,7 +274,7 @@ def test_cli_prepares_and_reports(tmp_path, capsys):
     from components.data import cli
 
     args = ["--config", str(DEFAULT_DATA_CONFIG), f"cache_dir={tmp_path}", "block_length=16", "max_seq_len=64",
-            "cpt.enabled=false", "tokenizer.vocab_size=400", "sft.synthetic.num_examples=10"]
+            "cpt.enabled=false", "tokenizer.vocab_size=400", "sft.synthetic.num_examples=10", *FOUR_FAMILIES]
     assert cli.main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["sft_rows"] == 40 and first["cpt_rows"] == 0 and not first["cache_hit"]
@@ -329,7 +334,8 @@ def test_synthetic_family_parameters_reach_the_generator(tmp_path):
         prompt = tok.decode(item["input_ids"][item["prompt_mask"]].tolist(), skip_special_tokens=True)
         a, b = prompt.removeprefix("add: ").removesuffix("=").split("+")
         assert len(a) == len(b) == 3
-    assert cache_key(cfg) != cache_key(small(tmp_path, "cpt.enabled=false", "sft.synthetic.families=[addition]"))
+    assert cache_key(cfg) != cache_key(small(tmp_path, "cpt.enabled=false", "sft.synthetic.families=[addition]",
+                                             "sft.synthetic.params={}"))
     with pytest.raises(ValueError, match=r"data\.sft\.synthetic\.params\.addition: .*unknown parameter"):
         small(tmp_path, "sft.synthetic.families=[addition]", "sft.synthetic.params={addition: {digits: 3}}")
     with pytest.raises(ValueError, match=r"data\.sft\.synthetic\.params\.sum: is not one of the selected"):

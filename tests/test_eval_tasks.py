@@ -59,7 +59,7 @@ def test_builtin_tasks_cover_synthetic_humaneval_and_gsm8k():
 def test_synthetic_tasks_use_the_heldout_split(family):
     cfg = load_task(family, ["source.num_examples=30"])
     samples = load_samples(cfg)
-    expected = get_family(family).make("heldout", 30, cfg.seed)
+    expected = get_family(family, **cfg.source.params).make("heldout", 30, cfg.seed)
     assert [s.data for s in samples] == expected
     assert all(split_of(family, s.fields["prompt"]) == "heldout" for s in samples)
     assert all(SCORERS["synthetic"](s.reference, s, cfg).correct for s in samples)

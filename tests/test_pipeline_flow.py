@@ -72,7 +72,7 @@ def test_full_pipeline_tracks_every_stage(fakes, tmp_path, mlflow_uri):
 
     rows = summary_rows(result["rows"])
     assert [r[0] for r in rows][:6] == ["data_prep", "cpt", "sft", "rl", "quantize", "benchmark"]
-    assert ("  speedy", "", "", "-", "2.00", "10.0", "") in rows
+    assert ("  speedy", "", "", "-", "2.00", "10.0", "", "", "", "") in rows
     evaluate_row = next(r for r in rows if r[0] == "evaluate")
     assert evaluate_row[3:6] == ("0.500", "3.00", "40.0")
 

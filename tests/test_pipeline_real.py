@@ -26,7 +26,8 @@ def write_config(tmp_path: Path, mlflow_uri: str) -> Path:
         "data_prep": {"config": "data/default.yaml", "overrides": [
             f"cache_dir={tmp_path / 'data'}", "tokenizer.vocab_size=400", "tokenizer.max_train_bytes=60000",
             "cpt.stdlib.max_files=4", "cpt.stdlib.max_bytes=40000", "cpt.synthetic.families=[sum]",
-            "cpt.synthetic.num_examples=40", "sft.synthetic.families=[sum]", "sft.synthetic.num_examples=40"]},
+            "cpt.synthetic.params={}", "cpt.synthetic.num_examples=40", "sft.synthetic.families=[sum]",
+            "sft.synthetic.params={}", "sft.synthetic.num_examples=40"]},
         "cpt": {"config": "train/cpt.yaml", "overrides": [TINY_MODEL, *TRAIN]},
         "sft": {"config": "train/sft.yaml", "overrides": [*TRAIN, "objective.mtf_prob=0.5"]},
         "rl": {"config": "rl/default.yaml", "overrides": [

@@ -6,7 +6,8 @@ import socket
 
 
 from flows import cli
-from flows.compare import RunView, plot, table_rows
+from flows.compare import RunView, plot, plot_stages, table_rows
+from flows.pipeline import final_model_rows, rl_line, summary_rows
 
 
 def test_compare_rows_put_runs_side_by_side_per_mode(tmp_path):
@@ -24,6 +25,42 @@ def test_compare_rows_put_runs_side_by_side_per_mode(tmp_path):
     assert not any(r[1] == "loss_m2t" for r in rows)
     out = plot([a, b], tmp_path / "plots" / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_shows_each_decoding_mode_of_the_evaluation():
+    a = RunView("a" * 32, "run a", {"eval/score": 0.9, "eval/speedy/score": 0.8, "eval/speedy_noedit/score": 0.7,
+                                    "eval/speedy/tpf": 5.0})
+    header, rows = table_rows([a])
+    assert ["eval/speedy", "score", "0.800"] in rows and ["eval/speedy_noedit", "score", "0.700"] in rows
+    assert ["eval/speedy", "TPF", "5.00"] in rows
+
+
+def _stage(stage, run_id, **metrics):
+    return {"stage": stage, "status": "ran", "run_id": run_id, "seconds": 1.0, "metrics": metrics}
+
+
+def test_pipeline_summary_plot_and_final_table_show_what_each_stage_adds(tmp_path):
+    rows = [
+        _stage("data_prep", "d" * 32),
+        _stage("sft", "s" * 32, **{"eval/score": 0.85, "eval/quality/score": 0.85, "eval/quality/tpf": 4.0,
+                                   "eval/speedy/score": 0.8, "eval/speedy/tpf": 6.0, "eval/speedy/edits_per_sample": 0.3}),
+        _stage("rl", "r" * 32, **{"eval/score": 0.9, "eval/quality/score": 0.9, "eval/quality/tpf": 4.1,
+                                  "eval/speedy/score": 0.88, "eval/speedy/tpf": 6.2, "rl_eval/initial_accuracy": 0.85,
+                                  "rl_eval/accuracy": 0.9, "rl/steps": 120}),
+        _stage("evaluate", "e" * 32, **{"eval/score": 0.91, "eval/quality/score": 0.91, "eval/quality_noedit/score": 0.9,
+                                        "eval/speedy/score": 0.89, "eval/speedy/edit_precision": 0.95,
+                                        "eval/speedy_noedit/score": 0.85}),
+    ]
+    table = summary_rows(rows)
+    sft = next(r for r in table if r[0] == "sft")
+    assert sft[3] == "0.850" and sft[6:9] == ("0.800", "6.00", "0.30")
+    final = final_model_rows(rows)
+    assert [r[0] for r in final] == ["Q, editing on", "Q, editing off", "S, editing on", "S, editing off"]
+    assert final[2][1] == "0.890" and final[2][5] == "0.95"
+    assert rl_line(rows) == "RL: held-out accuracy 85.0% -> 90.0% (+5.0 points) in 120 steps"
+    out = plot_stages(rows, tmp_path / "stages.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_stages([rows[0]], tmp_path / "none.png") is None  # nothing evaluated: no plot
 
 
 def free_port() -> int:

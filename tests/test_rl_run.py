@@ -58,7 +58,7 @@ def test_every_rl_config_loads():
     ("rewards=[{name: no_such_reward}]", "rl.rewards\\[0\\].name: unknown reward 'no_such_reward'"),
     ("rollout.temperature=0", "rl.rollout.temperature must be > 0"),
     ("rollout.mode=turbo", "rl.rollout.mode must be one of"),
-    ("estimator.schedule=fixed", "rl.estimator.levels must be 4 values"),
+    ("estimator.schedule=fixed", "rl.estimator.levels must be 1 values"),
     ("optim.negative_scale=1.5", "rl.optim.negative_scale must be in \\[0, 1\\]"),
     ("eval.samples_per_prompt=0", "rl.eval.samples_per_prompt must be >= 1"),
     ("eval.samples_per_prompt=4", "rl.eval.samples_per_prompt must be 1 when eval.temperature is 0"),
@@ -266,7 +266,7 @@ def test_cosine_schedule_follows_steps_or_the_clock_whichever_is_further(tiny_mo
     module.rl_steps = 0
     module.deadline = module._clock[0] - 1.0  # the wall-clock budget is spent: the end of the cosine
     assert module.lr_now() == pytest.approx(1e-4)
-    constant = EBPOModule(lm, tok, load_config(RLConfig, DEFAULT_CONFIG, FAST + ["optim.lr=1e-3"]),
+    constant = EBPOModule(lm, tok, load_config(RLConfig, DEFAULT_CONFIG, FAST + ["optim.lr=1e-3", "optim.schedule=constant"]),
                           CombinedReward([(DigitFraction(), 1.0)]))
     constant.rl_steps = 2
     assert constant.lr_now() == 1e-3

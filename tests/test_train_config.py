@@ -29,7 +29,7 @@ def test_shipped_baseline_really_is_m2t_only():
     base = load_train_config(REPO / "conf/train/sft_m2t_only.yaml")
     assert base.objective.t2t_rate_max == 0.0 and base.objective.mtf_prob == 0.0
     mixed = load_train_config(REPO / "conf/train/sft.yaml")
-    assert mixed.objective.t2t_rate_max > 0 and mixed.objective.mtf_prob > 0
+    assert mixed.objective.t2t_rate_max > 0 and mixed.objective.keep_weight > 0 and mixed.objective.t2t_stream_prob > 0
 
 
 def test_unknown_key_names_its_path():
@@ -101,7 +101,7 @@ def test_tokenizer_without_mask_token_stops_before_training(tmp_path):
     tok.save(str(tmp_path / "tok" / "tokenizer.json"))
     data = data_overrides(tmp_path / "d") + [f"tokenizer.path={tmp_path / 'tok'}"]
     overrides = [o for o in train_overrides(tmp_path, "sft") if not o.startswith("data.prepared")]
-    cfg = load_train_config(None, overrides + ["data.overrides=[" + ",".join(data) + "]"])
+    cfg = load_train_config(None, overrides + ["data.overrides=[" + ",".join(json.dumps(d) for d in data) + "]"])
     with pytest.raises(TokenizerError, match="mask token"):
         run_training(cfg, tmp_path / "run")
     _no_training_happened(tmp_path / "run")

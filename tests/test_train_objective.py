@@ -163,10 +163,13 @@ def test_loss_values_match_cross_entropy_by_hand():
     obj = _objective(t_min=0.3, t_max=0.7, t2t_rate_min=0.2, t2t_rate_max=0.2, t2t_source="uniform")
     probe = LogitsProbe(6, 16)
     c = obj.corrupt(b, 8, torch.Generator().manual_seed(7))
-    parts = stream_losses(probe.logits, c, "none")
+    parts = stream_losses(probe.logits, c, "none", "per_stream")
     lg, x0 = probe.logits.detach(), b["input_ids"]
     torch.testing.assert_close(parts["m2t"], F.cross_entropy(lg[c.m2t], x0[c.m2t]))
     torch.testing.assert_close(parts["t2t"], F.cross_entropy(lg[c.t2t], x0[c.t2t]))
+    pooled = stream_losses(probe.logits, c, "none")  # the default: T2T + keep = one CE over visible tokens
+    visible = c.t2t | c.keep
+    torch.testing.assert_close(pooled["t2t"] + pooled["keep"], F.cross_entropy(lg[visible], x0[visible]))
     inv_t = stream_losses(probe.logits, c, "inv_t")["m2t"]
     by_hand = (F.cross_entropy(lg[c.m2t], x0[c.m2t], reduction="none") / c.t[c.m2t]).sum() / c.noisable.sum()
     torch.testing.assert_close(inv_t, by_hand)

@@ -23,7 +23,9 @@ def data_overrides(cache_dir: Path) -> list[str]:
     """Synthetic-only data: small BPE, block 8, CPT rows of 32 tokens, SFT conversations."""
     return [f"cache_dir={cache_dir}", "block_length=8", "max_seq_len=64", "tokenizer.vocab_size=320",
             "cpt.seq_len=32", "cpt.stdlib.enabled=false", "cpt.synthetic.num_examples=60",
-            "sft.synthetic.num_examples=60"]
+            "sft.synthetic.num_examples=60", "cpt.synthetic.families=[permutation,sum,sudoku4,addition]",
+            "cpt.synthetic.params={}", "sft.synthetic.families=[permutation,sum,sudoku4,addition]",
+            "sft.synthetic.params={}"]
 
 
 def prepare_tiny_data(cache_dir: Path):

@@ -10,7 +10,8 @@ from typing import Optional
 
 COLUMNS = ["name", "kind", "mode", "batch_size", "quant", "num_prompts", "tokens", "forwards", "network_calls",
            "tpf", "tps", "tps_best", "wall_s", "latency_p50_s", "latency_p95_s", "peak_mem_mb", "model_mb", "score",
-           "agreement_with_unquantized", "x_reference", "x_autoregressive", "same_tokens_as", "deterministic",
+           "agreement_with_unquantized", "x_unquantized", "score_minus_unquantized", "x_reference", "x_autoregressive",
+           "same_tokens_as", "deterministic",
            "load_average_max"]
 
 
@@ -28,13 +29,16 @@ def add_comparisons(records: list[dict]) -> list[dict]:
         r = dict(r)
         r["x_reference"] = r["tps"] / ref["tps"] if ref and ref["tps"] else None
         r["x_autoregressive"] = r["tps"] / ar["tps"] if ar and ar["tps"] else None
-        r["agreement_with_unquantized"] = None
+        r["agreement_with_unquantized"] = r["x_unquantized"] = r["score_minus_unquantized"] = None
         if r["quant"] != "none":
             twin = next((o for o in records if o["quant"] == "none" and o["kind"] == r["kind"] and o["mode"] == r["mode"]
                          and o["batch_size"] == r["batch_size"] and o["prompt_indices"] == r["prompt_indices"]), None)
             if twin is not None:
                 r["agreement_with_unquantized"] = _agreement(r["sequences"], twin["sequences"])
                 r["unquantized"] = twin["name"]
+                r["x_unquantized"] = r["tps"] / twin["tps"] if twin["tps"] else None  # the quantization speed-up
+                if r.get("score") is not None and twin.get("score") is not None:
+                    r["score_minus_unquantized"] = r["score"] - twin["score"]
         same = []
         for o in records:
             if o is r or o["name"] == r["name"]:
@@ -137,7 +141,7 @@ def write_reports(records: list[dict], out_dir: Path, machine: dict, task: Optio
               f"{machine.get('load_average')}. Task: {task or 'random prompts (no score)'}. Medians over repeats, "
               f"warm-up excluded; latency = wall time of the batch a request was decoded in.\n\n")
     shown = ["name", "mode", "batch_size", "quant", "tps", "tps_best", "tpf", "forwards", "latency_p50_s", "latency_p95_s",
-             "peak_mem_mb", "score", "agreement_with_unquantized", "x_reference", "x_autoregressive"]
+             "peak_mem_mb", "score", "agreement_with_unquantized", "x_unquantized", "x_reference", "x_autoregressive"]
     files["markdown"] = _atomic_text(out_dir / "results.md", header + markdown_table(records, shown))
     t3 = table3(records)
     if t3:

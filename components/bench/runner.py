@@ -371,7 +371,8 @@ class _Tracker:
         from components.tracking.runs import log_metrics
 
         keys = ("tps", "tpf", "forwards", "latency_p50_s", "latency_p95_s", "peak_mem_mb", "score",
-                "agreement_with_unquantized", "x_reference", "x_autoregressive")
+                "agreement_with_unquantized", "x_reference", "x_autoregressive", "x_unquantized",
+                "score_minus_unquantized")
         values = {f"bench/{record['name']}/{k}": record[k] for k in keys if record.get(k) is not None}
         if alias:  # stable per-mode names (`bench/speedy/tps`) for comparisons across runs
             values.update({f"bench/{alias}/{k}": record[k] for k in ("tps", "tpf", "score") if record.get(k) is not None})
@@ -444,7 +445,8 @@ def run_benchmark(cfg: BenchConfig, model_dir: str | os.PathLike, out_dir: str |
         files = write_reports(records, out_dir, machine, task=prompts.task_name)
         for record in records:  # the comparisons exist only once every setting is done
             tracker.metrics({k: record.get(k) for k in ("name", "agreement_with_unquantized", "x_reference",
-                                                        "x_autoregressive")})
+                                                        "x_autoregressive", "x_unquantized",
+                                                        "score_minus_unquantized")})
         tracker.artifacts([out_dir / RESULTS_FILE, out_dir / "machine.json", out_dir / "bench_config.yaml",
                            *files.values()])
     finally:

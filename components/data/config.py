@@ -13,7 +13,9 @@ EXTERNAL_KINDS = ("file", "hub")
 FILE_FORMATS = ("auto", "json", "parquet", "csv", "text")
 TOO_LONG_POLICIES = ("error", "truncate", "drop")
 FILL_POLICIES = ("eos", "pad")
-DEFAULT_FAMILIES = ["permutation", "sum", "sudoku4", "addition"]
+DEFAULT_FAMILIES = ["sort", "sudoku4"]  # the default pipeline's tasks (conf/eval/default.yaml)
+DEFAULT_FAMILY_PARAMS = {"sort": {"min_len": 8, "max_len": 16, "max_value": 9},
+                         "sudoku4": {"min_clues": 6, "max_clues": 10}}
 
 
 @dataclass
@@ -22,8 +24,8 @@ class StdlibSource:
     within the file-count and byte budgets, one document per file (CPT only)."""
 
     enabled: bool = True
-    max_files: int = 400
-    max_bytes: int = 1_500_000
+    max_files: int = 100
+    max_bytes: int = 400_000
     max_file_bytes: int = 60_000
     seed: int = 0
 
@@ -35,10 +37,10 @@ class SyntheticSource:
 
     enabled: bool = True
     families: list[str] = field(default_factory=lambda: list(DEFAULT_FAMILIES))
-    num_examples: int = 2000  # per family
+    num_examples: int = 4000  # per family
     seed: int = 0
     # per-family size / difficulty fields, e.g. {sudoku4: {min_clues: 4, max_clues: 6}}
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_FAMILY_PARAMS.items()})
 
 
 @dataclass
@@ -71,7 +73,7 @@ class TokenizerConfig:
 @dataclass
 class CPTConfig:
     enabled: bool = True
-    seq_len: int = 256  # packed row length (a multiple of block_length, at most max_seq_len)
+    seq_len: int = 128  # packed row length (a multiple of block_length, at most max_seq_len)
     align_documents: bool = False  # start every document at a block boundary (pads the gap)
     stdlib: StdlibSource = field(default_factory=StdlibSource)
     synthetic: SyntheticSource = field(default_factory=SyntheticSource)
@@ -87,7 +89,7 @@ class SFTConfig:
     # A conversation longer than max_seq_len: "error" stops, "truncate" keeps the first max_seq_len
     # tokens (dropped if no reply token is left), "drop" skips it. Counts are recorded in the manifest.
     too_long: str = "error"
-    synthetic: SyntheticSource = field(default_factory=lambda: SyntheticSource(num_examples=4000, seed=1))
+    synthetic: SyntheticSource = field(default_factory=lambda: SyntheticSource(num_examples=8000, seed=1))
     external: list[ExternalSource] = field(default_factory=list)
 
 

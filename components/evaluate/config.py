@@ -54,6 +54,7 @@ class SourceConfig:
     subset: Optional[str] = None
     split: Optional[str] = None  # default: heldout (synthetic), train (file), test (hub)
     num_examples: int = 200
+    params: dict[str, Any] = field(default_factory=dict)  # synthetic: the family's difficulty, as the training data
     id_field: Optional[str] = None
     answer_field: Optional[str] = None
 
@@ -100,6 +101,9 @@ class TaskConfig:
     limit: Optional[int] = None  # evaluate the first `limit` samples only
     seed: int = 0
     batch_size: int = 16
+    # One valid answer per sample (sort, addition): every T2T edit of a wrong output can then be judged
+    # against the reference. With several valid answers only the edits of correct outputs are judged.
+    unique_answer: bool = False
     sandbox: TaskSandboxConfig = field(default_factory=TaskSandboxConfig)
     # Where the file came from (set by load_task; resolves relative data paths).
     origin: Optional[str] = None
@@ -115,6 +119,10 @@ class EvalConfig:
     batch_size: Optional[int] = None
     output_dir: str = "outputs/eval"
     task_overrides: list[str] = field(default_factory=list)  # dotlist applied to every task
+    # Also report the suite in each of these modes (eval/<mode>/score, tpf, tps, edit metrics) ...
+    modes: list[str] = field(default_factory=list)
+    # ... and each of them again with T2T editing off (eval/<mode>_noedit/...): what editing adds.
+    editing_ablation: bool = False
 
 
 def _fail(where: str, key: str, message: str) -> None:
@@ -240,6 +248,11 @@ def load_eval_config(path: str | os.PathLike | None = None, overrides: list[str]
         raise TaskConfigError(f"eval config {path}: {exc}") from exc
     if cfg.mode is not None and cfg.mode not in MODES:
         _fail(str(path), "mode", f"must be one of {MODES} or null, got {cfg.mode!r}")
+    for mode in cfg.modes:
+        if mode not in MODES:
+            _fail(str(path), "modes", f"every mode must be one of {MODES}, got {mode!r}")
+    if cfg.editing_ablation and not cfg.modes:
+        _fail(str(path), "editing_ablation", "needs the modes to ablate (modes: [quality, speedy])")
     if cfg.limit is not None and cfg.limit < 1:
         _fail(str(path), "limit", f"must be >= 1 or null, got {cfg.limit}")
     if cfg.batch_size is not None and cfg.batch_size < 1:

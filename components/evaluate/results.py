@@ -38,6 +38,7 @@ class TaskResult:
     mode: str
     decode: dict[str, Any]
     sandbox: Optional[dict[str, str]] = None  # code tasks: which sandbox protections were active
+    edits: Optional[dict[str, float]] = None  # components.edits.EditStats.as_dict() over the task
     records_path: Optional[str] = None
     result_path: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -62,7 +63,18 @@ class TaskResult:
             f"{base}/tps": self.tokens_per_second,
             f"{base}/errors": float(self.num_errors),
         })
+        if self.edits is not None:
+            out.update(edit_stats(self.edits).metrics(base))
         return out
+
+
+def edit_stats(edits: dict[str, float]):
+    """The EditStats behind a result's `edits` dict (its counts; the derived rates are recomputed)."""
+    from dataclasses import fields as dc_fields
+
+    from components.edits import EditStats
+
+    return EditStats(**{f.name: int(edits[f.name]) for f in dc_fields(EditStats)})
 
 
 def _atomic_text(path: Path, write) -> Path:  # noqa: ANN001 - write(fh) callback

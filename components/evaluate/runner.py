@@ -35,6 +35,7 @@ from components.evaluate.metrics import AnswerAccuracy, MeanForwards, MeanLength
 from components.evaluate.results import SUMMARY_FILE, TaskResult, save_task_result, write_json
 from components.evaluate.scorers import SCORERS, Judgement, SandboxUnavailableError, preflight
 from components.evaluate.sources import Sample, load_samples
+from components.edits import EditStats, classify_edits
 
 log = logging.getLogger(__name__)
 TaskLike = TaskConfig | str | os.PathLike
@@ -49,6 +50,8 @@ class _Job:
     prompt_text: str
     prompt_ids: Optional[list[int]]
     record: dict[str, Any]
+    sequence: Optional[list[int]] = None  # generated token ids (EOS kept), for edit accounting
+    trajectory: Any = None
 
 
 def resolve_task(task: TaskLike, overrides: Sequence[str] = ()) -> TaskConfig:
@@ -99,7 +102,8 @@ def _new_record(task: TaskConfig, sample: Sample, index: int, prompt: str) -> di
     return {
         "task": task.name, "id": sample.id, "sample_index": index, "prompt": prompt, "output": None,
         "extracted": None, "reference": sample.reference, "correct": False, "error": None, "detail": "",
-        "tokens": 0, "forwards": 0, "edits": 0,
+        "tokens": 0, "forwards": 0, "edits": 0, "edit_fixes": 0, "edit_breaks": 0, "edit_neutral": 0,
+        "edit_oscillations": 0,
     }
 
 
@@ -139,8 +143,29 @@ def _generate_batch(lm, jobs: list[_Job], decode, tokenizer, drop: set[int]) -> 
         for job in jobs:
             _generate_batch(lm, [job], decode, tokenizer, drop)
         return
-    for job, seq, fwd, edits in zip(jobs, res.sequences, res.forwards, res.edits):
+    trajectories = res.trajectories or [None] * len(jobs)
+    for job, seq, fwd, edits, traj in zip(jobs, res.sequences, res.forwards, res.edits, trajectories):
         job.record.update(output=_decode_text(tokenizer, seq, drop), tokens=len(seq), forwards=fwd, edits=edits)
+        job.sequence, job.trajectory = seq, traj
+
+
+def _account_edits(job: _Job, task: TaskConfig, tokenizer, eos: Optional[int]) -> EditStats:
+    """Classify the job's T2T edits (components.edits): against its own output when that was judged
+    correct, against the reference when the task has a unique answer, else count them unjudged."""
+    rec = job.record
+    if job.trajectory is None:
+        return EditStats()
+    if rec["correct"]:
+        reference = [t for t in job.sequence if t != eos]
+    elif task.unique_answer and job.sample.reference is not None:
+        reference = tokenizer.encode(job.sample.reference)
+    else:
+        reference = None
+    stats = classify_edits(job.trajectory, reference, eos, len(job.sequence))
+    rec.update(edit_fixes=stats.fixes, edit_breaks=stats.breaks, edit_neutral=stats.neutral,
+               edit_oscillations=stats.oscillations)
+    job.trajectory = None  # the record keeps the counts; drop the step lists
+    return stats
 
 
 def _judge(job: _Job, task: TaskConfig, extractor, scorer) -> None:
@@ -194,6 +219,7 @@ def evaluate_task(
     decode = decode_cfg if decode_cfg is not None else build_decode_config(task, mode)
     if decode.seed is None:
         decode = dataclasses.replace(decode, seed=task.seed)
+    decode = dataclasses.replace(decode, record_trajectory=True)  # every edit is classified (fix/break)
     if task.samples_per_prompt > 1 and decode.temperature <= 0:
         raise TaskConfigError(
             f"task {task.name!r}: samples_per_prompt={task.samples_per_prompt} needs sampling, but the decoding "
@@ -212,6 +238,7 @@ def evaluate_task(
     drop = {t for t in (eos, mask, getattr(tokenizer, "pad_id", None)) if t is not None}
     runnable = [j for j in jobs if j.prompt_ids is not None]
     gen_seconds = 0.0
+    edit_stats = EditStats()
     with ThreadPoolExecutor(max_workers=task.sandbox.workers) as pool:
         for b, first in enumerate(range(0, len(runnable), task.batch_size)):
             batch = runnable[first:first + task.batch_size]
@@ -220,11 +247,14 @@ def evaluate_task(
                 _generate_batch(lm, batch, dataclasses.replace(decode, seed=decode.seed + b), tokenizer, drop)
             gen_seconds += time.perf_counter() - t0
             list(pool.map(lambda j: _judge(j, task, extractor, scorer), batch))
+            for job in batch:
+                edit_stats = edit_stats + _account_edits(job, task, tokenizer, eos)
             log.info("%s: %d/%d generations", task.name, min(first + task.batch_size, len(runnable)), len(runnable))
 
     label = (mode or task.decode.preset) if decode_cfg is None else "custom"
     result = _aggregate(task, jobs, decode, label, time.perf_counter() - start, gen_seconds)
     result.sandbox = sandbox
+    result.edits = edit_stats.as_dict()
     if output_dir is not None:
         save_task_result(result, output_dir)
     return result

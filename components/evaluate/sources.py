@@ -67,7 +67,7 @@ def _where(cfg: TaskConfig) -> str:
 def _synthetic(cfg: TaskConfig) -> list[Sample]:
     from components.tasks import get_family
 
-    family = get_family(cfg.source.name)
+    family = get_family(cfg.source.name, **dict(cfg.source.params))
     split = cfg.source.split or _DEFAULT_SPLIT["synthetic"]
     examples = family.make(split, cfg.source.num_examples, cfg.seed)
     return [Sample(e.id, {"prompt": e.prompt}, e.answer, e) for e in examples]

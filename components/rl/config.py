@@ -159,6 +159,9 @@ class OptimConfig:
     # max_minutes, whichever comes first, so the cosine follows whichever is further along.
     schedule: str = "constant"
     min_lr_ratio: float = 0.0
+    # Control arm: shuffle each group's advantages among its responses. The update keeps its size
+    # and noise but loses the link between reward and response, so a real gain must not appear.
+    permute_advantages: bool = False
 
     def validate(self) -> None:
         if not self.lr > 0:

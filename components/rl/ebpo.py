@@ -39,6 +39,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.view(-1)
 
 
+def permute_within_groups(advantages: torch.Tensor, group_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Each group's advantages in a random order (the control arm: same magnitudes, no reward signal)."""
+    adv = advantages.view(-1, group_size)  # (prompts, G)
+    order = torch.stack([torch.randperm(group_size, generator=generator) for _ in range(adv.shape[0])])
+    return adv.gather(1, order).view(-1)
+
+
 def damp_negative(advantages: torch.Tensor, negative_scale: float) -> torch.Tensor:
     """Scale the negative advantages by `negative_scale` (1.0 leaves them as they are)."""
     if negative_scale == 1.0:

@@ -19,7 +19,14 @@ from components.tasks import Example
 from components.training.schedule import cosine_factor
 
 from .config import RLConfig
-from .ebpo import PreparedBatch, damp_negative, group_advantages, optimise_batch, reference_token_logp
+from .ebpo import (
+    PreparedBatch,
+    damp_negative,
+    group_advantages,
+    optimise_batch,
+    permute_within_groups,
+    reference_token_logp,
+)
 from .estimator import SequenceLayout, draw_masks, noise_levels
 from .rewards import CombinedReward
 from .rollouts import decode_config, evaluate_policy, generate_rollouts, score_rollouts
@@ -223,8 +230,10 @@ class EBPOModule(L.LightningModule):
         batch = score_rollouts(generate_rollouts(self.rollout_policy, self.tokenizer, examples, c.rollout.group_size,
                                                  dcfg, c.prompts.template), self.reward)
         t_rollout = time.monotonic() - t0
-        adv = damp_negative(group_advantages(batch.rewards, c.rollout.group_size, scale=c.optim.scale_advantages),
-                            c.optim.negative_scale)
+        adv = group_advantages(batch.rewards, c.rollout.group_size, scale=c.optim.scale_advantages)
+        if c.optim.permute_advantages:
+            adv = permute_within_groups(adv, c.rollout.group_size, torch.Generator().manual_seed(self._seed(3)))
+        adv = damp_negative(adv, c.optim.negative_scale)
         keep = torch.arange(len(adv))
         # Under DDP every rank must run the same number of backward passes (each one all-reduces),
         # so samples are only skipped on a single process.

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from components.config import load_config, save_config
+from components.progress import ConsoleProgress
 
 from .config import RLConfig
 
@@ -80,6 +81,16 @@ def _check_model(lm, tokenizer) -> None:
         raise ValueError(f"model mask_token_id={mc.mask_token_id} differs from the tokenizer's mask id {tokenizer.mask_id}")
 
 
+def _progress_figures(trainer, module) -> dict[str, float]:
+    """Latest rollout reward and held-out accuracy, for the live progress line."""
+    out = {}
+    if module.history:
+        out["reward"] = module.history[-1]["reward_mean"]
+    if module.eval_curve:
+        out["heldout_acc"] = module.eval_curve[-1]["accuracy"]
+    return out
+
+
 def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_dir: str | os.PathLike,
            *, overrides: list[str] | None = None, logger=None) -> dict[str, Any]:
     """Train `model_dir` with EBPO under `cfg`; return metrics and the exported `checkpoint_dir`."""
@@ -130,7 +141,9 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision, max_epochs=1, logger=logger if logger is not None else False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        log_every_n_steps=1, default_root_dir=str(out_dir), num_sanity_val_steps=0)
+        log_every_n_steps=1, default_root_dir=str(out_dir), num_sanity_val_steps=0,
+        callbacks=[ConsoleProgress("rl", cfg.max_steps, read=_progress_figures, step=lambda _, m: m.rl_steps,
+                                   deadline=deadline)])
     trainer.fit(module, train_dataloaders=loader)
 
     checkpoint = out_dir / "checkpoint"

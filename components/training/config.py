@@ -14,6 +14,7 @@ PRESETS = ("tiny", "tiny_moe")
 WEIGHTINGS = ("none", "inv_t")
 NOISE_PER = ("sequence", "block")
 T2T_SOURCES = ("uniform", "batch")
+VISIBLE_NORMALIZERS = ("pooled", "per_stream")
 MTF_SELECT = ("confidence", "random")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
@@ -52,9 +53,19 @@ class ObjectiveConfig:
     t2t_source: str = "batch"  # batch (tokens of the batch) | uniform (whole vocabulary minus specials)
     t2t_warmup_steps: int = 0  # ramp the T2T rate linearly from 0 over these steps
     t2t_weight: float = 1.0
+    # Editing-stream rows: with this probability per row nothing is masked, so the row is the clean
+    # sequence with only T2T noise. Decoding's "post" steps judge a fully drafted block; without such
+    # rows training never shows a block without masks (t >= t_min) and the model's edits there are
+    # confidently wrong (issue 22).
+    t2t_stream_prob: float = 0.0
     # Loss on visible noisable tokens that are correct (target = input). Needed with T2T: otherwise
     # every visible token the model is trained on is wrong, and its edits destroy correct drafts.
     keep_weight: float = 1.0
+    # How the visible streams are averaged. "pooled": L_t2t and L_keep are sums over one shared count
+    # (every visible noisable token), so a wrong token weighs what a correct one does and the edit
+    # confidence is calibrated to the corruption rate. "per_stream": each is its own mean, which
+    # weighs each wrong token ~(1-r)/r times a correct one and makes edits over-eager (issue 22).
+    visible_normalizer: str = "pooled"
     # Multi-Turn Forward: probability that a step adds a turn on the model's own draft.
     mtf_prob: float = 0.0
     # MTF only from this step on: early in training the model's own drafts are noise, not the
@@ -174,9 +185,11 @@ def validate_train_config(cfg: TrainConfig) -> None:
     _choice("objective.weighting", o.weighting, WEIGHTINGS)
     _fraction("objective.t2t_rate_min", o.t2t_rate_min)
     _fraction("objective.t2t_rate_max", o.t2t_rate_max)
+    _fraction("objective.t2t_stream_prob", o.t2t_stream_prob)
     if o.t2t_rate_min > o.t2t_rate_max:
         _fail("objective.t2t_rate_min", f"exceeds t2t_rate_max ({o.t2t_rate_min} > {o.t2t_rate_max})")
     _choice("objective.t2t_source", o.t2t_source, T2T_SOURCES)
+    _choice("objective.visible_normalizer", o.visible_normalizer, VISIBLE_NORMALIZERS)
     _fraction("objective.mtf_prob", o.mtf_prob)
     _fraction("objective.mtf_fill_min", o.mtf_fill_min)
     _fraction("objective.mtf_fill_max", o.mtf_fill_max)

@@ -95,6 +95,12 @@ def complementary(c: Corruption, mask_id: int) -> Corruption:
                       t=cat(c.t, (1.0 - c.t).clamp_min(1e-3)))
 
 
+def unmask_rows(c: Corruption, rows: torch.Tensor) -> Corruption:
+    """Rows (bool [B, 1]) shown clean, without masks: the editing stream's input before T2T noise."""
+    m2t = c.m2t & ~rows
+    return replace(c, xt=torch.where(rows, c.x0, c.xt), m2t=m2t)
+
+
 def random_tokens(x0: torch.Tensor, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random token from `pool` (1-D) at every position, re-drawn (twice) where it equals x0."""
     out = pool[torch.randint(len(pool), x0.shape, generator=generator, device=x0.device)]

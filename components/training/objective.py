@@ -9,10 +9,15 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
 * L_m2t: cross-entropy of the clean token at masked positions; `weighting="none"` is the mean over
   masked tokens, `"inv_t"` the ELBO weight: Σ CE/t over masked tokens divided by the number of
   noisable tokens (so both have the scale of a per-token cross-entropy).
-* L_t2t: mean cross-entropy of the clean token at visible-but-wrong positions (random tokens, or the
+* L_t2t: cross-entropy of the clean token at visible-but-wrong positions (random tokens, or the
   model's own wrong drafts in an MTF turn).
-* L_keep: mean cross-entropy at noisable positions shown with their clean token (teaches "leave
-  correct tokens alone"). Without it the T2T stream only ever sees wrong visible tokens, and the
+* L_keep: cross-entropy at noisable positions shown with their clean token (teaches "leave
+  correct tokens alone"). Both are sums over the count of all visible noisable tokens by default
+  (`visible_normalizer: pooled`), i.e. one cross-entropy over the visible tokens: a wrong token
+  then weighs what a correct one does, and the probability of another token at a visible position
+  is calibrated. Separate means (`per_stream`) weigh each wrong token ~(1-r)/r times a correct one
+  at T2T rate r; the model then edits correct tokens away (issue 22: 95% of its edits broke a
+  correct token, mostly the answer's last tokens turned into EOS). Without it the T2T stream only ever sees wrong visible tokens, and the
   model learns that every visible token is wrong (measured: benchmarks/train_table.py).
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
@@ -37,6 +42,7 @@ from .corruption import (
     mtf_corrupt,
     noisable_positions,
     t2t_corrupt,
+    unmask_rows,
 )
 
 
@@ -73,8 +79,13 @@ def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor)
     return F.cross_entropy(logits[where], targets[where], reduction="none")
 
 
-def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str) -> dict[str, torch.Tensor]:
-    """Every loss part and accuracy of one forward; empty streams give a zero loss (still in the graph)."""
+def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str,
+                  visible_normalizer: str = "pooled") -> dict[str, torch.Tensor]:
+    """Every loss part and accuracy of one forward; empty streams give a zero loss (still in the graph).
+
+    `visible_normalizer="pooled"` divides the T2T and keep sums by the same count (all visible noisable
+    tokens), so together they are one calibrated cross-entropy; "per_stream" makes each its own mean.
+    """
     zero = logits.sum() * 0.0
     out: dict[str, torch.Tensor] = {}
     n_m2t = int(c.m2t.sum())
@@ -96,13 +107,19 @@ def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str) -> dict[s
             out["cap"] = zero
     else:
         out["m2t"] = out["cap"] = zero
+    keep = c.keep
+    if visible_normalizer == "pooled":
+        n_t2t = n_keep = (c.t2t | keep).sum().clamp_min(1)
+    elif visible_normalizer == "per_stream":
+        n_t2t, n_keep = c.t2t.sum().clamp_min(1), keep.sum().clamp_min(1)
+    else:
+        raise ValueError(f"visible_normalizer must be 'pooled' or 'per_stream', got {visible_normalizer!r}")
     if c.t2t.any():
-        out["t2t"] = _masked_ce(logits, c.x0, c.t2t).mean()
+        out["t2t"] = _masked_ce(logits, c.x0, c.t2t).sum() / n_t2t
         out["acc_t2t"] = (logits[c.t2t].argmax(-1) == c.x0[c.t2t]).float().mean().detach()
     else:
         out["t2t"] = zero
-    keep = c.keep
-    out["keep"] = _masked_ce(logits, c.x0, keep).mean() if keep.any() else zero
+    out["keep"] = _masked_ce(logits, c.x0, keep).sum() / n_keep if keep.any() else zero
     out["n_m2t"] = torch.tensor(float(n_m2t))
     out["n_t2t"] = torch.tensor(float(c.t2t.sum()))
     return out
@@ -142,6 +159,8 @@ class DraftEditObjective:
                         noise_per=cfg.noise_per, block_length=block_length)
         if cfg.complementary:
             c = complementary(c, self.mask_id)
+        if cfg.t2t_stream_prob > 0.0:
+            c = unmask_rows(c, torch.rand(c.x0.shape[0], 1, generator=generator, device=c.x0.device) < cfg.t2t_stream_prob)
         scale = self.t2t_rate_scale(step)
         return t2t_corrupt(c, rate_min=cfg.t2t_rate_min * scale, rate_max=cfg.t2t_rate_max * scale,
                            source=cfg.t2t_source, vocab_size=self.vocab_size, exclude_ids=self.special_ids,
@@ -160,7 +179,7 @@ class DraftEditObjective:
         if doc_ids is not None and cfg.complementary:
             doc_ids = torch.cat([doc_ids, doc_ids], dim=0)
         logits = diffusion_logits(lm, c.xt, c.x0, block_length, doc_ids)  # (B, L, V)
-        parts = stream_losses(logits, c, cfg.weighting)
+        parts = stream_losses(logits, c, cfg.weighting, cfg.visible_normalizer)
         loss = self._turn_loss(parts)
         metrics = {f"loss_{k}": float(parts[k].detach()) for k in ("m2t", "t2t", "keep", "cap")}
         metrics.update({k: float(parts[k]) for k in ("acc_masked", "acc_t2t", "n_m2t", "n_t2t") if k in parts})
@@ -173,7 +192,7 @@ class DraftEditObjective:
                                     fill_max=cfg.mtf_fill_max, select=cfg.mtf_select, generator=generator,
                                     temperature=cfg.mtf_temperature)
             logits2 = diffusion_logits(lm, c2.xt, c2.x0, block_length, doc_ids)
-            parts2 = stream_losses(logits2, c2, cfg.weighting)
+            parts2 = stream_losses(logits2, c2, cfg.weighting, cfg.visible_normalizer)
             loss = loss + cfg.mtf_weight * self._turn_loss(parts2)
             filled = draft >= 0
             metrics["mtf_loss_m2t"] = float(parts2["m2t"].detach())

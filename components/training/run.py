@@ -22,6 +22,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from components.progress import ConsoleProgress
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from components.config import REPO_ROOT, save_config
@@ -284,6 +286,8 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
                                   save_top_k=cfg.averaging.top_k, save_weights_only=True,
                                   filename="step{step}", auto_insert_metric_name=False)
         cbs.append(topk_cb)
+    cbs.append(ConsoleProgress(cfg.stage, t.max_steps, read=lambda trainer, _: {
+        "loss": trainer.callback_metrics.get("train/loss", float("nan"))}))
     cbs.extend(callbacks or [])
     from lightning.pytorch.loggers import CSVLogger
 

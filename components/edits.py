@@ -1,0 +1,108 @@
+"""Edit accounting: was each token-to-token edit a repair or damage?
+
+The decoder's trajectory records every T2T edit as (position, old, new). Against a reference
+completion (the reference answer's tokens, then EOS), each edit is
+
+* a **fix**: the old token was wrong and the new one is right,
+* a **break**: the old token was right and the new one is wrong,
+* **neutral**: wrong before and wrong after (one wrong token for another),
+
+and an **oscillation** when the new token is one the position already held earlier in the same
+decode (drafted or edited to), i.e. the edit undoes an earlier decision. Edit precision is
+fixes / (fixes + breaks): the share of decisive edits that help.
+
+Positions past the reference's end are compared with EOS, which is what SFT trains there
+(`sft.fill: eos`). Without a reference (tasks with many valid answers) the caller may pass the
+final output when it was judged correct: every edit that moved a token to its final value is then a
+fix of a wrong draft, which is what that answer needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from model.decoding import Trajectory
+
+
+@dataclass
+class EditStats:
+    """Counts over one or more decodes; add them with `+`."""
+
+    edits: int = 0  # every T2T replacement
+    fixes: int = 0
+    breaks: int = 0
+    neutral: int = 0
+    oscillations: int = 0
+    unjudged: int = 0  # edits of decodes without a reference
+    tokens: int = 0  # generated tokens of the decodes counted
+    samples: int = 0
+
+    def __add__(self, other: "EditStats") -> "EditStats":
+        return EditStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def precision(self) -> float:
+        """fixes / (fixes + breaks); NaN when no edit was decisive (nothing to judge)."""
+        decisive = self.fixes + self.breaks
+        return self.fixes / decisive if decisive else float("nan")
+
+    @property
+    def edits_per_sample(self) -> float:
+        return self.edits / self.samples if self.samples else 0.0
+
+    @property
+    def oscillations_per_100_tokens(self) -> float:
+        return 100.0 * self.oscillations / self.tokens if self.tokens else 0.0
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Stable metric names: `<prefix>/edits_per_sample`, `<prefix>/edit_precision`, ... (NaN-free)."""
+        out = {f"{prefix}/edits_per_sample": self.edits_per_sample,
+               f"{prefix}/edit_fixes": float(self.fixes), f"{prefix}/edit_breaks": float(self.breaks),
+               f"{prefix}/edit_neutral": float(self.neutral), f"{prefix}/edit_oscillations": float(self.oscillations),
+               f"{prefix}/oscillations_per_100_tokens": self.oscillations_per_100_tokens}
+        if self.fixes + self.breaks:
+            out[f"{prefix}/edit_precision"] = self.precision
+        return out
+
+    def as_dict(self) -> dict[str, float]:
+        out = asdict(self)
+        out.update(precision=self.precision, edits_per_sample=self.edits_per_sample,
+                   oscillations_per_100_tokens=self.oscillations_per_100_tokens)
+        return out
+
+
+def classify_edits(trajectory: Trajectory, reference: list[int] | None, eos_id: int | None,
+                   generated_tokens: int = 0) -> EditStats:
+    """Classify every T2T edit of one decode against `reference` (completion token ids, no EOS).
+
+    `reference=None` counts edits and oscillations only (the edits are `unjudged`).
+    """
+    start = trajectory.prompt_length
+    held: dict[int, set[int]] = {}  # position -> every token it has held in this decode
+    stats = EditStats(tokens=generated_tokens, samples=1)
+
+    def expected(position: int) -> int | None:
+        i = position - start
+        if reference is None:
+            return None
+        return reference[i] if i < len(reference) else eos_id
+
+    for step in trajectory.steps:
+        for position, token in step.m2t:
+            held.setdefault(position, set()).add(token)
+        for position, old, new in step.t2t:
+            stats.edits += 1
+            seen = held.setdefault(position, {old})
+            if new in seen:
+                stats.oscillations += 1
+            seen.add(new)
+            want = expected(position)
+            if want is None:
+                stats.unjudged += 1
+            elif old != want and new == want:
+                stats.fixes += 1
+            elif old == want and new != want:
+                stats.breaks += 1
+            else:
+                stats.neutral += 1
+    return stats
