@@ -78,7 +78,9 @@ class ConsoleProgress(L.Callback):
         tenth = int(10 * self.fraction(step, now))
         if tenth >= self._next_tenth:
             self._next_tenth = tenth + 1
-            print(self.line(step, now), file=self.stream, flush=True)
+            # write(), not print(): Prefect flows with log_prints turn print() into log records
+            self.stream.write(self.line(step, now) + "\n")
+            self.stream.flush()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.enabled and self.live and self._shown and trainer.is_global_zero:

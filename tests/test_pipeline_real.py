@@ -64,6 +64,9 @@ def test_real_pipeline_end_to_end(tmp_path, mlflow_uri, monkeypatch, capsys):
     for stage in STAGE_ORDER:
         assert stage in printed
     assert "speedy_b2_int8_dynamic" in printed and "reference" in printed and "Registered model real version 1" in printed
+    # live progress of the training and RL stages reaches the terminal through Prefect's log_prints
+    assert "[cpt] step 2/2 (100%)" in printed and "[sft] step 2/2 (100%)" in printed and "[rl] step 1/1" in printed
+    assert "final model (evaluate stage)" in printed
 
     client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     [parent] = client.search_runs([client.get_experiment_by_name("real").experiment_id],

@@ -12,13 +12,14 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
 * L_t2t: cross-entropy of the clean token at visible-but-wrong positions (random tokens, or the
   model's own wrong drafts in an MTF turn).
 * L_keep: cross-entropy at noisable positions shown with their clean token (teaches "leave
-  correct tokens alone"). Both are sums over the count of all visible noisable tokens by default
-  (`visible_normalizer: pooled`), i.e. one cross-entropy over the visible tokens: a wrong token
-  then weighs what a correct one does, and the probability of another token at a visible position
-  is calibrated. Separate means (`per_stream`) weigh each wrong token ~(1-r)/r times a correct one
-  at T2T rate r; the model then edits correct tokens away (issue 22: 95% of its edits broke a
-  correct token, mostly the answer's last tokens turned into EOS). Without it the T2T stream only ever sees wrong visible tokens, and the
+  correct tokens alone"). Without it the T2T stream only ever sees wrong visible tokens, and the
   model learns that every visible token is wrong (measured: benchmarks/train_table.py).
+* L_t2t and L_keep are sums over one shared count, all visible noisable tokens, by default
+  (`visible_normalizer: pooled`): together one cross-entropy over the visible tokens, where a wrong
+  token weighs what a correct one does, so the probability of another token at a visible position
+  is calibrated. Separate means (`per_stream`) weigh each wrong token ~(1-r)/r times a correct one
+  at T2T rate r, and the model edits correct tokens away (issue 22: 150 of 158 judged S-mode edits
+  broke a correct token, mostly the answer's last tokens turned into EOS).
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
 
