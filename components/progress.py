@@ -54,7 +54,9 @@ class ConsoleProgress(L.Callback):
         figures = "  ".join(f"{k} {v:.4g}" for k, v in self.read_figures().items())
         rate = step / elapsed if elapsed > 0 else 0.0
         eta_text = _duration(eta) if eta == eta else "?"
-        return (f"[{self.label}] step {step}/{self.total} ({100 * done:3.0f}%)  {figures}  "
+        by_clock = self.deadline is not None and done > step / self.total  # the budget, not the steps, ends it
+        steps = f"step {step}" if by_clock else f"step {step}/{self.total}"
+        return (f"[{self.label}] {steps} ({100 * done:3.0f}%)  {figures}  "
                 f"{rate:.2f} steps/s  elapsed {_duration(elapsed)}  ETA {eta_text}")
 
     def read_figures(self) -> dict[str, float]:

@@ -191,3 +191,15 @@ def test_synthetic_task_params_set_the_family_difficulty():
 
     samples = load_samples(load_task("sort16", ["source.num_examples=20"]))
     assert all(8 <= len(s.data.meta["values"]) <= 16 and max(s.data.meta["values"]) <= 9 for s in samples)
+
+
+def test_progress_of_a_time_budgeted_run_shows_the_clock_fraction():
+    import time as _time
+
+    from components.progress import ConsoleProgress
+
+    progress = ConsoleProgress("rl", 100000, read=lambda t, m: {}, stream=io.StringIO())
+    progress._start = _time.monotonic() - 30.0
+    progress.deadline = progress._start + 60.0  # half the wall-clock budget is spent
+    text = progress.line(5, _time.monotonic())
+    assert text.startswith("[rl] step 5 ( 50%)") and "/100000" not in text
