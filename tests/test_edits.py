@@ -199,7 +199,7 @@ def test_progress_of_a_time_budgeted_run_shows_the_clock_fraction():
     from components.progress import ConsoleProgress
 
     progress = ConsoleProgress("rl", 100000, read=lambda t, m: {}, stream=io.StringIO())
-    progress._start = _time.monotonic() - 30.0
-    progress.deadline = progress._start + 60.0  # half the wall-clock budget is spent
-    text = progress.line(5, _time.monotonic())
+    now = _time.monotonic()
+    progress._start, progress.deadline = now - 30.0, now + 30.0  # half the wall-clock budget is spent
+    text = progress.line(5, now)
     assert text.startswith("[rl] step 5 ( 50%)") and "/100000" not in text
