@@ -28,16 +28,11 @@ import torch  # noqa: E402
 
 def settings(block_length: int | None) -> dict[str, dict]:
     """S and Q presets from conf/decode/, each with editing on and off."""
-    from components.decoding import load_decode_config
-
+    over = {} if block_length is None else {"block_length": block_length}
     out = {}
-    for mode in ("speedy", "quality"):
-        base = load_decode_config(mode)
-        label = "S" if mode == "speedy" else "Q"
-        over = {} if block_length is None else {"block_length": block_length}
+    for mode, label in (("speedy", "S"), ("quality", "Q")):
         out[f"{label} edit"] = {"preset": mode, **over}
         out[f"{label} no-edit"] = {"preset": mode, "editing_threshold": 1.01, **over}
-        del base
     return out
 
 
