@@ -7,13 +7,14 @@
 #   # (its torch version must equal the torch pin in requirements.lock; the build checks it)
 # Create the pool once (anywhere the Prefect API is reachable):
 #   prefect work-pool create draftedit-gpu --type process
-# Run a worker on a GPU host:
+# Run a worker on a GPU host (it needs only the Prefect API; the MLflow server's URL travels in each
+# run's parameters, and artifacts go through that server, so no volume is needed):
 #   docker run --gpus all --rm \
 #     -e PREFECT_API_URL=http://<prefect-server>:4200/api \
-#     -e MLFLOW_TRACKING_URI=http://<mlflow-server>:5000 \
-#     -v /data/draftedit:/home/draftedit/outputs \
 #     draftedit-worker:0.1.0
 #   # other pool: append  --pool <name>  (arguments after the image go to `prefect worker start`)
+# Deploy the pipeline and its stages to the pool, then trigger runs there (README, "GPU workers"):
+#   draftedit deploy apply --pool draftedit-gpu tracking.uri=http://<mlflow-server>:5000
 # Lint: .venv/bin/hadolint Dockerfile
 
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime

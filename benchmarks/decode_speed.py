@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -41,6 +40,7 @@ from components.bench.baselines import reference_generate  # noqa: E402
 from components.bench.machine import describe_machine  # noqa: E402
 from components.decoding import load_decode_config  # noqa: E402
 from model import DiffusionLM, GenerationResult, ModelConfig, generate  # noqa: E402
+from model.files import atomic_write  # noqa: E402
 
 
 def build_model(args) -> DiffusionLM:
@@ -228,9 +228,7 @@ def main() -> int:
     if args.json:
         out = {"args": vars(args), "machine": machine, "rows": rows, "all_identical": all(agree.values()),
                "roofline": roofline}
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, args.json)
+        atomic_write(args.json, json.dumps(out, indent=2))
     return 0 if all(agree.values()) else 1
 
 

@@ -27,19 +27,22 @@ import torch  # noqa: E402
 
 
 def settings(block_length: int | None) -> dict[str, dict]:
-    """S and Q presets from conf/decode/, each with editing on and off."""
+    """Every preset in conf/decode/ (S = speedy, Q = quality, ...), each with editing on and off."""
+    from components.decoding import EDITING_OFF, preset_names
+
     over = {} if block_length is None else {"block_length": block_length}
     out = {}
-    for mode, label in (("speedy", "S"), ("quality", "Q")):
+    for mode in preset_names():
+        label = {"speedy": "S", "quality": "Q"}.get(mode, mode)
         out[f"{label} edit"] = {"preset": mode, **over}
-        out[f"{label} no-edit"] = {"preset": mode, "editing_threshold": 1.01, **over}
+        out[f"{label} no-edit"] = {"preset": mode, "editing_threshold": EDITING_OFF, **over}
     return out
 
 
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
                         block_length: int | None) -> dict:
     from components.decoding import load_decode_config
-    from components.edits import EditStats, classify_edits
+    from components.edits import EditStats, judge_edits
     from components.rl.rollouts import encode_prompt
     from components.tasks import get_family
     from components.tasks.synthetic import MULTI_ANSWER_FAMILIES
@@ -64,11 +67,8 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
                 text = tok.decode(seq, skip_special_tokens=True).strip()
                 correct = bool(family.score(text, e))
                 ok += correct
-                if fam not in MULTI_ANSWER_FAMILIES:
-                    ref = tok.encode(e.answer)
-                else:
-                    ref = [t for t in seq if t != tok.eos_id] if correct else None
-                stats = stats + classify_edits(traj, ref, tok.eos_id, len(seq))
+                reference = tok.encode(e.answer) if fam not in MULTI_ANSWER_FAMILIES else None
+                stats = stats + judge_edits(traj, seq, tok.eos_id, correct=correct, reference=reference)
             out[(fam, name)] = {"score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward, **stats.as_dict()}
     return out
 

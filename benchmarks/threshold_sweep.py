@@ -5,6 +5,8 @@ For each checkpoint it decodes the held-out split of a synthetic family under ev
 a summary per checkpoint: its best-scoring setting (the Q-mode candidate) and the fastest setting
 that loses at most `--max-loss` points against it (the S-mode candidate), with their TPF ratio.
 All checkpoints see the same prompts; decoding is greedy unless `--temperature` > 0 (seeded).
+Every edit of every cell is classified against the reference answer as the evaluation does
+(components.edits.judge_edits): fixes, breaks, neutral, oscillations, precision = fixes / (fixes + breaks).
 
     .venv/bin/python benchmarks/threshold_sweep.py outputs/train_table_sudoku1500/m2t/sft/model \
         outputs/train_table_sudoku1500/t2t_keep/sft/model --family sudoku4 --block 16 --n 200
@@ -21,8 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.edits import EditStats, judge_edits  # noqa: E402
 from components.rl.rollouts import encode_prompt  # noqa: E402
 from components.tasks import get_family  # noqa: E402
+from components.tasks.synthetic import MULTI_ANSWER_FAMILIES  # noqa: E402
 from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 
@@ -70,6 +74,21 @@ def decode_and_score(lm, tok, family, examples, prompts, cfg: DecodeConfig):
     return 100.0 * ok / len(examples), res
 
 
+def classify(tok, family, examples, res) -> EditStats:
+    """Every edit of a recorded decode, judged as the evaluation judges it: against the reference
+    answer (families with one valid answer) or, for a correct output, against that output."""
+    stats = EditStats()
+    for e, seq, trajectory in zip(examples, res.sequences, res.trajectories):
+        correct = bool(family.score(tok.decode(seq, skip_special_tokens=True).strip(), e))
+        reference = None if family.name in MULTI_ANSWER_FAMILIES else tok.encode(e.answer)
+        stats = stats + judge_edits(trajectory, seq, tok.eos_id, correct=correct, reference=reference)
+    return stats
+
+
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
     lm = DiffusionLM.from_pretrained(checkpoint).eval()
     tok = load_tokenizer(checkpoint)
@@ -83,12 +102,16 @@ def sweep(checkpoint: Path, family, examples, args) -> list[dict]:
                                    max_batch_size=64, temperature=args.temperature, seed=args.seed,
                                    speculative_verify=args.speculative, record_trajectory=True)
                 score, res = decode_and_score(lm, tok, family, examples, prompts, cfg)
+                edits = classify(tok, family, examples, res)
                 rows.append({"tau_mask": tau_mask, "tau_edit": tau_edit, "max_post_steps": post,
                              "score": score, "tpf": res.tokens_per_forward,
-                             "edits": sum(res.edits), **forward_kinds(res)})
+                             "edits": sum(res.edits), **forward_kinds(res), **edits.named(),
+                             "edit_unjudged": edits.unjudged})
                 r = rows[-1]
                 print(f"| {checkpoint.parent.parent.name} | {tau_mask} | {'off' if tau_edit > 1 else tau_edit} | "
-                      f"{post} | {r['score']:.1f} | {r['tpf']:.2f} | {r['edits']} | {r['draft']:.2f} | "
+                      f"{post} | {r['score']:.1f} | {r['tpf']:.2f} | {r['edits']} | {r['edit_fixes']:.0f} | "
+                      f"{r['edit_breaks']:.0f} | {r['edit_neutral']:.0f} | {_cell(r['edit_precision'], '.2f')} | "
+                      f"{r['oscillations_per_100_tokens']:.2f} | {r['draft']:.2f} | "
                       f"{r['post_edit']:.2f} | {r['verify']:.2f} | {r['tokens']:.1f} |", flush=True)
     return rows
 
@@ -111,8 +134,8 @@ def main() -> int:
 
     family = get_family(args.family, **json.loads(args.params))
     examples = family.make("heldout", args.n, seed=args.example_seed)
-    print("| model | τ_mask | τ_edit | max_post_steps | score | TPF | edits | draft fw | edit-post fw | verify fw "
-          "| tokens |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | τ_mask | τ_edit | max_post_steps | score | TPF | edits | fixes | breaks | neutral | precision "
+          "| osc/100 tok | draft fw | edit-post fw | verify fw | tokens |\n" + "|---" * 16 + "|")
     results = {str(c): sweep(c, family, examples, args) for c in args.checkpoints}
     print("\n| model | best score: setting | score | TPF | fastest within "
           f"{args.max_loss:g} pts: setting | score | TPF | TPF ratio |\n|---|---|---|---|---|---|---|---|")

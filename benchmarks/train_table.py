@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+
+from components.decoding import EDITING_OFF, load_decode_config  # noqa: E402
+from model.files import atomic_write  # noqa: E402
 
 # The variants measured before issue 22 keep its per-stream visible losses and no editing-stream
 # rows, so their tables reproduce; t2t_pooled and t2t_stream are the issue-22 recipe in two steps
@@ -66,16 +68,14 @@ VARIANTS = {
 SFT_EXTRA = {"t2t_slow": ["objective.t2t_warmup_steps=400"],
              "t2t_keep_mtf_late": ["objective.mtf_prob=0.5", "objective.mtf_start_step={half}"]}
 FAMILIES = ["sudoku4", "permutation", "sum"]
-# name -> (threshold tau_mask, editing_threshold tau_edit); tau_edit > 1 disables editing.
+# name -> (decoding preset in conf/decode/, its overrides): S and Q are the shipped presets themselves;
+# the no-edit arms are the M2T-only threshold sweep (editing_threshold EDITING_OFF: no token is edited).
 SETTINGS = {
-    "Q": (0.9, 0.95),
-    "S": (0.5, 0.7),
-    "S-lo": (0.3, 0.7),
-    "noedit@0.95": (0.95, 1.01),
-    "noedit@0.9": (0.9, 1.01),
-    "noedit@0.7": (0.7, 1.01),
-    "noedit@0.5": (0.5, 1.01),
-    "noedit@0.3": (0.3, 1.01),
+    "Q": ("quality", {}),
+    "S": ("speedy", {}),
+    "S-lo": ("speedy", {"threshold": 0.3}),
+    **{f"noedit@{tau}": ("quality", {"threshold": tau, "editing_threshold": EDITING_OFF})
+       for tau in (0.95, 0.9, 0.7, 0.5, 0.3)},
 }
 
 
@@ -114,7 +114,7 @@ def train_variant(variant: str, out: Path, args) -> Path:
 def evaluate(checkpoint: Path, args) -> dict:
     from components.rl.rollouts import encode_prompt
     from components.tasks import get_family
-    from model import DecodeConfig, DiffusionLM, generate
+    from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 
     lm = DiffusionLM.from_pretrained(checkpoint).eval()
@@ -125,10 +125,9 @@ def evaluate(checkpoint: Path, args) -> dict:
             "heldout", args.eval_n, seed=123)
     prompts = [encode_prompt(tok, e.prompt, "chat") for e in examples]
     results = {}
-    for name, (tau_m, tau_e) in SETTINGS.items():
-        cfg = DecodeConfig(block_length=args.block, gen_length=args.gen_length, threshold=tau_m, editing_threshold=tau_e,
-                           max_post_steps=16, eos_early_stop=True, use_cache=True, max_batch_size=64,
-                           speculative_verify=args.speculative)
+    for name, (preset, overrides) in SETTINGS.items():
+        cfg = load_decode_config(preset, block_length=args.block, gen_length=args.gen_length, max_batch_size=64,
+                                 speculative_verify=args.speculative, **overrides)
         with torch.no_grad():
             res = generate(lm, prompts, cfg)
         per_family: dict[str, list] = {f: [0, 0, 0, 0] for f in args.families}  # ok, n, tokens, forwards
@@ -167,9 +166,7 @@ def cmd_run(args) -> int:
               "sft_tokens_per_s": train["sft"].get("train/tokens_per_s"),
               "cpt_wall_s": train["cpt"]["wall_seconds"], "sft_wall_s": train["sft"]["wall_seconds"],
               "sft_val_loss": train["sft"].get("val/loss"), "args": vars(args)}
-    tmp = out / f".{args.variant}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / f"{args.variant}.json")
+    atomic_write(out / f"{args.variant}.json", json.dumps(record, indent=2))
     return 0
 
 
@@ -185,7 +182,9 @@ def cmd_report(args) -> int:
 
     def row(v, label, name):
         r = recs[v]["eval"][name]
-        tm, te = SETTINGS[name]
+        preset, overrides = SETTINGS[name]
+        cfg = load_decode_config(preset, **overrides)
+        tm, te = cfg.threshold, cfg.editing_threshold
         fams = " | ".join(f"{r['families'][f]['score']:.1f}" for f in families)
         print(f"| {v} | {label} | {tm} / {'off' if te > 1 else te} | {r['score']:.1f} | {r['tpf']:.2f} | {fams} |")
 

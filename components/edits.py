@@ -54,15 +54,18 @@ class EditStats:
     def oscillations_per_100_tokens(self) -> float:
         return 100.0 * self.oscillations / self.tokens if self.tokens else 0.0
 
+    def named(self) -> dict[str, float | None]:
+        """The reported figures under their stable names; `edit_precision` is None when no edit was
+        decisive (a JSON- and MLflow-safe stand-in for NaN)."""
+        return {"edits_per_sample": self.edits_per_sample, "edit_fixes": float(self.fixes),
+                "edit_breaks": float(self.breaks), "edit_neutral": float(self.neutral),
+                "edit_oscillations": float(self.oscillations),
+                "oscillations_per_100_tokens": self.oscillations_per_100_tokens,
+                "edit_precision": self.precision if self.fixes + self.breaks else None}
+
     def metrics(self, prefix: str) -> dict[str, float]:
         """Stable metric names: `<prefix>/edits_per_sample`, `<prefix>/edit_precision`, ... (NaN-free)."""
-        out = {f"{prefix}/edits_per_sample": self.edits_per_sample,
-               f"{prefix}/edit_fixes": float(self.fixes), f"{prefix}/edit_breaks": float(self.breaks),
-               f"{prefix}/edit_neutral": float(self.neutral), f"{prefix}/edit_oscillations": float(self.oscillations),
-               f"{prefix}/oscillations_per_100_tokens": self.oscillations_per_100_tokens}
-        if self.fixes + self.breaks:
-            out[f"{prefix}/edit_precision"] = self.precision
-        return out
+        return {f"{prefix}/{name}": value for name, value in self.named().items() if value is not None}
 
     def as_dict(self) -> dict[str, float]:
         out = asdict(self)
@@ -106,3 +109,16 @@ def classify_edits(trajectory: Trajectory, reference: list[int] | None, eos_id: 
             else:
                 stats.neutral += 1
     return stats
+
+
+def judge_edits(trajectory: Trajectory, sequence: list[int], eos_id: int | None, *, correct: bool,
+                reference: list[int] | None) -> EditStats:
+    """Classify one decode's edits the way every stage judges them (evaluation, benchmark, sweeps).
+
+    `sequence` is the generated token ids (EOS kept), `correct` the task's verdict on it, `reference`
+    the reference answer's token ids -- pass it only when the task has a unique answer, else None.
+    A correct output is its own reference (the edits that made it are fixes, whichever valid answer it
+    is); a wrong one is judged against `reference`, or left unjudged without one.
+    """
+    target = [t for t in sequence if t != eos_id] if correct else reference
+    return classify_edits(trajectory, target, eos_id, len(sequence))

@@ -16,10 +16,16 @@ Layers, each applied where the platform permits and reported in `SandboxResult.p
 * ``user_namespace`` (non-root only): an unprivileged user namespace, so the steps below can be taken
   without root; our uid is mapped to itself, so the user code holds no capabilities after ``exec``.
 * ``network_namespace``: a new, empty network namespace (loopback only, down): no network.
-* ``mount_namespace`` / ``readonly_fs`` / ``private_tmp``: a private mount namespace in which every
-  mount except /proc, /sys and /dev is re-mounted read-only (bind remounts, which change only this
-  namespace's view), fresh size-capped tmpfs over /tmp, /var/tmp and /dev/shm, and the work dir
-  bind-mounted back read-write. Writes outside the work dir fail or vanish with the namespace.
+* ``mount_namespace`` / ``hidden_fs``: a private mount namespace whose root is a new, empty tmpfs
+  (``pivot_root``, or ``chroot`` where pivot_root is refused) holding only what the interpreter needs,
+  bind-mounted read-only: its own installation (prefix and executable dir), the system library dirs
+  (/lib*, /usr/lib*) and /etc/ld.so.cache; plus /dev/null, zero, full, random and urandom, a fresh
+  /proc of the PID namespace (``proc``), a size-capped private /tmp (``private_tmp``), and the work
+  dir read-write. The project, datasets, home directories, /etc and credentials are not in it.
+* ``readonly_fs`` (fallback where the new root cannot be built): every mount except /proc, /sys and
+  /dev is re-mounted read-only in the private namespace (bind remounts, this namespace's view only),
+  fresh tmpfs over /tmp, /var/tmp and /dev/shm, the work dir bind-mounted back read-write. Writes
+  outside the work dir fail, but the host's files stay *readable*; ``hidden_fs`` then says why not.
 * ``pid_namespace``: the user code is PID 1 of a new PID namespace under a small supervisor; when it
   exits or is killed, the kernel kills every process it spawned, including ones that left the
   process group (``setsid``).
@@ -94,8 +100,9 @@ _draftedit_run()
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits for one sandboxed run. `isolate` and `drop_privileges` can be switched off to fall
-    back to plain limits (e.g. to test the fallback, or where namespaces misbehave)."""
+    """Limits for one sandboxed run. `isolate`, `hide_filesystem` and `drop_privileges` can be
+    switched off to fall back to weaker layers (e.g. to test the fallbacks, or where namespaces
+    misbehave); `hide_filesystem=False` keeps the host's files visible, read-only."""
 
     timeout_s: float = 10.0
     memory_mb: int = 1024
@@ -105,6 +112,7 @@ class SandboxLimits:
     max_open_files: int = 256
     tmpfs_mb: int = 64
     isolate: bool = True
+    hide_filesystem: bool = True
     drop_privileges: bool = True
 
     def __post_init__(self) -> None:
@@ -264,6 +272,7 @@ def run_python(
             "tmpfs_mb": limits.tmpfs_mb,
             "expose": _interpreter_dirs(),
             "isolate": limits.isolate,
+            "hide": limits.hide_filesystem,
             "drop": drop,
         }
         start = time.monotonic()
@@ -310,8 +319,9 @@ def _base_interpreter() -> str:
 
 
 def _interpreter_dirs() -> list[str]:
-    """Directories the child's Python needs (venv and base installation), outermost only."""
-    dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(_base_interpreter()))}
+    """Directories the child's Python needs (the base installation, not the venv: the child runs the
+    base interpreter with -I), outermost only."""
+    dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(_base_interpreter()))}
     return sorted(d for d in dirs if not any(d != o and _under(d, (o,)) for o in dirs))
 
 
@@ -450,11 +460,21 @@ _PR_SET_PDEATHSIG = 1
 # statvfs f_flag bits -> mount flags that must be kept on a bind remount (they are locked in a user ns)
 _ST_TO_MS = ((1 << 1, _MS_NOSUID), (1 << 2, _MS_NODEV), (1 << 3, _MS_NOEXEC), (1 << 10, _MS_NOATIME),
              (1 << 11, _MS_NODIRATIME), (1 << 12, _MS_RELATIME))
+_MNT_DETACH = 2
 _KERNEL_FS = ("/proc", "/sys", "/dev")
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+# What the new root holds besides the interpreter's own dirs: shared libraries and the loader's cache.
+_SYSTEM_LIBS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32",
+                "/etc/ld.so.cache")
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}  # no libc wrapper; other machines fall back to chroot
+_LIBC = None
 
 
 def _libc():
+    global _LIBC
+    if _LIBC is not None:  # loaded once, before the root changes (find_library runs ldconfig)
+        return _LIBC
     import ctypes
     import ctypes.util
 
@@ -462,6 +482,8 @@ def _libc():
     lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     lib.unshare.argtypes = [ctypes.c_int]
     lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    _LIBC = lib
     return lib
 
 
@@ -494,11 +516,92 @@ def _under(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
+def _locked_flags(path: str) -> int:
+    """Mount flags of `path` that a bind remount must keep (the kernel refuses to clear them in a
+    user namespace)."""
+    st = os.statvfs(path).f_flag
+    return sum(ms for st_bit, ms in _ST_TO_MS if st & st_bit)
+
+
+def _bind(libc, fd: int, target: str, readonly: bool, nodev: bool = True) -> None:
+    """Bind the file or directory open as `fd` (O_PATH) onto `target`, then set its flags."""
+    source = f"/proc/self/fd/{fd}"
+    _mount(libc, source, target, None, _MS_BIND)
+    flags = _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _locked_flags(target)
+    flags |= (_MS_RDONLY if readonly else 0) | (_MS_NODEV if nodev else 0)
+    _mount(libc, None, target, None, flags)
+
+
+def _build_root(libc, spec: dict, report: dict, proc: bool) -> None:
+    """Switch to a new root that holds only the interpreter, system libraries, a few devices, /proc
+    (when `proc`), a private /tmp and the work dir. Everything else of the host is absent, not
+    merely read-only. The staging tmpfs is mounted over the work dir's parent (a directory that
+    surely exists); all sources are opened first, since that mount hides what lies below it."""
+    workdir = spec["workdir"]
+    sources: list[tuple[str, int, bool]] = []  # (path in the new root, O_PATH fd, is_dir)
+    links: list[tuple[str, str]] = []  # (path, target) of top-level symlinks such as /lib -> usr/lib
+    try:
+        for path in [*spec["expose"], *_SYSTEM_LIBS]:
+            if os.path.islink(path) and os.path.dirname(path) == "/":
+                links.append((path, os.readlink(path)))
+            elif os.path.exists(path):
+                real = os.path.realpath(path)
+                sources.append((real, os.open(real, os.O_PATH), os.path.isdir(real)))
+        for dev in _DEVICES:
+            if os.path.exists(f"/dev/{dev}"):
+                sources.append((f"/dev/{dev}", os.open(f"/dev/{dev}", os.O_PATH), False))
+        work_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+        stage = os.path.dirname(workdir.rstrip("/")) or "/"
+        _mount(libc, "tmpfs", stage, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=755")
+        new = lambda path: os.path.join(stage, path.lstrip("/"))  # noqa: E731
+        sources.sort(key=lambda item: item[0].count("/"))  # parents before what is bound inside them
+        for path, target in links:
+            if not os.path.lexists(new(path)):
+                os.symlink(target, new(path))
+        for path, fd, is_dir in sources:
+            if os.path.lexists(new(path)):  # already visible through a bound parent or a link
+                continue
+            os.makedirs(new(path) if is_dir else os.path.dirname(new(path)), mode=0o755, exist_ok=True)
+            if not is_dir:
+                open(new(path), "w").close()
+            _bind(libc, fd, new(path), readonly=not path.startswith("/dev/"), nodev=not path.startswith("/dev/"))
+        os.makedirs(new("/tmp"), mode=0o755, exist_ok=True)
+        _mount(libc, "tmpfs", new("/tmp"), "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec['tmpfs_mb']}m,mode=1777")
+        os.makedirs(new(workdir), mode=0o755, exist_ok=True)
+        _bind(libc, work_fd, new(workdir), readonly=False)
+        if proc:
+            os.makedirs(new("/proc"), mode=0o555, exist_ok=True)
+            try:
+                _mount(libc, "proc", new("/proc"), "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+                report["proc"] = "on"
+            except OSError as exc:
+                report["proc"] = f"off: {exc.strerror}"
+        else:
+            report["proc"] = "off: no PID namespace (the host's /proc would show its processes)"
+        _mount(libc, None, stage, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        os.chdir(stage)
+        report["hidden_fs"] = "on"
+        report["readonly_fs"] = "on"  # the new root and every bind in it, except /tmp and the work dir
+        report["private_tmp"] = "on"
+        number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+        if number is not None and libc.syscall(number, b".", b".") == 0:
+            _check(libc.umount2(b".", _MNT_DETACH), "umount the old root")
+            report["root_switch"] = "pivot_root"
+        else:
+            os.chroot(".")
+            report["root_switch"] = "chroot"
+        os.chdir("/")
+    finally:
+        for _, fd, _ in sources:
+            os.close(fd)
+        if "work_fd" in locals():
+            os.close(work_fd)
+
+
 def _setup_filesystem(libc, spec: dict, report: dict) -> None:
-    """Inside a fresh mount namespace: everything read-only, private tmpfs, work dir writable."""
+    """Fallback inside a fresh mount namespace: everything read-only, private tmpfs, work dir writable."""
     workdir = spec["workdir"]
     work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
-    _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we do propagates back to the host
     failed = []
     for point in _mount_points():
         if _under(point, _KERNEL_FS) or not os.path.isdir(point):
@@ -620,16 +723,11 @@ def _boot(spec: dict) -> None:  # pragma: no cover - runs in the child; covered 
                 report[name] = "on"
             except OSError as exc:
                 report[name] = f"off: {exc.strerror}"
-        if report["mount_namespace"] == "on":
-            try:
-                _setup_filesystem(libc, spec, report)
-            except OSError as exc:
-                report.setdefault("readonly_fs", f"off: {exc}")
-                report.setdefault("private_tmp", f"off: {exc}")
         pid_ns = report["pid_namespace"] == "on"
     else:
         for name in ("network_namespace", "mount_namespace", "pid_namespace"):
             report[name] = "off: isolation disabled" if not spec["isolate"] else "off: not Linux"
+        report["hidden_fs"] = "off: isolation disabled" if not spec["isolate"] else "off: not Linux"
 
     if pid_ns:
         # The first child is PID 1 of the new namespace; when it dies the kernel kills the rest.
@@ -643,6 +741,32 @@ def _boot(spec: dict) -> None:  # pragma: no cover - runs in the child; covered 
                 except InterruptedError:
                     continue
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+    if report.get("mount_namespace") == "on":
+        # In the child, so that /proc can be mounted for its own PID namespace.
+        try:
+            _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we do propagates to the host
+        except OSError as exc:
+            fail(f"cannot make the mount namespace private: {exc}")
+        stage = os.path.dirname(spec["workdir"].rstrip("/")) or "/"
+        try:
+            if not spec["hide"]:
+                raise OSError("switched off (SandboxLimits.hide_filesystem=False)")
+            _build_root(libc, spec, report, proc=pid_ns)
+        except OSError as exc:
+            report["hidden_fs"] = f"off: {exc}"
+            report.pop("proc", None)
+            try:
+                _check(libc.umount2(stage.encode(), _MNT_DETACH), "umount the staging root")
+            except OSError:
+                pass
+            try:
+                _setup_filesystem(libc, spec, report)
+            except OSError as exc2:
+                report.setdefault("readonly_fs", f"off: {exc2}")
+                report.setdefault("private_tmp", f"off: {exc2}")
+    elif spec["isolate"] and sys.platform.startswith("linux"):
+        report["hidden_fs"] = f"off: no mount namespace ({report['mount_namespace']})"
 
     if spec["drop"]:
         try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from model import StepRecord, Trajectory
+from model.files import atomic_path, atomic_write
 
 MASKED, PROMPT, DRAFTED, EDITED = "masked", "prompt", "drafted", "edited"
 COLORS = {MASKED: "#9aa0a6", PROMPT: "#5f6368", DRAFTED: "#1a73e8", EDITED: "#d93025"}
@@ -72,15 +72,6 @@ def render_rich(frame: Frame, decode: Callable[[list[int]], str], end: int | Non
     return text
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the page is meant to be shared
-    os.replace(tmp, path)
-
-
 def write_html(frames: list[Frame], decode: Callable[[list[int]], str], path: str | os.PathLike,
                title: str = "draftedit trajectory") -> Path:
     """A single HTML file (no external assets) with a slider and play button over the frames."""
@@ -119,9 +110,7 @@ document.getElementById('play').onclick = () => {{
 show(frames.length - 1);
 </script></body></html>
 """
-    path = Path(path)
-    _atomic_write_bytes(path, page.encode())
-    return path
+    return atomic_write(path, page)  # UTF-8, 0644: the page is meant to be shared
 
 
 def write_gif(frames: list[Frame], decode: Callable[[list[int]], str], path: str | os.PathLike,
@@ -154,10 +143,8 @@ def write_gif(frames: list[Frame], decode: Callable[[list[int]], str], path: str
     height = max(im.height for im in images)
     images = [_pad_height(im, height) for im in images]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # 0644: the GIF is meant to be shared
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
     return path
 
 

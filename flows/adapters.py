@@ -56,15 +56,21 @@ def _quiet_lightning() -> None:
 
 
 def _mlflow_logger():
-    """A Lightning logger writing into the active MLflow run (the stage's), or None outside one."""
+    """A Lightning logger writing into the active MLflow run (the stage's; see
+    components.tracking.runs.stage_mlflow_logger), or None outside one."""
     import mlflow
+
+    from components.tracking.liveness import TAG_RESUMED
+    from components.tracking.runs import logged_steps, stage_mlflow_logger
 
     run = mlflow.active_run()
     if run is None:
         return None
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run.info.run_id)
+    uri, run_id = mlflow.get_tracking_uri(), run.info.run_id
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    # A continued (reopened) run already holds the steps replayed since its last checkpoint.
+    skip = logged_steps(client, run_id) if TAG_RESUMED in client.get_run(run_id).data.tags else None
+    return stage_mlflow_logger(uri, run_id, skip)
 
 
 def prepare(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
@@ -158,10 +164,16 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     """
     import torch
 
+    from components.decoding import EDITING_OFF
     from components.evaluate import evaluate_suite
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lm, tokenizer = load_checkpoint(inputs["checkpoint"], device)
+    harness = None
+    if cfg.lm_eval.tasks:  # lm-evaluation-harness tasks (eval/<task>/<metric>), checked before anything decodes
+        from components.evaluate.harness import prepare_harness
+
+        harness = prepare_harness(lm, tokenizer, cfg.lm_eval, cfg.tasks)
 
     def suite(mode, extra: list[str], folder: Path):
         return evaluate_suite(lm, tokenizer, list(cfg.tasks), mode=mode, limit=cfg.limit, batch_size=cfg.batch_size,
@@ -172,11 +184,15 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     for result in results:
         metrics.update(result.metrics())
     metrics.update(suite_metrics(results, "eval"))
-    noedit = ["decode.overrides.editing_threshold=1.01"]  # tau_edit > 1: no token is ever edited
+    noedit = [f"decode.overrides.editing_threshold={EDITING_OFF}"]  # tau_edit > 1: no token is ever edited
     for mode in cfg.modes:
         metrics.update(suite_metrics(suite(mode, [], out_dir / mode), f"eval/{mode}"))
         if cfg.editing_ablation:
             metrics.update(suite_metrics(suite(mode, noedit, out_dir / f"{mode}_noedit"), f"eval/{mode}_noedit"))
+    if harness is not None:
+        from components.evaluate.harness import run_harness
+
+        metrics.update(run_harness(*harness, cfg.lm_eval, out_dir / "lm_eval"))
     return {"metrics": metrics}
 
 

@@ -3,16 +3,23 @@
 Each subcommand lives in the module that owns it, as `add_arguments(parser)` + `run(args) -> int`.
 Modules are imported only when their subcommand is used, so `draftedit generate` never pays for
 Prefect or MLflow imports, and a component that fails to import cannot break the other commands.
+Each command parses its options and `key=value` overrides in any order (`parse_intermixed_args`).
+
+`main` is the one place where errors meet the user: a user error (see USER_ERRORS; a bad config,
+option, input or checkpoint) is printed as one line and exits with code 2; any other exception is a
+bug and keeps its traceback. `--debug` (or DRAFTEDIT_DEBUG=1) shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # name -> (module, one-line help). Order is the order shown by `draftedit --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -24,10 +31,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("components.bench.cli", "throughput benchmark (TPS, TPF, latency) of a checkpoint"),
     "eval": ("components.evaluate.cli", "evaluate a checkpoint on a task suite"),
     "pipeline": ("flows.pipeline", "run the whole tracked pipeline (data -> ... -> evaluate)"),
-    "run": ("flows.stages", "run one tracked stage flow, optionally from an earlier run's output"),
+    "run": ("flows.stage_cli", "run one tracked stage flow, optionally from an earlier run's output"),
     "compare": ("flows.compare", "print MLflow runs side by side and write a comparison plot"),
     "ui": ("flows.ui", "start the MLflow UI and a Prefect server on this machine"),
     "serve": ("flows.serve", "serve the scheduled champion re-evaluation, or the model over HTTP"),
+    "deploy": ("flows.deploy", "deploy the pipeline on Prefect work pools, trigger a run there, watch it"),
 }
 
 
@@ -82,61 +90,127 @@ def load_subcommand(name: str):
     return module
 
 
+def _add_debug(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback of an error (same as DRAFTEDIT_DEBUG=1)")
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `selected`'s module is imported to fill in its arguments."""
+    """The parser (for --help and the subcommand list); only `selected`'s module is imported."""
     parser = argparse.ArgumentParser(
         prog="draftedit",
         description="Draft-and-edit diffusion language models: train, decode, evaluate, track.",
     )
+    _add_debug(parser, False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            module = load_subcommand(name)
-            module.add_arguments(sub)
-            sub.set_defaults(_run=module.run)
+            _fill(sub, name)
     return parser
 
 
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand on its own, so that its options and overrides mix in any order."""
+    parser = argparse.ArgumentParser(prog=f"draftedit {name}", description=SUBCOMMANDS[name][1])
+    _fill(parser, name)
+    return parser
+
+
+def _fill(parser: argparse.ArgumentParser, name: str) -> None:
+    module = load_subcommand(name)
+    module.add_arguments(parser)
+    _add_debug(parser, argparse.SUPPRESS)  # `draftedit train --debug ...` works too
+    parser.set_defaults(_run=module.run, command=name)
+
+
+LONG_RUNNING = ("ui", "serve", "pipeline")  # commands whose process trees `flows.processes` guards
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """`draftedit [--debug] COMMAND [options and key=value overrides in any order]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    selected = next((a for a in argv if not a.startswith("-")), None)
-    if selected is not None and selected not in SUBCOMMANDS:
-        build_parser().parse_args(argv)  # argparse prints "invalid choice" and exits 2
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if index is None or argv[index] not in SUBCOMMANDS or set(argv[:index]) - {"--debug"}:
+        # --help, no command, an unknown command or an unknown global option: argparse answers.
+        parser = build_parser()
+        parser.parse_args(argv)  # exits: help (0), unknown command or option (2)
+        parser.print_help()  # no command given
+        return 0
+    name = argv[index]
     configure_environment()
     try:
-        parser = build_parser(selected)
+        parser = subcommand_parser(name)
     except SubcommandUnavailable as exc:
         print(f"draftedit: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if any(action.nargs == argparse.REMAINDER for action in parser._actions):
+        args = parser.parse_args(argv[index + 1:])  # a command that passes raw arguments on cannot intermix
+    else:
+        args = parser.parse_intermixed_args(argv[index + 1:])
+    if "--debug" in argv[:index] or getattr(args, "debug", False):
+        os.environ["DRAFTEDIT_DEBUG"] = "1"  # components that quiet their libraries keep them verbose too
+    debug = bool(os.environ.get("DRAFTEDIT_DEBUG"))
+    quiet = _QuietUserErrors()
+    if not debug:
+        for logger_name in PREFECT_RUN_LOGGERS:
+            logging.getLogger(logger_name).addFilter(quiet)
     try:
+        if name in LONG_RUNNING:
+            from .processes import guard_process_tree  # SIGTERM = Ctrl-C; no child outlives the command
+
+            with guard_process_tree():
+                return int(args._run(args) or 0)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if os.environ.get("DRAFTEDIT_DEBUG") or not isinstance(exc, _user_errors()):
+        if debug or not isinstance(exc, user_errors()):
             raise
-        print(f"draftedit {args.command}: error: {exc}", file=sys.stderr)
-        print("(set DRAFTEDIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        from components.cli_errors import one_line
+
+        print(f"draftedit {name}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        for logger_name in PREFECT_RUN_LOGGERS:
+            logging.getLogger(logger_name).removeFilter(quiet)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe bad input (config, missing run or file): shown as one message.
+# Prefect logs the traceback of every exception that leaves a flow or task run on these loggers.
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
-    Only classes whose modules are already imported are looked up, so this imports nothing heavy.
-    """
+
+class _QuietUserErrors(logging.Filter):
+    """Drops Prefect's traceback of a user error: the CLI prints that error as one line instead.
+    Other errors keep Prefect's log, and main() re-raises them with their traceback too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not isinstance(exc, user_errors())
+
+
+# (module, class): errors that describe bad input, not a bug. Looked up only when their module is
+# already imported (a command that raised one has imported it), so this imports nothing heavy.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("components.cli_errors", "UsageError"),
+    ("components.config", "ConfigError"),
+    ("components.tracking.store", "TrackingError"),
+    ("flows.registry", "StageError"),
+    ("flows.deploy", "DeployError"),
+    ("model.checkpoint", "CheckpointError"),
+    ("model.tokenizer", "TokenizerError"),
+    ("components.rl.run", "RLInputError"),
+    ("components.bench.config", "BenchmarkError"),
+    ("components.data.sources", "DataError"),
+    ("components.evaluate.sources", "TaskDataError"),
+    ("components.evaluate.scorers", "SandboxUnavailableError"),
+)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes shown as one line with exit code 2 (plus FileNotFoundError)."""
     errors: list[type[BaseException]] = [FileNotFoundError]
-    for module_name, attr in (
-        ("components.config", "ConfigError"),
-        ("components.tracking.store", "TrackingError"),
-        ("flows.stages", "StageError"),
-        ("model.checkpoint", "CheckpointError"),
-    ):
+    for module_name, attr in USER_ERRORS:
         cls = getattr(sys.modules.get(module_name), attr, None)
         if isinstance(cls, type):
             errors.append(cls)

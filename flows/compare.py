@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +109,21 @@ def plot(views: list[RunView], path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-STAGE_PLOT_MODES = (("quality", "Q mode"), ("speedy", "S mode"), ("speedy_noedit", "S mode, editing off"))
+NOEDIT = "_noedit"  # the evaluate stage's suffix for a mode re-run with T2T editing off
+
+
+def decoding_arms(metrics) -> list[tuple[str, str]]:
+    """(metric key, label) of every decoding mode the evaluation reported, `eval/<preset>/score` and
+    `eval/<preset>_noedit/score`, presets in conf/decode/ order, editing on before off. The presets
+    are discovered (components.decoding.preset_names), never listed here."""
+    from components.decoding import preset_names
+
+    arms = []
+    for preset in preset_names():
+        for key, label in ((preset, f"{preset}, editing on"), (preset + NOEDIT, f"{preset}, editing off")):
+            if f"eval/{key}/score" in metrics:
+                arms.append((key, label))
+    return arms
 
 
 def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
@@ -121,12 +134,13 @@ def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = [r for r in rows if r.get("run_id") and any(f"eval/{m}/score" in r["metrics"] for m, _ in STAGE_PLOT_MODES)]
+    stages = [r for r in rows if r.get("run_id") and decoding_arms(r["metrics"])]
     if not stages:
         return None
+    arms = list(dict.fromkeys(arm for r in stages for arm in decoding_arms(r["metrics"])))
     fig, (ax_score, ax_tpf) = plt.subplots(1, 2, figsize=(10, 4))
     x = list(range(len(stages)))
-    for mode, label in STAGE_PLOT_MODES:
+    for mode, label in arms:
         for ax, quantity in ((ax_score, "score"), (ax_tpf, "tpf")):
             ys = [r["metrics"].get(f"eval/{mode}/{quantity}", float("nan")) for r in stages]
             if any(y == y for y in ys):
@@ -141,20 +155,18 @@ def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Write a figure atomically and close it."""
+    """Write a figure atomically and close it. The format comes from `path`'s suffix (png without one):
+    the temporary file's own suffix says nothing."""
     import matplotlib.pyplot as plt
 
+    from model.files import atomic_path  # imported here: `model` pulls in torch, the CLI should not
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -173,10 +185,16 @@ def run(args: argparse.Namespace) -> int:
 
     from components.tracking import TAG_STAGE, TrackingError, child_runs, resolve_tracking_uri
 
-    from .config import load_pipeline_config
-    from .stages import tracking_client
+    from components.cli_errors import UsageError, config_errors
 
-    cfg = load_pipeline_config(args.preset, args.set)
+    from .config import load_pipeline_config, preset_path
+    from .runner import tracking_client
+
+    if args.last < 1:
+        raise UsageError(f"--last must be >= 1, got {args.last}")
+    path = preset_path(args.preset)
+    with config_errors(path, args.set):
+        cfg = load_pipeline_config(path, args.set)
     output_dir = Path(cfg.output_dir).resolve()
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri, output_dir)
     client, experiment_id = tracking_client(tracking_uri, cfg.tracking.experiment, str(output_dir))
@@ -185,8 +203,6 @@ def run(args: argparse.Namespace) -> int:
     elif args.runs:
         run_ids = list(args.runs)
     else:
-        if args.last < 1:
-            raise ValueError(f"--last must be >= 1, got {args.last}")
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'pipeline'",
                                   order_by=["attributes.start_time DESC"], max_results=args.last)
         run_ids = [r.info.run_id for r in reversed(runs)]

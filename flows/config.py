@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import CONF_DIR, ConfigError, load_config, to_container
+from components.config import CONF_DIR, check_min, conf_defaults, fail, load_config, resolve_conf, to_container
 
 PIPELINE_CONF_DIR = CONF_DIR / "pipeline"
 DEFAULT_PRESET = "tiny"
@@ -24,87 +24,99 @@ MODEL_STAGES = ("cpt", "sft", "rl")  # stages whose output is the next model
 
 
 @dataclass
+@conf_defaults("pipeline/defaults/pipeline.yaml", "tracking")
 class TrackingConfig:
-    uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db; a server: http://host:5000
-    experiment: str = "draftedit"
-    registered_model: str = "draftedit"
-    champion_metric: str = "eval/score"  # the evaluate run's metric that ranks registered models
-    greater_is_better: bool = True
-    log_checkpoints: bool = True  # copy checkpoints into MLflow artifacts (false: record their path)
+    uri: str | None  # None: sqlite:///<output_dir>/mlflow.db; a server: http://host:5000
+    experiment: str
+    registered_model: str
+    champion_metric: str  # the evaluate run's metric that ranks registered models
+    greater_is_better: bool
+    log_checkpoints: bool  # copy checkpoints into MLflow artifacts (false: record their path)
 
 
 @dataclass
+@conf_defaults("pipeline/defaults/pipeline.yaml", "stages.data_prep")
 class StageConfig:
-    enabled: bool = True
-    config: str = ""  # stage YAML, relative to conf/ (or absolute)
-    overrides: list[str] = field(default_factory=list)
+    enabled: bool
+    config: str  # stage YAML, relative to conf/ (or absolute)
+    overrides: list[str]
+    pool: str | None  # None: runs inside the pipeline's process; a work pool: its deployment there (flows/deploy.py)
 
 
 @dataclass
+@conf_defaults("pipeline/defaults/pipeline.yaml", "stages")
 class StagesConfig:
-    data_prep: StageConfig = field(default_factory=StageConfig)
-    cpt: StageConfig = field(default_factory=StageConfig)
-    sft: StageConfig = field(default_factory=StageConfig)
-    rl: StageConfig = field(default_factory=StageConfig)
-    quantize: StageConfig = field(default_factory=StageConfig)
-    benchmark: StageConfig = field(default_factory=StageConfig)
-    evaluate: StageConfig = field(default_factory=StageConfig)
+    data_prep: StageConfig
+    cpt: StageConfig
+    sft: StageConfig
+    rl: StageConfig
+    quantize: StageConfig
+    benchmark: StageConfig
+    evaluate: StageConfig
 
 
 @dataclass
+@conf_defaults("pipeline/defaults/pipeline.yaml", "probe")
 class ProbeConfig:
     """A quick evaluation of each model stage's checkpoint (cpt, sft, rl, quantize), so the summary
     shows score, TPF and TPS per stage. Uses the evaluate stage's config plus these overrides."""
 
-    enabled: bool = True
-    overrides: list[str] = field(default_factory=list)
+    enabled: bool
+    overrides: list[str]
 
 
 @dataclass
+@conf_defaults("pipeline/defaults/pipeline.yaml", "reeval")
 class ReevalConfig:
     """The scheduled re-evaluation of the registered champion (`draftedit serve reeval`)."""
 
-    cron: str = "0 3 * * *"
-    timezone: str = "UTC"
-    alias: str = "champion"
-    deployment: str = "champion-reeval"
-    overrides: list[str] = field(default_factory=list)  # on top of the evaluate stage's config
+    cron: str
+    timezone: str
+    alias: str
+    deployment: str
+    overrides: list[str]  # on top of the evaluate stage's config
 
 
 @dataclass
+@conf_defaults("pipeline/defaults/pipeline.yaml")
 class PipelineConfig:
-    name: str = DEFAULT_PRESET
-    output_dir: str = "outputs"
-    init_checkpoint: str | None = None  # model folder or URI the first model stage starts from
-    init_data: str | None = None  # prepared-data folder or URI, used when data_prep is disabled
-    serve_preset: str = "quality"  # decoding preset of the registered pyfunc model
-    retries: int = 2  # retries of a stage after a transient failure (connection, timeout)
-    retry_delay_seconds: float = 5.0
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    stages: StagesConfig = field(default_factory=StagesConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    reeval: ReevalConfig = field(default_factory=ReevalConfig)
+    name: str
+    output_dir: str
+    init_checkpoint: str | None  # model folder or URI the first model stage starts from
+    init_data: str | None  # prepared-data folder or URI, used when data_prep is disabled
+    serve_preset: str  # decoding preset of the registered pyfunc model
+    retries: int  # retries of a stage after a transient failure (connection, timeout)
+    retry_delay_seconds: float
+    tracking: TrackingConfig
+    stages: StagesConfig
+    probe: ProbeConfig
+    reeval: ReevalConfig
 
     def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.retry_delay_seconds < 0:
-            raise ValueError(f"retry_delay_seconds must be >= 0, got {self.retry_delay_seconds}")
+        check_min("retries", self.retries, 0)
+        check_min("retry_delay_seconds", self.retry_delay_seconds, 0)
         for name in STAGE_ORDER:
             stage = getattr(self.stages, name)
             if stage.enabled and not stage.config:
-                raise ValueError(f"stages.{name}.config: required when the stage is enabled")
+                fail(f"stages.{name}.config", "required when the stage is enabled")
         if not any(getattr(self.stages, s).enabled for s in MODEL_STAGES) and not self.init_checkpoint:
             downstream = [s for s in ("quantize", "benchmark", "evaluate") if getattr(self.stages, s).enabled]
             if downstream:
-                raise ValueError(
-                    f"stages {downstream} need a model but cpt, sft and rl are disabled and "
-                    f"init_checkpoint is not set"
-                )
+                fail("init_checkpoint", f"stages {downstream} need a model but cpt, sft and rl are disabled "
+                                        "and init_checkpoint is not set")
+
+        placed = [s for s in STAGE_ORDER if getattr(self.stages, s).enabled and getattr(self.stages, s).pool]
+        if placed and not str(self.tracking.uri or "").startswith(("http://", "https://")):
+            # Stages on other hosts share nothing but the tracking server: its artifacts carry every output.
+            fail(f"stages.{placed[0]}.pool", f"a stage on a work pool needs tracking.uri to be an MLflow server "
+                                            f"(http://host:port) that every worker reaches; it is {self.tracking.uri!r}")
+        if placed and not self.tracking.log_checkpoints:
+            fail("tracking.log_checkpoints", f"must be true when a stage runs on a work pool (stages.{placed[0]}.pool): "
+                                             "checkpoints reach the next stage's host only as MLflow artifacts")
 
         needs_data = [s for s in ("cpt", "sft") if getattr(self.stages, s).enabled]
         if needs_data and not self.stages.data_prep.enabled and not self.init_data:
-            raise ValueError(f"stages {needs_data} need prepared data but data_prep is disabled and init_data is not set")
+            fail("init_data", f"stages {needs_data} need prepared data but data_prep is disabled and init_data is not set")
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGE_ORDER:
@@ -114,17 +126,7 @@ class PipelineConfig:
 
 def preset_path(preset_or_path: str | os.PathLike) -> Path:
     """`tiny` -> conf/pipeline/tiny.yaml; a path is taken as is. Unknown names list the presets."""
-    text = str(preset_or_path)
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml") or os.sep in text:
-        if not path.is_file():
-            raise ConfigError(f"pipeline config not found: {path}")
-        return path
-    candidate = PIPELINE_CONF_DIR / f"{text}.yaml"
-    if not candidate.is_file():
-        known = sorted(p.stem for p in PIPELINE_CONF_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown pipeline preset {text!r}; presets: {', '.join(known)}")
-    return candidate
+    return resolve_conf("pipeline", preset_or_path, what="pipeline preset")
 
 
 def load_pipeline_config(

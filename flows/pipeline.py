@@ -1,10 +1,13 @@
 """The `pipeline` flow: data_prep -> cpt -> sft -> rl -> quantize -> benchmark -> evaluate.
 
-One MLflow parent run per execution, one nested run per stage (see flows.stages). Stages hand each
+One MLflow parent run per execution, one nested run per stage (see flows.runner). Stages hand each
 other MLflow URIs (`runs:/<id>/checkpoint`), so every output stays addressable after the run. A
 failed stage marks the parent run FAILED and leaves the finished stages' runs intact;
 `draftedit pipeline --resume <parent_run_id>` re-opens that parent run with its stored config, reuses
-the finished stages' outputs and continues from the first stage that did not finish.
+the finished stages' outputs and continues from the first stage that did not finish. A pipeline that
+was killed outright (SIGKILL, a lost machine) resumes the same way: the next command that opens the
+store marks its runs FAILED (components.tracking.liveness), and the interrupted stage continues inside
+its own run from its last checkpoint (flows.runner.run_stage reopens it).
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from prefect import flow
 
 from components.config import ConfigError, load_config
 from components.tracking import (
+    TAG_FAILURE,
+    TAG_INTERRUPTED,
     TAG_PIPELINE,
     TAG_STAGE,
+    Heartbeat,
     TrackingError,
     child_runs,
     git_commit,
     log_config,
     log_metrics,
+    owner_tags,
+    reopen_run,
     resolve_tracking_uri,
     resolve_uri,
     run_outputs,
@@ -38,23 +46,18 @@ from .config import (
     STAGE_ORDER,
     PipelineConfig,
     load_pipeline_config,
+    preset_path,
     stage_config_path,
 )
-from .stages import STAGE_FLOWS, load_stage_config, tracking_client
+from .preflight import check_pipeline
+from .prefect_server import start_ephemeral_server
+from .compare import decoding_arms
+from .runner import tracking_client
+from .stage_flows import STAGE_FLOWS
 
 TAG_FAILED_STAGE = "draftedit.failed_stage"
 SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "S score", "S TPF", "S edits", "seconds")
 FINAL_COLUMNS = ("decoding", "score", "TPF", "TPS", "edits/sample", "edit precision")
-
-
-def validate_stage_configs(cfg: PipelineConfig) -> None:
-    """Load every enabled stage's config with its schema (and the probe's), before any stage runs."""
-    for stage in STAGE_ORDER:
-        sc = cfg.stage(stage)
-        if sc.enabled:
-            load_stage_config(stage, stage_config_path(sc), sc.overrides)
-    if cfg.probe.enabled and cfg.stages.evaluate.config:
-        load_stage_config("evaluate", stage_config_path(cfg.stages.evaluate), _probe_overrides(cfg))
 
 
 def _probe_overrides(cfg: PipelineConfig) -> list[str]:
@@ -86,11 +89,11 @@ def _open_parent(client, experiment_id: str, cfg: PipelineConfig, resume_run_id:
     """Create the parent run, or re-open `resume_run_id`."""
     if resume_run_id:
         parent = _pipeline_run(client, resume_run_id)
-        client.update_run(resume_run_id, status="RUNNING")
+        reopen_run(client, resume_run_id)  # RUNNING again, owned by this process
         client.set_tag(resume_run_id, "draftedit.resumed", str(int(time.time())))
         return parent
-    tags = {TAG_STAGE: "pipeline", TAG_PIPELINE: cfg.name, "mlflow.source.git.commit": git_commit()}
-    from .stages import _prefect_flow_run_id
+    tags = {TAG_STAGE: "pipeline", TAG_PIPELINE: cfg.name, "mlflow.source.git.commit": git_commit(), **owner_tags()}
+    from .runner import _prefect_flow_run_id
 
     flow_run_id = _prefect_flow_run_id()
     if flow_run_id:
@@ -159,7 +162,7 @@ def pipeline_flow(
         raise ConfigError(f"--from-stage {from_stage!r}: stages are {', '.join(STAGE_ORDER)}")
     if from_stage is not None and not resume_run_id:
         raise ConfigError("--from-stage needs --resume <pipeline run id> (the run whose earlier outputs to reuse)")
-    validate_stage_configs(cfg)
+    check_pipeline(cfg, tracking_uri)  # every config, task, preset, input and cross-stage value, before any work
     state: dict[str, str | None] = {"data": None, "checkpoint": None, "quantized": None}
     if cfg.init_checkpoint:
         resolve_uri(cfg.init_checkpoint, tracking_uri, what="init_checkpoint")
@@ -170,6 +173,7 @@ def pipeline_flow(
 
     parent = _open_parent(client, experiment_id, cfg, resume_run_id)
     parent_id = parent.info.run_id
+    _progress(f"pipeline run {parent_id} (if interrupted, continue it with: draftedit pipeline --resume {parent_id})")
     reusable = _finished_children(client, parent_id) if resume_run_id else {}
     stop_reuse_at = STAGE_ORDER.index(from_stage) if from_stage else len(STAGE_ORDER)
     probe_config = (
@@ -179,6 +183,7 @@ def pipeline_flow(
     rows: list[dict] = []
     rerun = False
     current = None
+    beat = Heartbeat(client, parent_id).start()  # a killed pipeline's parent run is found and marked FAILED
     try:
         for index, stage in enumerate(STAGE_ORDER):
             current = stage
@@ -204,11 +209,11 @@ def pipeline_flow(
                     "preset": cfg.serve_preset,
                     "copy": cfg.tracking.log_checkpoints,
                 }
-            result = STAGE_FLOWS[stage](
+            params = dict(
                 config_path=str(stage_config_path(sc)),
                 overrides=list(sc.overrides),
                 inputs=_stage_inputs(stage, state),
-                output_dir=output_dir,
+                output_dir=cfg.output_dir if sc.pool else output_dir,  # a worker writes under its own folder
                 tracking_uri=tracking_uri,
                 experiment=cfg.tracking.experiment,
                 parent_run_id=parent_id,
@@ -220,14 +225,25 @@ def pipeline_flow(
                 registry=registry,
                 log_checkpoints=cfg.tracking.log_checkpoints,
             )
+            if sc.pool:  # its deployment on that work pool, a subflow run that a worker there picks up
+                from .deploy import run_stage_on_pool
+
+                result = run_stage_on_pool(stage, sc.pool, params, client, experiment_id)
+            else:
+                result = STAGE_FLOWS[stage](**params)
             _advance(stage, result["outputs"], state)
             rows.append({"stage": stage, "status": "cached" if result["cached"] else "ran",
                          "run_id": result["run_id"], "metrics": result["metrics"],
                          "seconds": result["seconds"], "registration": result.get("registration")})
-    except BaseException:
+    except BaseException as exc:
+        beat.stop()
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
         client.set_tag(parent_id, TAG_FAILED_STAGE, current or "")
-        client.set_terminated(parent_id, status="FAILED")
+        client.set_tag(parent_id, TAG_FAILURE, f"stage {current}: {type(exc).__name__}: {exc}".splitlines()[0][:4000])
+        client.set_tag(parent_id, TAG_INTERRUPTED, "true" if interrupted else "false")
+        client.set_terminated(parent_id, status="KILLED" if interrupted else "FAILED")
         raise
+    beat.stop()
     final = next((r for r in reversed(rows) if r["stage"] == "evaluate" and r["run_id"]), None)
     if final:
         log_metrics(client, parent_id, {k: v for k, v in final["metrics"].items() if k.startswith("eval/")})
@@ -288,10 +304,6 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
     return out
 
 
-FINAL_MODES = (("quality", "Q, editing on"), ("quality_noedit", "Q, editing off"),
-               ("speedy", "S, editing on"), ("speedy_noedit", "S, editing off"))
-
-
 def final_model_rows(rows: list[dict]) -> list[tuple[str, ...]]:
     """The evaluate stage's suite per decoding mode, editing on and off (score, TPF, TPS, edits, precision)."""
     final = next((r for r in reversed(rows) if r["stage"] == "evaluate" and r["run_id"]), None)
@@ -299,11 +311,10 @@ def final_model_rows(rows: list[dict]) -> list[tuple[str, ...]]:
         return []
     m = final["metrics"]
     out = []
-    for key, label in FINAL_MODES:
-        if f"eval/{key}/score" in m:
-            out.append((label, _fmt(m.get(f"eval/{key}/score")), _fmt(m.get(f"eval/{key}/tpf"), ".2f"),
-                        _fmt(m.get(f"eval/{key}/tps"), ".1f"), _fmt(m.get(f"eval/{key}/edits_per_sample"), ".2f"),
-                        _fmt(m.get(f"eval/{key}/edit_precision"), ".2f")))
+    for key, label in decoding_arms(m):
+        out.append((label, _fmt(m.get(f"eval/{key}/score")), _fmt(m.get(f"eval/{key}/tpf"), ".2f"),
+                    _fmt(m.get(f"eval/{key}/tps"), ".1f"), _fmt(m.get(f"eval/{key}/edits_per_sample"), ".2f"),
+                    _fmt(m.get(f"eval/{key}/edit_precision"), ".2f")))
     return out
 
 
@@ -350,8 +361,8 @@ def print_summary(result: dict, wall_seconds: float) -> None:
     console.print(f"Wall time: {wall_seconds:.0f} s")
     console.print(f"Tracking: {result['tracking_uri']}  (experiment '{result['experiment']}')")
     console.print(f"Outputs:  {result['output_dir']}")
-    console.print("Look at it: [bold]draftedit ui[/] (MLflow UI http://127.0.0.1:5000, Prefect UI http://127.0.0.1:4200); "
-                  f"[bold]draftedit compare --parent {result['parent_run_id']}[/]")
+    console.print("Look at it: [bold]draftedit ui[/] (MLflow UI http://127.0.0.1:5000, Prefect UI http://127.0.0.1:4200)")
+    console.print(f"Compare its stages: [bold]draftedit compare --parent {result['parent_run_id']}[/]")
 
 
 # ---------------------------------------------------------------- `draftedit pipeline`
@@ -367,17 +378,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config(args.preset, args.overrides)
+    from components.cli_errors import config_errors
+
+    path = preset_path(args.preset)
+    with config_errors(path, args.overrides):
+        cfg = load_pipeline_config(path, args.overrides)
     if args.dry_run:
-        validate_stage_configs(cfg)
         output_dir = Path(cfg.output_dir).resolve()
-        print(f"pipeline {cfg.name}: tracking {resolve_tracking_uri(cfg.tracking.uri, output_dir)}, outputs {output_dir}")
+        tracking_uri = resolve_tracking_uri(cfg.tracking.uri, output_dir)
+        check_pipeline(cfg, tracking_uri)
+        print(f"pipeline {cfg.name}: every check passed; tracking {tracking_uri}, outputs {output_dir}")
         for stage in STAGE_ORDER:
             sc = cfg.stage(stage)
             state = f"{sc.config} {' '.join(sc.overrides)}".strip() if sc.enabled else "disabled"
+            state += f"  (on work pool {sc.pool})" if sc.enabled and sc.pool else ""
             print(f"  {stage:10s} {state}")
         return 0
     start = time.perf_counter()
+    start_ephemeral_server()  # Prefect's server, bound to this process: a SIGKILL cannot orphan it
     result = pipeline_flow(config=args.preset, overrides=args.overrides, resume_run_id=args.resume,
                            from_stage=args.from_stage)
     print_summary(result, time.perf_counter() - start)

@@ -21,7 +21,8 @@ from components.tracking import (
 )
 
 from .config import DEFAULT_PRESET, load_pipeline_config, preset_path, stage_config_path
-from .stages import evaluate_flow, tracking_client
+from .runner import tracking_client
+from .stage_flows import evaluate_flow
 
 FLOW_NAME = "reevaluate-champion"
 TAG_MODEL_NAME = "draftedit.model_name"

@@ -2,7 +2,11 @@
 
     draftedit serve reeval            # the champion re-evaluation deployment on its cron schedule
     draftedit serve reeval --now      # ... and trigger one run right away
-    draftedit serve model --port 5001 # the champion as an MLflow pyfunc over HTTP (mlflow models serve)
+    draftedit serve model --port 5001 # the champion pyfunc over HTTP (MLflow's /invocations format)
+    draftedit serve model serve.max_prompts=64   # serve.* overrides set the server's limits
+
+`serve model` runs `components.serving` (limits from conf/serve/default.yaml, JSON errors, a deadline
+that stops decoding) rather than `mlflow models serve`, which has none of these.
 
 `serve reeval` registers the deployment with the Prefect API (a server started by `draftedit ui`, or
 PREFECT_API_URL) and executes its scheduled runs until stopped.
@@ -11,17 +15,17 @@ PREFECT_API_URL) and executes its scheduled runs until stopped.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import sys
 from pathlib import Path
+
+from components.config import CONF_DIR
 
 from .config import DEFAULT_PRESET
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=("reeval", "model"), help="what to serve")
-    parser.add_argument("overrides", nargs="*", help="pipeline config overrides, key.sub=value")
+    parser.add_argument("overrides", nargs="*",
+                        help="pipeline config overrides, key.sub=value; model: serve.KEY=VALUE sets a server limit")
     parser.add_argument("--preset", "-p", default=DEFAULT_PRESET, help="pipeline preset or YAML path")
     parser.add_argument("--now", action="store_true", help="reeval: also run one re-evaluation immediately")
     parser.add_argument("--alias", default=None, help="model: registry alias to serve (default: reeval.alias)")
@@ -31,41 +35,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reeval: port of the Prefect server started when PREFECT_API_URL is not set")
 
 
-def serve_env(tracking_uri: str) -> dict[str, str]:
-    """Environment for `mlflow models serve`: the store, and this venv's bin first on PATH (it runs
-    `uvicorn` by name)."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    return dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri,
-                PATH=f"{bin_dir}{os.pathsep}{path}" if path else bin_dir)
-
-
-def model_serve_command(model_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow models serve` in this environment (no per-model virtualenv: we run offline)."""
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    return [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "--host", host, "--port", str(port)]
+SERVE_CONFIG = CONF_DIR / "serve" / "default.yaml"  # limits of `serve model`
 
 
 def run(args: argparse.Namespace) -> int:
     from components.tracking import resolve_alias, resolve_tracking_uri
 
-    from .config import load_pipeline_config
-    from .stages import tracking_client
+    from components.cli_errors import config_errors
 
-    cfg = load_pipeline_config(args.preset, args.overrides)
+    from .config import load_pipeline_config, preset_path
+    from .runner import tracking_client
+
+    serve_overrides = [o[len("serve."):] for o in args.overrides if o.startswith("serve.")]
+    args.overrides = [o for o in args.overrides if not o.startswith("serve.")]
+    path = preset_path(args.preset)
+    with config_errors(path, args.overrides):
+        cfg = load_pipeline_config(path, args.overrides)
     output_dir = str(Path(cfg.output_dir).resolve())
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri, output_dir)
     client, _ = tracking_client(tracking_uri, cfg.tracking.experiment, output_dir)
     alias = args.alias or cfg.reeval.alias
     version = resolve_alias(client, cfg.tracking.registered_model, alias)  # fail now, not at the first cron tick
     if args.target == "model":
+        import mlflow
+
+        from components.config import load_config
+        from components.serving import ServeConfig
+        from components.serving import serve as serve_http
+
+        with config_errors(SERVE_CONFIG, serve_overrides, context="serve"):
+            limits = load_config(ServeConfig, SERVE_CONFIG, serve_overrides)
         uri = f"models:/{cfg.tracking.registered_model}@{alias}"
-        cmd = model_serve_command(uri, args.host, args.port)
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
         print(f"serving {uri} (version {version.version}) at http://{args.host}:{args.port}/invocations")
         print('try: curl -s -X POST -H "Content-Type: application/json" '
               f'-d \'{{"inputs": {{"prompt": ["3+4="]}}, "params": {{"preset": "speedy"}}}}\' http://{args.host}:{args.port}/invocations')
-        os.execvpe(cmd[0], cmd, serve_env(tracking_uri))  # replaces this process
+        serve_http(model, limits, args.host, args.port)
+        return 0
 
     from prefect import serve
 
@@ -83,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     settings = nullcontext()
     if not PREFECT_API_URL.value():
         # Schedules need a real server (an ephemeral one runs no scheduler): start one for this command.
-        from .ui import start_prefect_server, stop
+        from .processes import stop
+        from .ui import start_prefect_server
 
         server = start_prefect_server(port=args.prefect_port)
         settings = temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{args.prefect_port}/api"})

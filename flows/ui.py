@@ -1,6 +1,7 @@
 """`draftedit ui`: the MLflow UI on the pipeline's tracking store and a Prefect server, locally.
 
-Both run as child processes until Ctrl-C. The Prefect server uses the same PREFECT_HOME as
+Both run as child processes until Ctrl-C or SIGTERM, which stop them and all their workers
+(`flows.processes`). The Prefect server uses the same PREFECT_HOME as
 `draftedit pipeline` (outputs/prefect by default), so it shows the flow runs of earlier pipelines.
 `--check` starts both, waits until they answer, and stops them (a smoke test of the setup).
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from .config import DEFAULT_PRESET
+from .processes import start, stop
 
 
 def _bin(name: str) -> str:
@@ -50,24 +51,6 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last})")
 
 
-def start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
-    # A new session, so stopping it stops its own children (uvicorn/gunicorn workers) too.
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 def start_prefect_server(host: str = "127.0.0.1", port: int = 4200, timeout: float = 180.0) -> subprocess.Popen:
     """A Prefect server child process, answering on /api/health when this returns."""
     proc = start(prefect_server_command(host, port), env=dict(os.environ))
@@ -93,9 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from components.tracking import check_tracking_uri, resolve_tracking_uri
 
-    from .config import load_pipeline_config
+    from components.cli_errors import config_errors
 
-    cfg = load_pipeline_config(args.preset, args.overrides)
+    from .config import load_pipeline_config, preset_path
+
+    path = preset_path(args.preset)
+    with config_errors(path, args.overrides):
+        cfg = load_pipeline_config(path, args.overrides)
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri, Path(cfg.output_dir).resolve())
     check_tracking_uri(tracking_uri)
     procs: list[subprocess.Popen] = []
@@ -121,5 +108,4 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in procs:
-            stop(proc)
+        stop(*procs)

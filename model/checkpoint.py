@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
+from .files import atomic_path, atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -155,18 +156,18 @@ def save_pretrained(lm, path, max_shard_bytes: int | None = None) -> None:
         if stale.exists():
             stale.unlink()
     if len(shards) == 1:
-        _atomic_save(shards[0], path / WEIGHTS_NAME)
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(shards[0], str(tmp), metadata={"format": "pt"})
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_save(shard, path / name)
+            with atomic_path(path / name) as tmp:
+                save_file(shard, str(tmp), metadata={"format": "pt"})
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        tmp = path / (INDEX_NAME + ".tmp")
-        tmp.write_text(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp, path / INDEX_NAME)
+        atomic_write(path / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     config.save_pretrained(path)
 
 
@@ -183,9 +184,3 @@ def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -
         size += nbytes
     shards.append(current)
     return shards
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    tmp = file.with_name(file.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, file)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
+
 CONFIG_NAME = "config.json"
 
 
@@ -162,11 +164,7 @@ class ModelConfig:
         return config
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path / CONFIG_NAME)
+        atomic_write(Path(path) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # ----------------------------------------------------------------- presets
     @classmethod

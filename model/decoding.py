@@ -45,6 +45,10 @@ from .sampling import choose_tokens
 
 @dataclass
 class DecodeConfig:
+    """The decoder's settings. The defaults are the authors' reference `generate()` signature (parity
+    API, design.md); the project's presets (S, Q) are `conf/decode/*.yaml`, loaded by
+    `components.decoding.load_decode_config`."""
+
     block_length: int = 32
     gen_length: int = 256
     threshold: float = 0.95  # tau_mask: a mask is filled when its confidence is strictly above it

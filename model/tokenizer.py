@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from tokenizers import Tokenizer as _Backend
+
+from .files import atomic_write
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -229,8 +230,8 @@ class Tokenizer:
             "chat_template": self.chat_template if self.chat_template is not None else BUILTIN_CHAT_TEMPLATE,
             "clean_up_tokenization_spaces": False,
         }
-        _atomic_write(out / TOKENIZER_FILE, self.backend.to_str())
-        _atomic_write(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2))
+        atomic_write(out / TOKENIZER_FILE, self.backend.to_str())
+        atomic_write(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2))
         return out
 
 
@@ -240,18 +241,6 @@ def _check_messages(messages: Any) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f"messages[{i}] must be a dict with str 'role' and 'content', got {m!r}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _find_token(backend: _Backend, configured: Any, candidates: Sequence[str]) -> str | None:

@@ -60,3 +60,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folder(tmp_path_factory) -> Path:
+    """A folder holding a small trained tokenizer (the tokenizer part of a checkpoint folder)."""
+    from components.data.bpe import train_bpe_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    texts = [f"{i} + {i + 1} = {2 * i + 1}; sort {i} {i % 7} {i % 3}" for i in range(300)]
+    train_bpe_tokenizer(texts, vocab_size=320, min_frequency=1).save(folder)
+    return folder

@@ -7,6 +7,7 @@ registration and serving run the real pyfunc on a real (random) model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ def fake_prepare(cfg: FakeDataConfig, out_dir: Path, inputs: dict) -> dict:
 
 
 def fake_train(cfg: FakeTrainConfig, out_dir: Path, inputs: dict) -> dict:
-    from flows.stages import TransientError
+    from flows.runner import TransientError
 
     CALLS.append((f"train:{cfg.stage}", dict(inputs)))
     if cfg.fail_hard:
@@ -108,25 +109,20 @@ def fake_evaluate(cfg: FakeEvalConfig, out_dir: Path, inputs: dict) -> dict:
 
 
 def install_fakes(monkeypatch) -> None:
-    """Point every stage of flows.stages at the stand-ins above."""
-    from flows import stages
+    """Point every stage of flows.registry.COMPONENTS at the stand-ins above."""
+    from flows.registry import COMPONENTS
 
-    mod = "pipeline_support"
     fakes = {
-        "data_prep": (f"{mod}:FakeDataConfig", f"{mod}:fake_prepare"),
-        "cpt": (f"{mod}:FakeTrainConfig", f"{mod}:fake_train"),
-        "sft": (f"{mod}:FakeTrainConfig", f"{mod}:fake_train"),
-        "rl": (f"{mod}:FakeTrainConfig", f"{mod}:fake_train"),
-        "quantize": (f"{mod}:FakeTrainConfig", f"{mod}:fake_quantize"),
-        "benchmark": (f"{mod}:FakeTrainConfig", f"{mod}:fake_benchmark"),
-        "evaluate": (f"{mod}:FakeEvalConfig", f"{mod}:fake_evaluate"),
+        "data_prep": (FakeDataConfig, fake_prepare),
+        "cpt": (FakeTrainConfig, fake_train),
+        "sft": (FakeTrainConfig, fake_train),
+        "rl": (FakeTrainConfig, fake_train),
+        "quantize": (FakeTrainConfig, fake_quantize),
+        "benchmark": (FakeTrainConfig, fake_benchmark),
+        "evaluate": (FakeEvalConfig, fake_evaluate),
     }
-    patched = {
-        name: stages.Component(schema, entry, spec.inputs, spec.optional, spec.output)
-        for name, spec in stages.COMPONENTS.items()
-        for schema, entry in [fakes[name]]
-    }
-    monkeypatch.setattr(stages, "COMPONENTS", patched)
+    for name, (schema, entry) in fakes.items():
+        monkeypatch.setitem(COMPONENTS, name, dataclasses.replace(COMPONENTS[name], schema=schema, entry=entry))
     CALLS.clear()
 
 

@@ -1,5 +1,6 @@
 """run_benchmark end to end on a tiny model: measures, files, MLflow, resume, bad input, CLI, configs."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def test_results_go_to_mlflow(model_dir, tmp_path, mlflow_uri):
     data = client.get_run(run.info.run_id).data
     for key in ("bench/speedy_b1/tps", "bench/speedy_b1/tpf", "bench/speedy_b1/latency_p95_s",
                 "bench/speedy_b1/peak_mem_mb", "bench/speedy_b1/score", "bench/quality_b2_fp8/tps",
-                "bench/speedy/tps", "bench/autoregressive/tps", "bench/speedy_b1/x_autoregressive"):
+                "bench/speedy/tps", "bench/autoregressive/tps", "bench/speedy_b1/x_autoregressive",
+                "bench/speedy_b1/edits_per_sample", "bench/quality_b2_fp8/edit_oscillations",
+                "bench/speedy/edits_per_sample"):
         assert key in data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "bench")}
     assert {"bench/results.md", "bench/results.csv", "bench/score_vs_tps.png", "bench/machine.json"} <= artifacts
@@ -137,6 +140,7 @@ def test_an_interrupted_benchmark_keeps_and_resumes(model_dir, tmp_path, monkeyp
     res = run_benchmark(cfg, model_dir, tmp_path)
     assert calls == ["quality_b2_fp8"]  # only what was missing
     assert [r["name"] for r in res["records"]] == ["speedy_b1", "quality_b2_fp8"]
+    assert all(r["edits_per_sample"] is not None for r in res["records"])  # the kept line has its edit counts
     calls.clear()
     run_benchmark(_cfg("baselines.reference=false", "baselines.autoregressive=false", "repeats=1", settings=TWO),
                   model_dir, tmp_path)
@@ -147,7 +151,51 @@ def test_random_prompts_give_speed_without_score(model_dir, tmp_path):
     res = run_benchmark(_cfg("prompts.task=null", "baselines.reference=false", "baselines.autoregressive=false",
                              settings=TWO[:1]), model_dir, tmp_path)
     assert res["records"][0]["score"] is None and res["records"][0]["tps"] > 0
+    assert all(res["records"][0][k] is None for k in runner.EDIT_KEYS)  # no answers: no edit accounting
     assert (tmp_path / "score_vs_tps.png").is_file()
+
+
+def test_edits_are_classified_in_one_untimed_pass(model_dir, tmp_path, monkeypatch):
+    # sort has one valid answer per prompt: every edit is judged. tau_edit = 0 makes the untrained model edit.
+    cfg = _cfg("prompts.task=sort", "repeats=1", "baselines.reference=false", "baselines.autoregressive=false",
+               settings=[{"mode": "speedy", "batch_size": 2, "decode": {"editing_threshold": 0.0}}])
+    recorded = []  # record_trajectory of every decode call: warm-up, timed passes, then the accounting pass
+    real = runner._decode_chunk
+    monkeypatch.setattr(runner, "_decode_chunk",
+                        lambda lm, plan, ids: recorded.append(plan.decode.record_trajectory) or real(lm, plan, ids))
+    res = run_benchmark(cfg, model_dir, tmp_path)
+    assert recorded == [False] * 3 + [True] * 2  # warm-up + 2 timed chunks untraced; 2 traced chunks after them
+    (record,) = res["records"]
+
+    # The same decode, classified directly against the task's answers.
+    from model import generate
+    from model.tokenizer import load_tokenizer
+    from components.edits import EditStats, classify_edits
+    from components.evaluate import load_samples, load_task
+
+    lm = load_model(model_dir)
+    prompts = load_prompt_set(cfg.prompts, model_dir, lm.config.vocab_size, lm.config.mask_token_id)
+    tok = load_tokenizer(model_dir)
+    answers = [tok.encode(s.reference) for s in load_samples(load_task("sort"))[:3]]
+    assert prompts.references == answers
+    (plan,) = runner.make_plans(cfg, prompts)
+    decode = dataclasses.replace(plan.decode, record_trajectory=True)
+    direct, sequences = EditStats(), []
+    for first in (0, 2):
+        out = generate(lm, prompts.ids[first:first + 2], decode)
+        for i, (seq, traj) in enumerate(zip(out.sequences, out.trajectories), start=first):
+            target = [t for t in seq if t != tok.eos_id] if prompts.judges[i](seq) else answers[i]
+            direct = direct + classify_edits(traj, target, tok.eos_id, len(seq))
+            sequences.append(seq)
+    stored = json.loads((tmp_path / "results.jsonl").read_text())
+    assert stored["sequences"] == sequences  # the accounting pass decoded what was timed
+    assert direct.edits > 0 and direct.edits == record["edits"] and direct.unjudged == 0
+    assert direct.fixes + direct.breaks + direct.neutral == direct.edits
+    assert {k: record[k] for k in runner.EDIT_KEYS} == direct.named()
+    assert record["edits_per_sample"] == pytest.approx(direct.edits / 3)
+    md = (tmp_path / "results.md").read_text()
+    assert "| edits_per_sample | edit_precision |" in md
+    assert f"| {record['edits_per_sample']:.4g} |" in md
 
 
 def test_quantized_folders_are_benchmarked_as_they_load(model_dir, tmp_path):
@@ -219,9 +267,10 @@ def test_bad_config_names_the_key(override, needle):
         load_config(BenchConfig, CONF_DIR / "bench" / "default.yaml", overrides=[override])
 
 
-def test_unknown_decoding_preset_is_named(model_dir, tmp_path):
-    with pytest.raises(BenchmarkError, match=r"settings\[0\].*unknown decoding preset 'turbo'"):
-        run_benchmark(_cfg(settings=[{"mode": "turbo"}]), model_dir, tmp_path)
+def test_unknown_decoding_preset_is_named():
+    # caught when the config loads, before a model is read: the presets are the files in conf/decode/
+    with pytest.raises(ConfigError, match=r"settings\[0\]\.mode: unknown decoding preset 'turbo'; known: \['quality', 'speedy'\]"):
+        _cfg(settings=[{"mode": "turbo"}])
 
 
 @pytest.mark.parametrize("path", sorted((CONF_DIR / "bench").glob("*.yaml")) + sorted((CONF_DIR / "quantize").glob("*.yaml")),

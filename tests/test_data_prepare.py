@@ -110,7 +110,7 @@ def test_second_run_is_a_cache_hit_without_rebuilding(tmp_path, monkeypatch):
     assert cache_key(cfg) == cache_key(small(tmp_path / "elsewhere"))
     assert cache_key(cfg) != cache_key(small(tmp_path, "sft.fill=pad"))
     assert cache_key(cfg) != cache_key(small(tmp_path, "cpt.synthetic.seed=5"))
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]  # no leftovers
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
 def test_failed_build_leaves_no_cache_entry(tmp_path):
@@ -167,6 +167,9 @@ def test_missing_empty_and_malformed_files_are_named(tmp_path):
     (tmp_path / "blank.jsonl").write_text("\n\n")
     (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{oops\n')
     (tmp_path / "junk.parquet").write_bytes(b"not parquet" * 10)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    (tmp_path / "latin1.txt").write_bytes(b"line one\nna\xefve\n")
+    (tmp_path / "badquote.csv").write_text('text,n\n"fine",1\n"open"quote,2\n')
     _write_jsonl(tmp_path / "notext.jsonl", [{"body": "x"}])
     _write_jsonl(tmp_path / "emptytext.jsonl", [{"text": ""}, {"text": "   "}])
     cases = {
@@ -174,8 +177,11 @@ def test_missing_empty_and_malformed_files_are_named(tmp_path):
         "nomatch*.jsonl": "no file matches",
         "empty.jsonl": "dataset is empty",
         "blank.jsonl": "dataset is empty",
-        "broken.jsonl": "cannot read as json \\(empty or malformed\\?\\): .*JSON parse error",
-        "junk.parquet": "cannot read as parquet",
+        "broken.jsonl": r".*broken\.jsonl:2: invalid JSON: Expecting property name enclosed in double quotes",
+        "latin1.jsonl": r".*latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)",
+        "latin1.txt": r".*latin1\.txt:2: not UTF-8 text \(byte 0xef at column 3\)",
+        "badquote.csv": r".*badquote\.csv:3: invalid CSV",
+        "junk.parquet": r".*junk\.parquet: cannot read as parquet",
         "notext.jsonl": "field 'text' not found; record fields are \\['body'\\]",
         "emptytext.jsonl": "dataset is empty: no non-empty 'text'",
         ".": "not a regular file",
@@ -184,6 +190,22 @@ def test_missing_empty_and_malformed_files_are_named(tmp_path):
         cfg = small(tmp_path, f"cpt.external=[{{kind: file, path: '{tmp_path / name}'}}]")
         with pytest.raises(DataError, match=rf"cpt\.external\[0\] \(file .*\): {message}"):
             prepare_data(cfg)
+
+
+def test_csv_cells_stay_strings_and_lines_are_counted_from_the_header(tmp_path):
+    from components.data.config import ExternalSource
+    from components.data.sources import load_records, records_to_conversations
+
+    path = tmp_path / "pairs.csv"
+    path.write_text('prompt,response\n"pad: 7",007\n"multi\nline",0042\n')
+    src = ExternalSource(path=str(path))
+    records, fmt = load_records("sft.external[0]", src, None)
+    assert fmt == "csv" and [r["response"] for r in records] == ["007", "0042"]
+    convs = records_to_conversations("sft.external[0]", src, records, fmt)
+    assert [c[1]["content"] for c in convs] == ["007", "0042"] and convs[1][0]["content"] == "multi\nline"
+    path.write_text(path.read_text() + "x,1,extra\n")  # a quoted newline makes this physical line 5
+    with pytest.raises(DataError, match=r"sft\.external\[0\] \(file .*\): .*pairs\.csv:5: 3 fields but the header has"):
+        load_records("sft.external[0]", src, None)
 
 
 def test_sft_file_without_conversations_is_refused(tmp_path):

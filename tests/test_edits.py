@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from components.edits import EditStats, classify_edits
+from components.edits import EditStats, classify_edits, judge_edits
 from components.rl.ebpo import permute_within_groups
 from components.training.config import ObjectiveConfig
 from components.training.corruption import Corruption, m2t_corrupt, unmask_rows
@@ -54,6 +54,20 @@ def test_edit_stats_add_up_over_samples():
     total = a + b
     assert (total.edits, total.fixes, total.breaks, total.samples) == (3, 2, 1, 2)
     assert total.edits_per_sample == 1.5 and total.metrics("m")["m/edit_precision"] == pytest.approx(2 / 3)
+
+
+def test_judge_edits_uses_a_correct_output_as_its_own_reference():
+    # completion [4, 2] + EOS; position 2 drafted 1 then edited to 4, position 3 drafted 2 then edited to 5 and back
+    steps = [StepRecord("draft", 0, m2t=[(2, 1), (3, 2)]),
+             StepRecord("post", 0, t2t=[(2, 1, 4), (3, 2, 5)]), StepRecord("post", 0, t2t=[(3, 5, 2)])]
+    seq = [4, 2, EOS]
+    own = judge_edits(trajectory(steps), seq, EOS, correct=True, reference=[1, 2])  # another valid answer
+    assert (own.fixes, own.breaks, own.neutral, own.oscillations, own.tokens) == (2, 1, 0, 1, 3)
+    wrong = judge_edits(trajectory(steps), seq, EOS, correct=False, reference=[1, 2])
+    assert (wrong.fixes, wrong.breaks, wrong.neutral) == (1, 2, 0)  # 1 -> 4 broke a right token
+    unjudged = judge_edits(trajectory(steps), seq, EOS, correct=False, reference=None)
+    assert unjudged.unjudged == unjudged.edits == 3 and unjudged.named()["edit_precision"] is None
+    assert own.named()["edit_precision"] == pytest.approx(2 / 3) == own.metrics("m")["m/edit_precision"]
 
 
 # ------------------------------------------------------------------------------------ training objective

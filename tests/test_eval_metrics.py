@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
-import socket
 
 import pytest
 import torch
@@ -147,10 +145,10 @@ def test_every_state_is_sum_reduced_like_ddp():
     assert _values(left) == pytest.approx(_values(whole))
 
 
-def _worker(rank: int, world: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, store: str, queue) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: no port to pick, so nothing another process can take first.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         whole_data, a, b = _shards(15, 9)
         metrics = _new_metrics()
@@ -162,16 +160,13 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-def test_metrics_sync_across_two_real_processes():
+def test_metrics_sync_across_two_real_processes(tmp_path):
     whole_data, _, _ = _shards(15, 9)
     expected = _new_metrics()
     _fill(expected, *whole_data)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = mp.get_context("fork")  # no re-import of torch in the children: seconds instead of tens
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 2, str(tmp_path / "store"), queue)) for r in range(2)]
     for p in procs:
         p.start()
     try:
@@ -179,5 +174,5 @@ def test_metrics_sync_across_two_real_processes():
     finally:
         for p in procs:
             p.join(timeout=60)
-    assert all(p.exitcode == 0 for p in procs)
+    assert [p.exitcode for p in procs] == [0, 0]
     assert got == pytest.approx(_values(expected))

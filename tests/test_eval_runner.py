@@ -7,6 +7,8 @@ expected score is known exactly; plumbing (batching, results files, TPF) with th
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,7 +157,7 @@ def test_pass_at_k_with_several_samples_runs_the_unit_tests(lm, tok, monkeypatch
     script = ScriptedGenerate(tok, lambda key, n: canonical[key] if n == 1 else "    return None\n")
     monkeypatch.setattr(model_pkg, "generate", script)
     res = evaluate_task(lm, tok, "humaneval_sampled", limit=2, batch_size=3,
-                        overrides=["samples_per_prompt=2", "k=[1,2]", "sandbox.timeout_s=5"])
+                        overrides=["samples_per_prompt=2", "k=[1,2]", "sandbox.timeout_s=60"])
     assert res.num_problems == 2 and res.num_generations == 4
     assert [(r["id"], r["sample_index"], r["correct"]) for r in res.records] == [
         ("HumanEval/0", 0, True), ("HumanEval/0", 1, False), ("HumanEval/1", 0, True), ("HumanEval/1", 1, False)]
@@ -181,6 +183,37 @@ def test_failing_batch_is_retried_per_sample_and_only_the_culprit_fails(lm, tok,
     assert [r["correct"] for r in res.records] == [True, True, False, True, True]
     assert "decoder exploded" in res.records[2]["error"] and res.num_errors == 1
     assert res.score == pytest.approx(0.8)
+
+
+def test_csv_task_with_a_verifier_and_a_recorded_failed_row(lm, tok, tmp_path, monkeypatch):
+    """The README's own-CSV example: any valid grid is right, a row without a puzzle is one failed
+    record (source.on_missing=fail_sample) that is never decoded."""
+    from components.tasks.synthetic import _all_sudoku4
+
+    example = Path(__file__).resolve().parent / "data" / "sudoku_csv"
+    shutil.copytree(example, tmp_path / "task")
+    with open(tmp_path / "task" / "puzzles.csv", "a") as fh:
+        fh.write("p09,,4,1234341221434321\n")
+    cfg = load_task(tmp_path / "task" / "task.yaml", ["source.on_missing=fail_sample"])
+    samples = load_samples(cfg)
+    rows = lambda grid: " ".join(grid[i:i + 4] for i in range(0, 16, 4))  # noqa: E731
+    answers = {}
+    for i, s in enumerate(samples[:8]):
+        valid = ["".join(map(str, g)) for g in _all_sudoku4()
+                 if all(c == "0" or int(c) == v for c, v in zip(s.fields["puzzle"], g))]
+        other = [g for g in valid if g != s.reference]  # not the CSV's solution, but valid
+        answers[tuple(tok.encode(render_prompt(s, cfg, tok)))] = (
+            rows(other[0] if other else s.reference) if i % 2 == 0 else rows(s.reference[::-1]))
+    script = ScriptedGenerate(tok, lambda key, n: answers[key])
+    monkeypatch.setattr(model_pkg, "generate", script)
+    res = evaluate_task(lm, tok, cfg, batch_size=4)
+    assert [r["correct"] for r in res.records] == [True, False] * 4 + [False]
+    assert res.score == pytest.approx(4 / 9) and res.num_errors == 1 and res.num_generations == 9
+    last = res.records[-1]
+    assert last["id"] == "p09" and last["output"] is None and last["prompt"] == ""
+    assert last["error"].startswith("data: ")
+    assert last["error"].endswith("puzzles.csv:10: no value for column(s) ['puzzle']")
+    assert sum(script.seen.values()) == 8  # the row without a puzzle never reached the decoder
 
 
 def test_extractor_that_raises_fails_that_sample_only(lm, tok, monkeypatch):
@@ -212,8 +245,18 @@ def test_greedy_decoding_with_several_samples_is_rejected_before_decoding(lm, to
 
 def test_template_field_missing_from_data_is_rejected_before_decoding(lm, tok, monkeypatch):
     _forbid_generation(monkeypatch)
-    with pytest.raises(TaskConfigError, match=r"uses \['problem'\].*available fields: \['answer', 'question'\]"):
+    with pytest.raises(TaskDataError, match=r"no column\(s\) \['problem'\] \(used: 'problem' by prompt\.template\); "
+                                            r"columns: \['answer', 'question'\]"):
         evaluate_task(lm, tok, "gsm8k", overrides=["prompt.template='Solve: {problem}'"])
+
+
+def test_row_without_a_needed_value_stops_before_decoding(lm, tok, tmp_path, monkeypatch):
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in [{"question": "1+1?", "answer": "2"}, {"answer": "3"}]) + "\n")
+    with monkeypatch.context() as m:
+        _forbid_generation(m)
+        with pytest.raises(TaskDataError, match=r"q\.jsonl:2: no value for column\(s\) \['question'\]"):
+            evaluate_task(lm, tok, "gsm8k", overrides=[f"source.path={data}"])
 
 
 def test_broken_sandbox_is_reported_before_decoding(lm, tok, monkeypatch):
@@ -232,7 +275,7 @@ def test_broken_sandbox_is_reported_before_decoding(lm, tok, monkeypatch):
 def test_bad_arguments(lm, tok):
     with pytest.raises(ValueError, match="limit"):
         evaluate_task(lm, tok, "sum", limit=0)
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="unknown decoding preset 'warp'; known: quality, speedy"):
         evaluate_task(lm, tok, "sum", mode="warp")
 
 

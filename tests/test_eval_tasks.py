@@ -146,7 +146,7 @@ def test_bad_task_files_fail_naming_the_key(tmp_path, yaml_text, key):
 
 
 def test_unknown_task_name_lists_the_builtin_ones():
-    with pytest.raises(TaskConfigError, match="built-in tasks: .*gsm8k"):
+    with pytest.raises(TaskConfigError, match="unknown task .no_such_task.; known: .*gsm8k"):
         load_task("no_such_task")
     with pytest.raises(TaskConfigError, match="not found"):
         load_task("missing/dir/task.yaml")
@@ -216,7 +216,7 @@ def test_python_completion_cuts_at_top_level_statements():
 
 def test_extractor_by_import_path_and_unknown_names():
     assert resolve_extractor("components.evaluate.extractors:strip")(" a ", _sample()) == "a"
-    with pytest.raises(KeyError, match="unknown extractor"):
+    with pytest.raises(ValueError, match="unknown extractor"):
         resolve_extractor("nope")
 
 
@@ -224,7 +224,7 @@ def test_extractor_by_import_path_and_unknown_names():
 
 
 def test_humaneval_canonical_solutions_pass_and_broken_ones_fail():
-    cfg = load_task("humaneval", ["sandbox.timeout_s=5"])
+    cfg = load_task("humaneval", ["sandbox.timeout_s=60"])  # bounds a hang; the clock decides nothing here
     samples = load_samples(cfg)[:4]
     score = SCORERS["unit_tests"]
     for s in samples:

@@ -24,7 +24,7 @@ def test_preset_overrides_are_checked(override, needle):
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(ValueError, match="known presets: quality, speedy"):
+    with pytest.raises(ValueError, match="unknown decoding preset .fast.; known: quality, speedy"):
         load_decode_config("fast")
 
 
@@ -55,13 +55,16 @@ def test_cli_saves_html_and_gif(tmp_path, capsys):
         assert gif.n_frames > 5
 
 
-def test_cli_bad_input(tmp_path):
+def test_cli_bad_input(tmp_path, capsys):
+    """Each mistake is one line on stderr and exit code 2, before any decoding."""
     base = ["--model", str(require_golden())]
-    with pytest.raises(SystemExit, match="needs a tokenizer"):
-        generate_cli.main(base + ["--prompt", "hello"])
-    with pytest.raises(SystemExit, match="comma-separated integers"):
-        generate_cli.main(base + ["--ids", "1,x"])
-    with pytest.raises(ValueError, match="threshold"):
-        generate_cli.main(base + ["--ids", "1,2", "--threshold", "2", "--no-live"])
-    with pytest.raises(SystemExit, match=".html or .gif"):
-        generate_cli.main(base + ["--ids", "1,2", "--save", str(tmp_path / "x.txt")])
+    cases = [
+        (["--prompt", "hello"], "needs a tokenizer"),
+        (["--ids", "1,x"], "comma-separated integers"),
+        (["--ids", "1,2", "--threshold", "2", "--no-live"], "threshold"),
+        (["--ids", "1,2", "--save", str(tmp_path / "x.txt")], ".html or .gif"),
+    ]
+    for args, needle in cases:
+        assert generate_cli.main(base + args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and err.startswith("draftedit generate: error:"), err

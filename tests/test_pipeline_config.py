@@ -10,7 +10,7 @@ import pytest
 
 from components.config import CONF_DIR, ConfigError, load_config, save_config, to_yaml
 from flows.config import STAGE_ORDER, config_hash, load_pipeline_config, preset_path
-from flows.pipeline import validate_stage_configs
+from flows.preflight import check_pipeline
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "pipeline").glob("*.yaml"))
 
@@ -20,11 +20,13 @@ def test_the_three_presets_exist():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_and_all_its_stage_configs_validate(preset):
-    overrides = ["init_checkpoint=/models/LLaDA2.1-mini"] if preset == "llada2.1-mini" else []
+def test_preset_and_all_its_stage_configs_validate(preset, tokenizer_folder):
+    # llada2.1-mini starts from a downloaded checkpoint: a folder with its tokenizer stands in for it
+    overrides = [f"init_checkpoint={tokenizer_folder}"] if preset == "llada2.1-mini" else []
     cfg = load_pipeline_config(preset, overrides)
     assert cfg.name == preset
-    validate_stage_configs(cfg)  # loads each enabled stage's YAML with its component's schema
+    plan = check_pipeline(cfg)  # every stage config with its schema, tasks, presets, inputs, agreement
+    assert set(plan.configs) == {s for s in STAGE_ORDER if cfg.stage(s).enabled}
     for stage in STAGE_ORDER:
         sc = cfg.stage(stage)
         if sc.enabled:
@@ -47,7 +49,7 @@ def test_the_real_checkpoint_preset_needs_its_folder():
     (["retries=many"], r"retries"),
     (["tracking.log_checkpoints=maybe"], r"tracking\.log_checkpoints"),
     (["stages.rl.config=''"], r"stages\.rl\.config: required"),
-    (["retries=-1"], r"retries must be >= 0"),
+    (["retries=-1"], r"retries: must be >= 0"),
     (["stages.cpt.enabled=false", "stages.sft.enabled=false", "stages.rl.enabled=false"], r"need a model"),
     (["stages.data_prep.enabled=false"], r"need prepared data"),
     (["not_a_dotlist"], r"key\.sub=value"),
@@ -60,11 +62,11 @@ def test_invalid_overrides_name_the_key(overrides, match):
 def test_a_stage_config_error_names_the_stage():
     cfg = load_pipeline_config("tiny", ["stages.sft.overrides=[trainer.max_stepz=3]"])
     with pytest.raises(ConfigError, match=r"stage sft: .*max_stepz"):
-        validate_stage_configs(cfg)
+        check_pipeline(cfg)
 
 
 def test_unknown_preset_lists_the_known_ones(tmp_path):
-    with pytest.raises(ConfigError, match="presets: .*tiny"):
+    with pytest.raises(ConfigError, match="known: .*tiny"):
         preset_path("huge")
     with pytest.raises(ConfigError, match="not found"):
         preset_path(tmp_path / "missing.yaml")

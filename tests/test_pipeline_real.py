@@ -32,7 +32,7 @@ def write_config(tmp_path: Path, mlflow_uri: str) -> Path:
         "sft": {"config": "train/sft.yaml", "overrides": [*TRAIN, "objective.mtf_prob=0.5"]},
         "rl": {"config": "rl/default.yaml", "overrides": [
             "max_steps=1", "max_minutes=0", "prompts.train_size=8", "prompts.eval_size=4", "rollout.group_size=2",
-            "rollout.prompts_per_step=2", "rollout.gen_length=8", "rollout.block_length=8", "eval.every_steps=0"]},
+            "rollout.prompts_per_step=2", "rollout.gen_length=8", "eval.every_steps=0"]},
         "quantize": {"config": "quantize/int8.yaml"},
         "benchmark": {"config": "bench/default.yaml", "overrides": [
             "prompts.num_prompts=2", "repeats=1", "warmup=0", "baselines.max_prompts=1", "decode={gen_length: 8}",

@@ -45,7 +45,7 @@ def register_two_versions(tmp_path, mlflow_uri):
     for seed, score in ((1, 0.9), (2, 0.1)):
         ckpt = make_checkpoint(tmp_path / f"ckpt{seed}", seed=seed)
         with mlflow.start_run(experiment_id=exp) as run:
-            info = log_pyfunc_model(ckpt)
+            info = log_pyfunc_model(ckpt, preset="quality")
             mlflow.log_metric("eval/score", score)
         versions.append(register_model(client, "dm", info.model_uri, run.info.run_id, "eval/score",
                                        checkpoint_uri=str(ckpt)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 
 from flows import cli
 from flows.compare import RunView, plot, plot_stages, table_rows
@@ -55,7 +56,7 @@ def test_pipeline_summary_plot_and_final_table_show_what_each_stage_adds(tmp_pat
     sft = next(r for r in table if r[0] == "sft")
     assert sft[3] == "0.850" and sft[6:9] == ("0.800", "6.00", "0.30")
     final = final_model_rows(rows)
-    assert [r[0] for r in final] == ["Q, editing on", "Q, editing off", "S, editing on", "S, editing off"]
+    assert [r[0] for r in final] == ["quality, editing on", "quality, editing off", "speedy, editing on", "speedy, editing off"]
     assert final[2][1] == "0.890" and final[2][5] == "0.95"
     assert rl_line(rows) == "RL: held-out accuracy 85.0% -> 90.0% (+5.0 points) in 120 steps"
     out = plot_stages(rows, tmp_path / "stages.png")
@@ -76,6 +77,7 @@ def test_compare_of_a_missing_run_is_a_clear_error(tmp_path, mlflow_uri, capsys)
     assert "run 'deadbeef' does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ui_starts_mlflow_and_prefect(tmp_path, mlflow_uri, monkeypatch, capsys):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

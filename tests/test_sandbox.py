@@ -7,6 +7,7 @@ namespaces every layer is on, so every test runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -22,10 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from components.sandbox import SandboxLimits, run_python, run_tests
+from components.sandbox import _SYSTEM_LIBS, SandboxLimits, _interpreter_dirs, run_python, run_tests
 
 REPO = Path(__file__).resolve().parent.parent
-STRICT = SandboxLimits(timeout_s=3.0, memory_mb=256, max_processes=8, max_output_bytes=4096)
+# The wall-clock limit decides no outcome here except in the tests about the clock (CLOCK): a busy
+# machine (two other jobs, a second copy of the suite) can take seconds just to start Python.
+STRICT = SandboxLimits(timeout_s=60.0, memory_mb=256, max_processes=8, max_output_bytes=4096)
+CLOCK = dataclasses.replace(STRICT, timeout_s=3.0)
+SLACK_S = 30.0  # how late a kill or a clean-up may come on a loaded machine (bounds a hang, not speed)
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 GOOD = "def add(a, b):\n    return a + b\n"
 
@@ -94,8 +99,8 @@ def test_fresh_workdir_is_cwd_home_tmpdir_and_is_deleted_afterwards():
 def test_stdin_is_delivered_and_an_unread_flood_does_not_block_the_evaluator():
     assert run_python("import sys\nprint(len(sys.stdin.read()))", stdin="y" * 300_000, limits=STRICT).stdout.strip() == "300000"
     start = time.monotonic()
-    res = run_python("import time\ntime.sleep(30)", stdin="x" * 5_000_000, limits=SandboxLimits(timeout_s=1.0))
-    assert res.timed_out and time.monotonic() - start < 4.0
+    res = run_python("import time\ntime.sleep(300)", stdin="x" * 5_000_000, limits=SandboxLimits(timeout_s=1.0))
+    assert res.timed_out and time.monotonic() - start < 1.0 + SLACK_S
 
 
 def test_bad_arguments_are_rejected():
@@ -112,11 +117,11 @@ def test_bad_arguments_are_rejected():
 
 def test_infinite_loop_is_killed_at_the_wall_time_limit():
     start = time.monotonic()
-    outcome = run_tests("def add(a, b):\n    while True:\n        pass\n", ADD_TEST, "add", limits=STRICT)
+    outcome = run_tests("def add(a, b):\n    while True:\n        pass\n", ADD_TEST, "add", limits=CLOCK)
     elapsed = time.monotonic() - start
     assert not outcome.passed and outcome.status == "timeout"
     assert outcome.result.timed_out and outcome.result.returncode == -9
-    assert STRICT.timeout_s <= elapsed < STRICT.timeout_s + 3.0
+    assert CLOCK.timeout_s <= elapsed < CLOCK.timeout_s + SLACK_S
     _assert_unharmed()
 
 
@@ -129,7 +134,7 @@ def test_memory_bomb_fails_fast_without_touching_the_evaluator():
     outcome = run_tests("def add(a, b):\n" + textwrap.indent(bomb, "    "), ADD_TEST, "add", limits=STRICT)
     assert not outcome.passed and outcome.status == "failed"
     assert "MemoryError" in outcome.detail
-    assert time.monotonic() - start < STRICT.timeout_s, "the memory limit stops it, not the clock"
+    assert not outcome.result.timed_out, "the memory limit stops it, not the clock"
     one_shot = run_python("x = bytearray(4 * 1024 ** 3)\nprint('allocated')", limits=STRICT)
     assert "allocated" not in one_shot.stdout and "MemoryError" in one_shot.stderr
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: the parent did not grow
@@ -142,10 +147,10 @@ def test_fork_bomb_is_bounded_and_leaves_no_process_behind(protections):
     marker = f"forkbomb-{secrets.token_hex(6)}"
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     start = time.monotonic()
-    res = run_python(bomb, limits=STRICT, argv=[marker])
+    res = run_python(bomb, limits=CLOCK, argv=[marker])
     assert res.returncode != 0
-    assert time.monotonic() - start < STRICT.timeout_s + 3.0
-    deadline = time.monotonic() + 3.0
+    assert time.monotonic() - start < CLOCK.timeout_s + SLACK_S
+    deadline = time.monotonic() + SLACK_S
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_with(marker) == []
@@ -161,7 +166,7 @@ def test_process_that_leaves_the_group_is_still_killed(protections):
     code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
     res = run_python(code, limits=STRICT, argv=[marker])
     assert res.returncode == 0
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + SLACK_S
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_with(marker) == []
@@ -195,6 +200,64 @@ def test_writes_outside_the_work_dir_are_blocked(protections, tmp_path):
     for p in (repo_target, test_target, tmp_target):
         if p.exists():
             p.unlink()
+
+
+def test_project_home_and_host_files_are_hidden(protections, tmp_path):
+    """Only the interpreter, system libraries and the work dir exist: the project tree, a data file
+    elsewhere, home directories and /etc/passwd cannot be read, listed or even found."""
+    if not _on(protections, "hidden_fs"):
+        pytest.skip(f"no private root on this platform: {protections.get('hidden_fs')}")
+    secret = secrets.token_hex(16)
+    data_file = tmp_path / "someone-elses-data.txt"
+    data_file.write_text(secret)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(data_file, 0o644)  # readable by anyone on the host: only the sandbox's root hides it
+    targets = [str(REPO / "components" / "sandbox.py"), str(REPO / "README.md"), str(data_file), "/etc/passwd",
+               "/etc/shadow", str(Path(sys.prefix) / "pyvenv.cfg")]
+    listings = [str(REPO), str(Path.home()), "/home", "/etc", str(Path(sys.base_prefix).parent)]
+    code = textwrap.dedent(f"""
+        import json, os, sqlite3, ssl, ctypes, decimal, hashlib  # the standard library still works
+        found = {{}}
+        for p in {targets!r}:
+            try:
+                found[p] = open(p, encoding='utf-8', errors='replace').read()
+            except OSError as exc:
+                found[p] = type(exc).__name__
+        for d in {listings!r}:
+            try:
+                found[d] = sorted(os.listdir(d))
+            except OSError as exc:
+                found[d] = type(exc).__name__
+        print(json.dumps(found))
+    """)
+    res = run_python(code, limits=STRICT)
+    assert res.returncode == 0, res.stderr
+    found = json.loads(res.stdout)
+    assert secret not in res.stdout
+    for path in targets:
+        assert found[path] == "FileNotFoundError", (path, found[path])
+    assert found[str(REPO)] == "FileNotFoundError"
+    visible = [*_interpreter_dirs(), *_SYSTEM_LIBS]  # what the sandbox binds into its root
+    for folder in listings:
+        allowed = {Path(v).relative_to(folder).parts[0] for v in visible if v.startswith(folder.rstrip("/") + "/")}
+        assert found[folder] == "FileNotFoundError" or set(found[folder]) <= allowed, (folder, found[folder], allowed)
+
+
+def test_fallback_without_a_private_root_is_reported_and_still_read_only(protections):
+    """Where the new root cannot be built, the read-only view remains, and the result says plainly
+    that the host's files are readable."""
+    if not _on(protections, "mount_namespace"):
+        pytest.skip(f"no mount namespace here: {protections.get('mount_namespace')}")
+    lim = dataclasses.replace(STRICT, hide_filesystem=False)
+    target = REPO / f"sandbox-escape-{secrets.token_hex(6)}"
+    code = f"import os\nprint(os.path.exists({str(REPO / 'README.md')!r}))\ntry:\n    open({str(target)!r}, 'w')\nexcept OSError as exc:\n    print(type(exc).__name__)"
+    res = run_python(code, limits=lim)
+    assert res.protections["hidden_fs"].startswith("off") and res.protections["readonly_fs"] == "on"
+    visible, write = res.stdout.split()
+    assert visible == "True", "the fallback only makes the host read-only"
+    assert write.endswith("Error"), res.stdout
+    assert not target.exists()
+    assert run_tests(GOOD, ADD_TEST, "add", limits=lim).passed
 
 
 def test_environment_secrets_are_not_visible(monkeypatch):
@@ -270,11 +333,12 @@ def test_network_is_unreachable(protections):
 
 
 def test_fallback_without_isolation_still_enforces_time_and_memory():
-    lim = SandboxLimits(timeout_s=2.0, memory_mb=256, isolate=False, drop_privileges=False)
-    res = run_python("while True: pass", limits=lim)
+    lim = SandboxLimits(timeout_s=60.0, memory_mb=256, isolate=False, drop_privileges=False)
+    res = run_python("while True: pass", limits=dataclasses.replace(lim, timeout_s=2.0))
     assert res.timed_out and res.returncode == -9
     assert res.protections["network_namespace"].startswith("off")
     assert res.protections["pid_namespace"].startswith("off")
+    assert res.protections["hidden_fs"].startswith("off"), "the result says plainly that the host's files are visible"
     mem = run_python("x = bytearray(2 * 1024 ** 3)", limits=lim)
     assert "MemoryError" in mem.stderr
     assert run_tests(GOOD, ADD_TEST, "add", limits=lim).passed
@@ -290,18 +354,18 @@ def test_unprivileged_evaluator_is_contained_through_user_namespaces():
     script.write_text(textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(REPO)!r})
-        from components.sandbox import SandboxLimits, run_python, run_tests
-        lim = SandboxLimits(timeout_s=2.0, memory_mb=256, max_processes=8)
+        from components.sandbox import _SYSTEM_LIBS, SandboxLimits, _interpreter_dirs, run_python, run_tests
+        lim = SandboxLimits(timeout_s=60.0, memory_mb=256, max_processes=8)
         good = run_tests({GOOD!r}, {ADD_TEST!r}, "add", limits=lim)
         early = run_tests("import sys\\nsys.exit(0)\\n" + {GOOD!r}, {ADD_TEST!r}, "add", limits=lim)
-        loop = run_python("while True: pass", limits=lim)
+        loop = run_python("while True: pass", limits=SandboxLimits(timeout_s=2.0, memory_mb=256, max_processes=8))
         print(json.dumps({{"good": good.passed, "early": early.passed, "loop": loop.timed_out,
                            "protections": good.result.protections}}))
     """))
     try:
         probe = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", str(script)],
-            capture_output=True, text=True, timeout=60, cwd="/",
+            capture_output=True, text=True, timeout=300, cwd="/",
         )
     finally:
         shutil.rmtree(folder)

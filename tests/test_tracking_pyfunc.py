@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -18,6 +23,7 @@ from components.tracking.pyfunc import DraftEditModel, log_pyfunc_model
 from pipeline_support import make_checkpoint
 
 PROMPTS = ["12+7=", "sort 3 1 2 ->"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,10 @@ def test_bad_requests_are_rejected(logged):
     _, _, info = logged
     python_model = mlflow.pyfunc.load_model(info.model_uri).unwrap_python_model()
     assert isinstance(python_model, DraftEditModel)
-    with pytest.raises(ValueError, match="unknown decoding params"):
+    with pytest.raises(ValueError, match="unknown parameter 'beam_size'"):
         python_model.decode_config({"beam_size": 4})
+    with pytest.raises(ValueError, match="'gen_length' must be an integer"):
+        python_model.decode_config({"gen_length": "16"})
     with pytest.raises(Exception, match="unknown decoding preset 'turbo'"):
         python_model.decode_config({"preset": "turbo"})
     with pytest.raises(ValueError, match="non-empty string"):
@@ -85,7 +93,7 @@ def test_bad_requests_are_rejected(logged):
 
 def test_log_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, mlflow_uri):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        log_pyfunc_model(tmp_path)
+        log_pyfunc_model(tmp_path, preset="quality")
 
 
 def free_port() -> int:
@@ -94,16 +102,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers(logged, checkpoint, tmp_path):
-    """`mlflow models serve` on the registered champion answers /invocations with the same text."""
+def _memory_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in open(f"/proc/{pid}/status", encoding="utf-8"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def _post(port: int, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.slow
+def test_serve_model_answers_a_mixed_load_with_bounded_memory_and_stops_on_sigterm(logged, checkpoint, tmp_path):
+    """`draftedit serve model` over loopback HTTP: concurrent valid, malformed and oversized requests
+    all get their answer, the server's memory stays bounded, and SIGTERM leaves no process behind."""
+    from flows.processes import alive, descendants
+
     client, run_id, info = logged
     register_model(client, "served", info.model_uri, run_id, metric="eval/score")
     port = free_port()
-    from flows.serve import model_serve_command, serve_env
-
     proc = subprocess.Popen(
-        model_serve_command("models:/served@champion", "127.0.0.1", port),
-        env=serve_env(client.tracking_uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "flows.cli", "serve", "model", f"tracking.uri={client.tracking_uri}",
+         "tracking.registered_model=served", f"output_dir={tmp_path / 'out'}", "--port", str(port),
+         "serve.max_prompts=8", "serve.max_gen_length=64", "serve.max_waiting=64", "serve.request_timeout_s=600"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(REPO),
     )
     try:
         deadline = time.monotonic() + 240
@@ -113,16 +144,39 @@ def test_mlflow_models_serve_answers(logged, checkpoint, tmp_path):
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
                     break
             except OSError:
-                assert time.monotonic() < deadline, "mlflow models serve did not start"
+                assert time.monotonic() < deadline, "draftedit serve model did not start"
                 time.sleep(1)
-        body = json.dumps({"inputs": {"prompt": PROMPTS}, "params": {"preset": "speedy", "gen_length": 16}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            answer = json.loads(resp.read())
+        valid = json.dumps({"inputs": {"prompt": PROMPTS}, "params": {"preset": "speedy", "gen_length": 16}}).encode()
         texts, _ = direct_decode(checkpoint, PROMPTS, "speedy", gen_length=16)
-        assert [row["completion"] for row in answer["predictions"]] == texts
+        status, warm = _post(port, valid)  # the first answer: every lazy import and allocation done
+        assert status == 200 and [row["completion"] for row in warm["predictions"]] == texts
+        baseline = _memory_kib(proc.pid)["VmRSS"]
+        requests = [(valid, 200)] * 24 + [
+            (b"{oops", 400),
+            (json.dumps({"inputs": PROMPTS, "params": {"gen_lenght": 16}}).encode(), 400),
+            (json.dumps({"inputs": ["1+1="] * 2000}).encode(), 413),
+            (json.dumps({"inputs": ["1 2 3 " * 400], "params": {"gen_length": 16}}).encode(), 413),
+            (json.dumps({"inputs": PROMPTS, "params": {"gen_length": 100000}}).encode(), 400),
+        ] * 4
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(lambda item: _post(port, item[0]), requests))
+        for (_, want), (status, body) in zip(requests, answers):
+            assert status == want, body
+            if status == 200:
+                assert [row["completion"] for row in body["predictions"]] == texts
+            else:
+                assert set(body) == {"error_code", "message"} and "Traceback" not in body["message"]
+        grown_mib = (_memory_kib(proc.pid)["VmHWM"] - baseline) / 1024
+        assert grown_mib < 300, f"the server grew by {grown_mib:.0f} MiB under load"
+
+        tree = [proc.pid, *descendants(proc.pid)]
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in tree if alive(p)] == []
     finally:
         if proc.poll() is None:  # only signal a group we know is still ours
-            os.killpg(proc.pid, 15)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)

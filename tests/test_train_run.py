@@ -76,6 +76,20 @@ def test_resume_after_a_crash_continues_at_the_right_step(prepared, tmp_path):
     got, want = read_weights(result["checkpoint_dir"]), read_weights(reference["checkpoint_dir"])
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=k)
+    # metrics.csv keeps the rows logged before the crash and holds each step once, as the uninterrupted run's.
+    resumed_rows, reference_rows = _csv_rows(out), _csv_rows(tmp_path / "reference")
+    assert [r["step"] for r in resumed_rows] == [r["step"] for r in reference_rows]
+    for got_row, want_row in zip(resumed_rows, reference_rows):
+        assert got_row["train/loss"] == pytest.approx(want_row["train/loss"], rel=1e-5), got_row["step"]
+
+
+def _csv_rows(out) -> list[dict]:
+    """Training rows of metrics.csv: step and loss, as numbers."""
+    import csv
+
+    with open(out / "logs" / "run" / "metrics.csv", newline="") as fh:
+        return [{"step": int(r["step"]), "train/loss": float(r["train/loss"])}
+                for r in csv.DictReader(fh) if r.get("train/loss")]
 
 
 def test_ddp_two_cpu_processes_stay_in_sync(prepared, tmp_path):

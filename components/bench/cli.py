@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from components.config import CONF_DIR, ConfigError, load_config
+from components.cli_errors import config_errors
+from components.config import CONF_DIR, load_config
 
-from .config import BenchConfig, BenchmarkError
+from .config import BenchConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def _print_table(result: dict) -> None:
     from .report import markdown_table
 
     cols = ["name", "batch_size", "quant", "tps", "tpf", "forwards", "latency_p50_s", "latency_p95_s",
-            "peak_mem_mb", "score", "x_reference", "x_autoregressive"]
+            "peak_mem_mb", "score", "edits_per_sample", "edit_precision", "x_reference", "x_autoregressive"]
     print(markdown_table(result["records"], cols))
     for kind, path in result["files"].items():
         print(f"{kind}: {path}")
@@ -45,31 +45,25 @@ def run(args: argparse.Namespace) -> int:
 
     from .runner import run_benchmark
 
-    try:
-        cfg = load_config(BenchConfig, _config_path(args.config), overrides=args.overrides)
-    except (ConfigError, ValueError) as exc:
-        print(f"draftedit bench: {exc}", file=sys.stderr)
-        return 2
+    path = _config_path(args.config)
+    with config_errors(path, args.overrides):
+        cfg = load_config(BenchConfig, path, overrides=args.overrides)
     out = Path(args.out) if args.out else default_output_dir() / "bench" / Path(args.model).resolve().name
-    try:
-        if not args.track:
-            result = run_benchmark(cfg, args.model, out)
-        else:
-            import mlflow
+    if not args.track:
+        result = run_benchmark(cfg, args.model, out)
+    else:
+        import mlflow
 
-            from components.tracking.runs import stage_run
-            from components.tracking.store import (artifact_root_for, check_tracking_uri, get_or_create_experiment,
-                                                   resolve_tracking_uri)
+        from components.tracking.runs import stage_run
+        from components.tracking.store import (artifact_root_for, check_tracking_uri, get_or_create_experiment,
+                                               resolve_tracking_uri)
 
-            uri = resolve_tracking_uri(args.tracking_uri, default_output_dir())
-            check_tracking_uri(uri)
-            client = mlflow.MlflowClient(tracking_uri=uri)
-            exp = get_or_create_experiment(client, args.experiment, artifact_root_for(uri, default_output_dir()))
-            with stage_run(client, exp, "bench", config=cfg) as mlrun:
-                result = run_benchmark(cfg, args.model, out, run=mlrun, client=client)
-            print(f"MLflow run {mlrun.info.run_id} in {uri}")
-    except BenchmarkError as exc:
-        print(f"draftedit bench: {exc}", file=sys.stderr)
-        return 2
+        uri = resolve_tracking_uri(args.tracking_uri, default_output_dir())
+        check_tracking_uri(uri)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = get_or_create_experiment(client, args.experiment, artifact_root_for(uri, default_output_dir()))
+        with stage_run(client, exp, "bench", config=cfg) as mlrun:
+            result = run_benchmark(cfg, args.model, out, run=mlrun, client=client)
+        print(f"MLflow run {mlrun.info.run_id} in {uri}")
     _print_table(result)
     return 0

@@ -22,9 +22,13 @@ class PromptSet:
     decode_overrides: dict[str, Any] = field(default_factory=dict)  # the task's own (e.g. gen_length)
     # judge(output_ids) -> bool per prompt index; None when the prompts carry no answers.
     judges: Optional[list[Callable[[list[int]], bool]]] = None
+    # Per prompt index, the answer's token ids that edits of a wrong output are judged against
+    # (components.evaluate.runner.answer_ids: tasks with a unique answer only, else None).
+    references: Optional[list[Optional[list[int]]]] = None
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.ids).encode()).hexdigest()[:16]
+        """Changes with the prompts and with what their outputs' edits are judged against."""
+        return hashlib.sha256(json.dumps([self.ids, self.references]).encode()).hexdigest()[:16]
 
     def score(self, sequences: list[list[int]], indices: Optional[list[int]] = None) -> Optional[float]:
         """Fraction of outputs judged correct (prompt `indices[i]` produced `sequences[i]`)."""
@@ -69,7 +73,8 @@ def load_prompt_set(cfg: PromptSetConfig, model_dir: Path, vocab_size: int, mask
 
     from components.evaluate import load_samples, load_task, render_prompt
     from components.evaluate.extractors import resolve_extractor
-    from components.evaluate.scorers import SCORERS, preflight
+    from components.evaluate.runner import answer_ids
+    from components.evaluate.scorers import preflight, resolve_scorer, task_dir
 
     task = load_task(cfg.task, list(cfg.task_overrides))
     preflight(task)  # e.g. a sandbox that cannot run code fails now, not after the timing
@@ -78,7 +83,7 @@ def load_prompt_set(cfg: PromptSetConfig, model_dir: Path, vocab_size: int, mask
         raise BenchmarkError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab_size}; "
                              f"bench.prompts.tokenizer does not belong to this model")
     samples = load_samples(task)[: cfg.num_prompts]
-    extractor, scorer = resolve_extractor(task.extractor), SCORERS[task.scorer]
+    extractor, scorer = resolve_extractor(task.extractor, task_dir(task)), resolve_scorer(task)
     drop = {t for t in (tokenizer.eos_id, tokenizer.pad_id, tokenizer.mask_id) if t is not None}
     texts = [render_prompt(s, task, tokenizer) for s in samples]
     ids = [tokenizer.encode(t) for t in texts]
@@ -87,4 +92,6 @@ def load_prompt_set(cfg: PromptSetConfig, model_dir: Path, vocab_size: int, mask
         raise BenchmarkError(f"task {task.name!r}: prompts {empty[:5]} encode to no tokens")
     judges = [_judge(task, s, tokenizer, extractor, scorer, drop) for s in samples]
     overrides = dict(task.decode.overrides) if cfg.use_task_decode else {}
-    return PromptSet(ids=ids, texts=texts, task_name=task.name, decode_overrides=overrides, judges=judges)
+    references = [answer_ids(task, s, tokenizer) for s in samples]
+    return PromptSet(ids=ids, texts=texts, task_name=task.name, decode_overrides=overrides, judges=judges,
+                     references=references)

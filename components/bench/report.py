@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Optional
+
+from model.files import atomic_path, atomic_write
 
 COLUMNS = ["name", "kind", "mode", "batch_size", "quant", "num_prompts", "tokens", "forwards", "network_calls",
            "tpf", "tps", "tps_best", "wall_s", "latency_p50_s", "latency_p95_s", "peak_mem_mb", "model_mb", "score",
            "agreement_with_unquantized", "x_unquantized", "score_minus_unquantized", "x_reference", "x_autoregressive",
            "same_tokens_as", "deterministic",
-           "load_average_max"]
+           "load_average_max", "edits_per_sample", "edit_fixes", "edit_breaks", "edit_neutral", "edit_oscillations",
+           "oscillations_per_100_tokens", "edit_precision"]
 
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -113,17 +115,11 @@ def plot_score_vs_tps(records: list[dict], path: Path, task: Optional[str]) -> P
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:  # the temporary name has no image suffix: say the format
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -134,17 +130,20 @@ def write_reports(records: list[dict], out_dir: Path, machine: dict, task: Optio
     writer.writeheader()
     for r in records:
         writer.writerow({c: r.get(c) for c in COLUMNS})
-    files = {"csv": _atomic_text(out_dir / "results.csv", buf.getvalue())}
+    files = {"csv": atomic_write(out_dir / "results.csv", buf.getvalue())}
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     header = (f"Machine: {machine['cpu']} ({machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads"
               f"{gpu}), torch {machine['torch']}, torchao {machine.get('torchao')}, load average "
               f"{machine.get('load_average')}. Task: {task or 'random prompts (no score)'}. Medians over repeats, "
-              f"warm-up excluded; latency = wall time of the batch a request was decoded in.\n\n")
+              f"warm-up excluded; latency = wall time of the batch a request was decoded in. Edits (one extra "
+              "untimed pass, task prompts only): edits_per_sample, edit_precision = fixes / (fixes + breaks); the "
+              "counts are in results.csv.\n\n")
     shown = ["name", "mode", "batch_size", "quant", "tps", "tps_best", "tpf", "forwards", "latency_p50_s", "latency_p95_s",
-             "peak_mem_mb", "score", "agreement_with_unquantized", "x_unquantized", "x_reference", "x_autoregressive"]
-    files["markdown"] = _atomic_text(out_dir / "results.md", header + markdown_table(records, shown))
+             "peak_mem_mb", "score", "edits_per_sample", "edit_precision", "agreement_with_unquantized",
+             "x_unquantized", "x_reference", "x_autoregressive"]
+    files["markdown"] = atomic_write(out_dir / "results.md", header + markdown_table(records, shown))
     t3 = table3(records)
     if t3:
-        files["table3"] = _atomic_text(out_dir / "table3.md", header + t3)
+        files["table3"] = atomic_write(out_dir / "table3.md", header + t3)
     files["plot"] = plot_score_vs_tps(records, out_dir / "score_vs_tps.png", task)
     return files

@@ -5,6 +5,9 @@ and medians over repeated runs: TPS (generated tokens / wall seconds of the whol
 included), TPF, forwards, network calls, latency p50/p95 per request (a request's latency is the
 wall time of the batch it was decoded in), peak memory, and the score on the prompts' task. Beside
 them, on the same weights: the reference-style loop and the autoregressive-equivalent (design §9).
+On a task's prompts, each setting also gets one extra untimed pass with the trajectory recorded (it
+would slow the timed ones), whose every T2T edit is classified fix / break / neutral / oscillation
+(components.edits, judged as the evaluation judges them).
 
 Each completed setting is appended atomically to `results.jsonl` in the output folder, so an
 interrupted benchmark keeps what it finished and, run again, resumes after it (settings are matched
@@ -28,6 +31,8 @@ from typing import Any, Optional
 import torch
 
 from components.config import save_config, to_container
+from components.edits import EditStats, judge_edits
+from model.files import atomic_write, atomic_writer
 
 from .baselines import autoregressive_config, reference_generate
 from .config import BenchConfig, BenchmarkError, SettingConfig
@@ -37,6 +42,8 @@ from .prompts import PromptSet, load_prompt_set
 from .report import add_comparisons, write_reports
 
 RESULTS_FILE = "results.jsonl"
+# Per-setting edit accounting (EditStats.named); None where there was nothing to judge against.
+EDIT_KEYS = tuple(EditStats().named())
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -213,6 +220,7 @@ class Measurement:
         self.warmups = 0
         self.peak_bytes = self.start_bytes = 0
         self.loads: list[Optional[float]] = []
+        self.edit_stats: Optional[EditStats] = None
 
     def _guard(self, fn):
         try:
@@ -253,6 +261,22 @@ class Measurement:
             self.deterministic = False
         self.peak_bytes = max(self.peak_bytes, mem.peak_bytes)
 
+    def account_edits(self) -> None:
+        """One untimed pass with the trajectory recorded, every edit classified against the prompts'
+        answers (a setting on a task's prompts only: random prompts have nothing to judge against)."""
+        if self.plan.kind != "setting" or self.prompts.judges is None:
+            return
+        plan = dataclasses.replace(self.plan, decode=dataclasses.replace(self.plan.decode, record_trajectory=True))
+        eos = plan.decode.eos_id if plan.decode.eos_id is not None else self.lm.config.eos_token_id
+        stats = EditStats()
+        for chunk in self.chunks:
+            res = self._guard(lambda: _decode_chunk(self.lm, plan, [self.ids[i] for i in chunk]))
+            for i, seq, trajectory in zip(chunk, res.sequences, res.trajectories):
+                p = plan.indices[i]
+                stats = stats + judge_edits(trajectory, seq, eos, correct=bool(self.prompts.judges[p](seq)),
+                                            reference=self.prompts.references[p])
+        self.edit_stats = stats
+
     def record(self) -> dict:
         plan, first, walls = self.plan, self.first, self.walls
         tokens = sum(len(s) for s in first["sequences"])
@@ -275,6 +299,7 @@ class Measurement:
             "deterministic": self.deterministic, "repeats": len(walls), "warmup": self.warmups,
             "decode": dataclasses.asdict(plan.decode), "prompt_indices": plan.indices,
             "sequences": first["sequences"],
+            **(self.edit_stats.named() if self.edit_stats is not None else dict.fromkeys(EDIT_KEYS)),
         }
 
 
@@ -284,6 +309,7 @@ def measure(plan: Plan, lm, prompts: PromptSet, repeats: int, warmup: int, devic
     m.warm(warmup)
     for _ in range(repeats):
         m.one_pass()
+    m.account_edits()
     return m.record()
 
 
@@ -297,6 +323,8 @@ def measure_interleaved(plans: list[Plan], models: "_Models", prompts: PromptSet
         for m in ms:
             if r < repeats[m.plan.name]:
                 m.one_pass()
+    for m in ms:
+        m.account_edits()
     return [m.record() for m in ms]
 
 
@@ -344,13 +372,9 @@ class ResultStore:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as fh:
+        with atomic_writer(self.path, fsync=True) as fh:
             for r in self.records:
                 fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
 
 
 # ---------------------------------------------------------------------------------------- MLflow
@@ -372,10 +396,11 @@ class _Tracker:
 
         keys = ("tps", "tpf", "forwards", "latency_p50_s", "latency_p95_s", "peak_mem_mb", "score",
                 "agreement_with_unquantized", "x_reference", "x_autoregressive", "x_unquantized",
-                "score_minus_unquantized")
+                "score_minus_unquantized", *EDIT_KEYS)
         values = {f"bench/{record['name']}/{k}": record[k] for k in keys if record.get(k) is not None}
         if alias:  # stable per-mode names (`bench/speedy/tps`) for comparisons across runs
-            values.update({f"bench/{alias}/{k}": record[k] for k in ("tps", "tpf", "score") if record.get(k) is not None})
+            values.update({f"bench/{alias}/{k}": record[k] for k in ("tps", "tpf", "score", *EDIT_KEYS)
+                           if record.get(k) is not None})
         log_metrics(self.client, self.run_id, values)
 
     def artifacts(self, paths: list[Path]) -> None:
@@ -409,7 +434,7 @@ def run_benchmark(cfg: BenchConfig, model_dir: str | os.PathLike, out_dir: str |
 
         out_dir.mkdir(parents=True, exist_ok=True)
         machine = describe_machine(device)
-        _write_json(out_dir / "machine.json", machine)
+        atomic_write(out_dir / "machine.json", json.dumps(machine, indent=2) + "\n")
         save_config(cfg, out_dir / "bench_config.yaml")
         model_fp = _model_fingerprint(model_dir)
         fingerprints = {p.name: _fingerprint(p, model_fp, prompts, cfg, device) for p in plans}
@@ -454,9 +479,3 @@ def run_benchmark(cfg: BenchConfig, model_dir: str | os.PathLike, out_dir: str |
     slim = [{k: v for k, v in r.items() if k not in ("sequences", "decode", "prompt_indices")} for r in records]
     return {"records": slim, "machine": machine, "files": {k: str(v) for k, v in files.items()},
             "config": to_container(cfg)}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

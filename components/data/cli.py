@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from components.cli_errors import config_errors
 from components.data import DEFAULT_DATA_CONFIG, load_data_config, prepare_data
 
 
@@ -15,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_data_config(args.config, args.overrides)
+    with config_errors(args.config, args.overrides):
+        cfg = load_data_config(args.config, args.overrides)
     prepared = prepare_data(cfg, force=args.force)
     summary = {
         "path": str(prepared.root),
@@ -30,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="draftedit data", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from flows.cli import main as draftedit
+
+    return draftedit(["data", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Schema of the data-preparation stage (defaults mirrored in `conf/data/default.yaml`).
+"""Schema of the data-preparation stage (its defaults live in `conf/data/default.yaml`).
 
 Validation names the full key path (`data.cpt.external[1].path`) so a bad config stops before any
 corpus is read or tokenizer trained.
@@ -6,137 +6,139 @@ corpus is read or tokenizer trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from components.config import conf_defaults, fail
 
 EXTERNAL_KINDS = ("file", "hub")
 FILE_FORMATS = ("auto", "json", "parquet", "csv", "text")
 TOO_LONG_POLICIES = ("error", "truncate", "drop")
 FILL_POLICIES = ("eos", "pad")
-DEFAULT_FAMILIES = ["sort", "sudoku4"]  # the default pipeline's tasks (conf/eval/default.yaml)
-DEFAULT_FAMILY_PARAMS = {"sort": {"min_len": 8, "max_len": 16, "max_value": 9},
-                         "sudoku4": {"min_clues": 6, "max_clues": 10}}
 
 
 @dataclass
+@conf_defaults("data/default.yaml", "cpt.stdlib")
 class StdlibSource:
     """The Python standard library's .py files on this machine (no network): a seeded subset
     within the file-count and byte budgets, one document per file (CPT only)."""
 
-    enabled: bool = True
-    max_files: int = 100
-    max_bytes: int = 400_000
-    max_file_bytes: int = 60_000
-    seed: int = 0
+    enabled: bool
+    max_files: int
+    max_bytes: int
+    max_file_bytes: int
+    seed: int
 
 
 @dataclass
+@conf_defaults("data/default.yaml", "cpt.synthetic")
 class SyntheticSource:
     """Train-split instances of synthetic task families (components.tasks): CPT gets
     "prompt\nanswer" documents, SFT a user/assistant conversation."""
 
-    enabled: bool = True
-    families: list[str] = field(default_factory=lambda: list(DEFAULT_FAMILIES))
-    num_examples: int = 4000  # per family
-    seed: int = 0
+    enabled: bool
+    families: list[str]
+    num_examples: int  # per family
+    seed: int
     # per-family size / difficulty fields, e.g. {sudoku4: {min_clues: 4, max_clues: 6}}
-    params: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_FAMILY_PARAMS.items()})
+    params: dict[str, Any]
 
 
 @dataclass
+@conf_defaults("data/defaults/external.yaml")
 class ExternalSource:
     """Local files (`kind: file`, `path` may be a glob; JSONL/JSON/parquet/CSV/text) or a Hugging Face
     hub dataset (`kind: hub`, `path` = its name; needs network), read with `datasets`.
     CPT reads `text_field` (text files: one document per file); SFT reads `messages_field`
     (a list of {role, content}) or, when absent, `prompt_field` + `response_field`."""
 
-    kind: str = "file"
-    path: str = ""
-    format: str = "auto"
-    name: str | None = None  # hub config name
-    split: str = "train"  # hub split
-    text_field: str = "text"
-    messages_field: str = "messages"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    max_examples: int = 0  # keep at most this many records (0 = all)
+    kind: str
+    path: str
+    format: str
+    name: str | None  # hub config name
+    split: str  # hub split
+    text_field: str
+    messages_field: str
+    prompt_field: str
+    response_field: str
+    max_examples: int  # keep at most this many records (0 = all)
 
 
 @dataclass
+@conf_defaults("data/default.yaml", "tokenizer")
 class TokenizerConfig:
-    path: str | None = None  # a checkpoint's tokenizer directory; None = train byte-level BPE on the corpus
-    vocab_size: int = 2048
-    min_frequency: int = 2
-    max_train_bytes: int = 4_000_000  # corpus bytes fed to the BPE trainer
+    path: str | None  # a checkpoint's tokenizer directory; None = train byte-level BPE on the corpus
+    vocab_size: int
+    min_frequency: int
+    max_train_bytes: int  # corpus bytes fed to the BPE trainer
 
 
 @dataclass
+@conf_defaults("data/default.yaml", "cpt")
 class CPTConfig:
-    enabled: bool = True
-    seq_len: int = 128  # packed row length (a multiple of block_length, at most max_seq_len)
-    align_documents: bool = False  # start every document at a block boundary (pads the gap)
-    stdlib: StdlibSource = field(default_factory=StdlibSource)
-    synthetic: SyntheticSource = field(default_factory=SyntheticSource)
-    external: list[ExternalSource] = field(default_factory=list)
+    enabled: bool
+    seq_len: int  # packed row length (a multiple of block_length, at most max_seq_len)
+    align_documents: bool  # start every document at a block boundary (pads the gap)
+    stdlib: StdlibSource
+    synthetic: SyntheticSource
+    external: list[ExternalSource]
 
 
 @dataclass
+@conf_defaults("data/default.yaml", "sft")
 class SFTConfig:
-    enabled: bool = True
+    enabled: bool
     # Tokens after the reply up to the next block boundary: "eos" = EOS in the loss (the model learns
     # to end answers, as LLaDA's SFT does), "pad" = pad id outside the loss.
-    fill: str = "eos"
+    fill: str
     # A conversation longer than max_seq_len: "error" stops, "truncate" keeps the first max_seq_len
     # tokens (dropped if no reply token is left), "drop" skips it. Counts are recorded in the manifest.
-    too_long: str = "error"
-    synthetic: SyntheticSource = field(default_factory=lambda: SyntheticSource(num_examples=8000, seed=1))
-    external: list[ExternalSource] = field(default_factory=list)
+    too_long: str
+    synthetic: SyntheticSource
+    external: list[ExternalSource]
 
 
 @dataclass
+@conf_defaults("data/default.yaml")
 class DataConfig:
-    cache_dir: str = "outputs/data"
-    block_length: int = 32  # the target (largest) training block size; lengths are padded to multiples
-    max_seq_len: int = 512  # the model's limit for one sequence (before the x_t ⊕ x_0 doubling)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    cpt: CPTConfig = field(default_factory=CPTConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    cache_dir: str
+    block_length: int  # the target (largest) training block size; lengths are padded to multiples
+    max_seq_len: int  # the model's limit for one sequence (before the x_t ⊕ x_0 doubling)
+    tokenizer: TokenizerConfig
+    cpt: CPTConfig
+    sft: SFTConfig
 
     def __post_init__(self) -> None:
         validate_data_config(self)
 
 
-def _fail(key: str, message: str) -> None:
-    raise ValueError(f"data.{key}: {message}")
-
-
 def validate_data_config(cfg: DataConfig) -> None:
-    """Raise ValueError naming the key path of the first invalid value."""
+    """Raise ConfigError (a ValueError) naming the key path of the first invalid value."""
     if cfg.block_length < 1:
-        _fail("block_length", f"must be >= 1, got {cfg.block_length}")
+        fail("data.block_length", f"must be >= 1, got {cfg.block_length}")
     if cfg.max_seq_len < cfg.block_length or cfg.max_seq_len % cfg.block_length:
-        _fail("max_seq_len", f"must be a positive multiple of block_length ({cfg.block_length}), got {cfg.max_seq_len}")
+        fail("data.max_seq_len", f"must be a positive multiple of block_length ({cfg.block_length}), got {cfg.max_seq_len}")
     tok = cfg.tokenizer
     if tok.path is None:
         if tok.vocab_size < 300:
-            _fail("tokenizer.vocab_size", f"must be >= 300 (256 bytes + special tokens), got {tok.vocab_size}")
+            fail("data.tokenizer.vocab_size", f"must be >= 300 (256 bytes + special tokens), got {tok.vocab_size}")
         if tok.min_frequency < 1:
-            _fail("tokenizer.min_frequency", f"must be >= 1, got {tok.min_frequency}")
+            fail("data.tokenizer.min_frequency", f"must be >= 1, got {tok.min_frequency}")
         if tok.max_train_bytes < 1:
-            _fail("tokenizer.max_train_bytes", f"must be >= 1, got {tok.max_train_bytes}")
+            fail("data.tokenizer.max_train_bytes", f"must be >= 1, got {tok.max_train_bytes}")
     if cfg.cpt.enabled and (cfg.cpt.seq_len < cfg.block_length or cfg.cpt.seq_len % cfg.block_length):
-        _fail("cpt.seq_len", f"must be a positive multiple of block_length ({cfg.block_length}), got {cfg.cpt.seq_len}")
+        fail("data.cpt.seq_len", f"must be a positive multiple of block_length ({cfg.block_length}), got {cfg.cpt.seq_len}")
     if cfg.cpt.enabled and cfg.cpt.seq_len > cfg.max_seq_len:
-        _fail("cpt.seq_len", f"({cfg.cpt.seq_len}) exceeds max_seq_len ({cfg.max_seq_len})")
+        fail("data.cpt.seq_len", f"({cfg.cpt.seq_len}) exceeds max_seq_len ({cfg.max_seq_len})")
     if cfg.sft.fill not in FILL_POLICIES:
-        _fail("sft.fill", f"must be one of {FILL_POLICIES}, got {cfg.sft.fill!r}")
+        fail("data.sft.fill", f"must be one of {FILL_POLICIES}, got {cfg.sft.fill!r}")
     if cfg.sft.too_long not in TOO_LONG_POLICIES:
-        _fail("sft.too_long", f"must be one of {TOO_LONG_POLICIES}, got {cfg.sft.too_long!r}")
+        fail("data.sft.too_long", f"must be one of {TOO_LONG_POLICIES}, got {cfg.sft.too_long!r}")
     if not (cfg.cpt.enabled or cfg.sft.enabled):
-        _fail("cpt.enabled", "both cpt and sft are disabled: nothing to prepare")
+        fail("data.cpt.enabled", "both cpt and sft are disabled: nothing to prepare")
     for stage in ("cpt", "sft"):
         if getattr(cfg, stage).enabled and not stage_sources(cfg, stage):
-            _fail(f"{stage}", "is enabled but has no enabled source (stdlib / synthetic / external)")
+            fail(f"data.{stage}", "is enabled but has no enabled source (stdlib / synthetic / external)")
         for key, src in stage_sources(cfg, stage):
             _validate_source(key, src)
 
@@ -159,36 +161,36 @@ def _validate_source(key: str, src: object) -> None:
     if isinstance(src, StdlibSource):
         for name in ("max_files", "max_bytes", "max_file_bytes"):
             if getattr(src, name) < 1:
-                _fail(f"{key}.{name}", f"must be >= 1, got {getattr(src, name)}")
+                fail(f"data.{key}.{name}", f"must be >= 1, got {getattr(src, name)}")
     elif isinstance(src, SyntheticSource):
         from components.tasks import SYNTHETIC_FAMILIES
 
         if not src.families:
-            _fail(f"{key}.families", "is empty (disable the source with enabled=false instead)")
+            fail(f"data.{key}.families", "is empty (disable the source with enabled=false instead)")
         unknown = [f for f in src.families if f not in SYNTHETIC_FAMILIES]
         if unknown:
-            _fail(f"{key}.families", f"unknown {unknown}; known: {sorted(SYNTHETIC_FAMILIES)}")
+            fail(f"data.{key}.families", f"unknown {unknown}; known: {sorted(SYNTHETIC_FAMILIES)}")
         if src.num_examples < 1:
-            _fail(f"{key}.num_examples", f"must be >= 1, got {src.num_examples}")
+            fail(f"data.{key}.num_examples", f"must be >= 1, got {src.num_examples}")
         for fam, params in src.params.items():
             if fam not in src.families:
-                _fail(f"{key}.params.{fam}", f"is not one of the selected families {list(src.families)}")
+                fail(f"data.{key}.params.{fam}", f"is not one of the selected families {list(src.families)}")
             if not isinstance(params, dict):
-                _fail(f"{key}.params.{fam}", f"must be a mapping of family fields, got {params!r}")
+                fail(f"data.{key}.params.{fam}", f"must be a mapping of family fields, got {params!r}")
             try:
                 from components.tasks import get_family
 
                 get_family(fam, **params)
             except (ValueError, TypeError) as exc:
-                _fail(f"{key}.params.{fam}", str(exc))
+                fail(f"data.{key}.params.{fam}", str(exc))
     elif isinstance(src, ExternalSource):
         if src.kind not in EXTERNAL_KINDS:
-            _fail(f"{key}.kind", f"must be one of {EXTERNAL_KINDS}, got {src.kind!r}")
+            fail(f"data.{key}.kind", f"must be one of {EXTERNAL_KINDS}, got {src.kind!r}")
         if not src.path:
-            _fail(f"{key}.path", f"is required for kind {src.kind!r}")
+            fail(f"data.{key}.path", f"is required for kind {src.kind!r}")
         if src.format not in FILE_FORMATS:
-            _fail(f"{key}.format", f"must be one of {FILE_FORMATS}, got {src.format!r}")
+            fail(f"data.{key}.format", f"must be one of {FILE_FORMATS}, got {src.format!r}")
         if src.max_examples < 0:
-            _fail(f"{key}.max_examples", f"must be >= 0, got {src.max_examples}")
+            fail(f"data.{key}.max_examples", f"must be >= 0, got {src.max_examples}")
     else:
         raise TypeError(f"{key}: unexpected source type {type(src).__name__}")

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from components.data.sources import (
     sft_conversations,
     source_fingerprint,
 )
+from model.files import atomic_dir
 from model.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -93,19 +93,9 @@ def prepare_data(cfg: DataConfig, *, force: bool = False) -> PreparedData:
     if not force and (root / MANIFEST).is_file():
         log.info("data: cache hit %s", root)
         return load_prepared(root, cache_hit=True)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".tmp-{key[:20]}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    # Without `force`, a concurrent run that finished the same preparation first wins: its folder is kept.
+    with atomic_dir(root, keep_existing=not force) as tmp:
         _build(cfg, key, tmp)
-        if root.exists() and force:
-            shutil.rmtree(root)
-        if not root.exists():  # else a concurrent run finished the same preparation first: keep it
-            os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("data: prepared %s", root)
     return load_prepared(root, cache_hit=False)
 
@@ -139,7 +129,7 @@ def _build(cfg: DataConfig, key: str, out: Path) -> None:
         tokenizer = train_bpe_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
     t_tok = time.perf_counter()
 
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # atomic_dir's temporary folder exists already
     tokenizer.save(out / TOKENIZER_DIR)
     stats: dict[str, Any] = {"sources": sources}
 

@@ -1,7 +1,9 @@
 """Reading corpora: documents (str) for CPT, conversations (list of {role, content}) for SFT.
 
 Every failure is a `DataError` that names the source (`cpt.external[1] (file data/x.jsonl)`) and the
-problem, raised while reading, i.e. before the tokenizer is trained or anything is packed.
+problem, raised while reading, i.e. before the tokenizer is trained or anything is packed. Local
+files are parsed by `components.data.records`, so a malformed line or non-UTF-8 bytes name the
+file and the line.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import os
 import random
 import sys
 import sysconfig
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
 from components.data.config import ExternalSource, StdlibSource, SyntheticSource
+from components.data.records import RecordFileError, iter_rows, read_text
 
 Conversation = list[dict[str, str]]
 
@@ -165,47 +169,55 @@ def _chain(exc: BaseException) -> str:
     return " <- ".join(parts)
 
 
+def _file_records(files: list[Path], fmt: str) -> Iterator[dict]:
+    """Records of local files in order; a text file is one record {"text": its content}."""
+    for f in files:
+        if fmt == "text":
+            yield {"text": read_text(f)}
+        else:
+            yield from (row.values for row in iter_rows(f, fmt))
+
+
 def load_records(key: str, src: ExternalSource, hf_cache_dir: str | None) -> tuple[list[dict], str]:
-    """Records of a file or hub source through `datasets`, capped at `max_examples` (0 = all)."""
+    """Records of a file source (components.data.records) or a hub source (`datasets`), capped at
+    `max_examples` (0 = all)."""
     import datasets
 
     where = describe(key, src)
     if src.kind == "file":
         files = resolve_files(key, src)
         fmt = file_format(key, src, files)
-        kwargs: dict[str, Any] = {"sample_by": "document"} if fmt == "text" else {}
         try:
-            ds = datasets.load_dataset(
-                fmt, data_files=[str(f) for f in files], split="train", cache_dir=hf_cache_dir, **kwargs
-            )
-        except Exception as exc:  # datasets raises many types for malformed input
-            raise DataError(f"{where}: cannot read as {fmt} (empty or malformed?): {_chain(exc)}") from exc
-    else:
-        try:
-            if src.max_examples:
-                stream = datasets.load_dataset(src.path, src.name, split=src.split, streaming=True)
-                records = list(stream.take(src.max_examples))
-                if not records:
-                    raise DataError(f"{where}: dataset split {src.split!r} is empty")
-                return records, "hub"
-            ds = datasets.load_dataset(src.path, src.name, split=src.split, cache_dir=hf_cache_dir)
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"{where}: cannot load hub dataset: {_chain(exc)}") from exc
-        fmt = "hub"
+            records = list(islice(_file_records(files, fmt), src.max_examples or None))
+        except RecordFileError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if not records:
+            raise DataError(f"{where}: dataset is empty (0 records)")
+        return records, fmt
+    try:
+        if src.max_examples:
+            stream = datasets.load_dataset(src.path, src.name, split=src.split, streaming=True)
+            records = list(stream.take(src.max_examples))
+            if not records:
+                raise DataError(f"{where}: dataset split {src.split!r} is empty")
+            return records, "hub"
+        ds = datasets.load_dataset(src.path, src.name, split=src.split, cache_dir=hf_cache_dir)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: cannot load hub dataset: {_chain(exc)}") from exc
     if len(ds) == 0:
         raise DataError(f"{where}: dataset is empty (0 records)")
-    if src.max_examples:
-        ds = ds.select(range(min(src.max_examples, len(ds))))
-    return ds.to_list(), fmt
+    return ds.to_list(), "hub"
 
 
 def records_to_documents(key: str, src: ExternalSource, records: list[dict], fmt: str) -> list[str]:
     where = describe(key, src)
     field = "text" if fmt == "text" else src.text_field
-    if field not in records[0]:
-        raise DataError(f"{where}: field {field!r} not found; record fields are {sorted(records[0])} (set text_field)")
+    if not any(field in r for r in records):
+        raise DataError(
+            f"{where}: field {field!r} not found; record fields are {sorted(set().union(*records))} (set text_field)"
+        )
     docs = [r[field] for r in records if isinstance(r.get(field), str) and r[field].strip()]
     if not docs:
         raise DataError(f"{where}: dataset is empty: no non-empty {field!r} values in {len(records)} records")
@@ -233,7 +245,7 @@ def records_to_conversations(key: str, src: ExternalSource, records: list[dict],
     where = describe(key, src)
     if fmt == "text":
         raise DataError(f"{where}: plain text files have no conversations; use JSONL/parquet for sft")
-    fields = set(records[0])
+    fields = set().union(*records)
     if src.messages_field not in fields and not {src.prompt_field, src.response_field} <= fields:
         raise DataError(
             f"{where}: need a {src.messages_field!r} field or both {src.prompt_field!r} and "

@@ -16,14 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from components.decoding import preset_names
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
     parser.add_argument("--task", action="append", default=None,
                         help="task name in conf/task/ or a task YAML path (repeatable); default: the suite")
     parser.add_argument("--config", default=None, help="suite config YAML (default conf/eval/default.yaml)")
-    parser.add_argument("--mode", choices=("speedy", "quality"), default=None,
-                        help="decoding preset for every task (default: each task's own)")
+    parser.add_argument("--mode", choices=preset_names(), default=None,
+                        help="decoding preset (conf/decode/) for every task (default: each task's own)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N samples per task")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts decoded together")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -48,12 +50,11 @@ def _load_model(path: str, device: str):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from components.cli_errors import UsageError, config_errors
     from components.config import ConfigError
     from components.evaluate.config import list_tasks, load_eval_config, resolve_task_path
     from components.evaluate.results import render_table
     from components.evaluate.runner import evaluate_suite, resolve_task
-    from components.evaluate.scorers import SandboxUnavailableError
-    from components.evaluate.sources import TaskDataError
 
     # Piped output (CI logs, files) gets a wide fixed width so the table is never squeezed.
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -62,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
             console.print(name)
         return 0
     if not args.model:
-        print("draftedit eval: error: --model is required", file=sys.stderr)
-        return 2
-    try:
+        raise UsageError("--model is required")
+    for option, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    # Bad configs (ConfigError), data (TaskDataError), sandbox or checkpoint: one line at flows.cli.
+    with config_errors(args.config, args.overrides):
         suite = load_eval_config(args.config, [])
         tasks = args.task or list(suite.tasks)
         if not tasks:
@@ -72,29 +76,25 @@ def run(args: argparse.Namespace) -> int:
         overrides = list(suite.task_overrides) + list(args.overrides)
         for task in tasks:  # validate every task before the model is loaded
             resolve_task(str(resolve_task_path(task)), overrides)
-        lm, tokenizer = _load_model(args.model, args.device)
-        out = Path(args.out or suite.output_dir)
-        results = evaluate_suite(
-            lm, tokenizer, tasks,
-            mode=args.mode or suite.mode,
-            limit=args.limit if args.limit is not None else suite.limit,
-            batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
-            task_overrides=overrides,
-            output_dir=out,
-        )
-    except (ConfigError, TaskDataError, SandboxUnavailableError, FileNotFoundError, ValueError) as exc:
-        print(f"draftedit eval: error: {exc}", file=sys.stderr)
-        return 2
+    lm, tokenizer = _load_model(args.model, args.device)
+    out = Path(args.out or suite.output_dir)
+    results = evaluate_suite(
+        lm, tokenizer, tasks,
+        mode=args.mode or suite.mode,
+        limit=args.limit if args.limit is not None else suite.limit,
+        batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
+        task_overrides=overrides,
+        output_dir=out,
+    )
     console.print(render_table(results, title=f"draftedit eval · {args.model}"))
     console.print(f"per-sample records and results: {out}/<task>/ (records.jsonl, result.json), {out}/summary.json")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="draftedit eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from flows.cli import main as draftedit
+
+    return draftedit(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Answer extractors: turn a model's raw output into the answer a scorer judges.
 
 An extractor is `fn(output: str, sample: Sample) -> str | None` (None = no answer found, scored
-as wrong). Register new ones with `@register_extractor("name")`, or point a task at any importable
-function with `extractor: "package.module:function"`. An extractor that raises on some output
-does not stop an evaluation: that sample is scored as failed and the error is kept in its record.
+as wrong). Register new ones with `@register_extractor("name")`, or point a task at any function
+with `extractor: "package.module:function"` or `"my_file.py:function"` (beside the task file). An
+extractor that raises on some output does not stop an evaluation: that sample is scored as failed
+and the error is kept in its record.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from typing import TYPE_CHECKING, Callable, Optional
+
+from components.evaluate.plugins import resolve
 
 if TYPE_CHECKING:
     from components.evaluate.sources import Sample
@@ -34,17 +36,9 @@ def register_extractor(name: str) -> Callable[[Extractor], Extractor]:
     return deco
 
 
-def resolve_extractor(name: str) -> Extractor:
-    """A registered extractor, or `module:function` imported by name."""
-    if name in EXTRACTORS:
-        return EXTRACTORS[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        fn = getattr(importlib.import_module(module), attr)
-        if not callable(fn):
-            raise ValueError(f"extractor {name!r} is not callable")
-        return fn
-    raise KeyError(f"unknown extractor {name!r}; known: {sorted(EXTRACTORS)} (or use 'package.module:function')")
+def resolve_extractor(name: str, base_dir: Optional[str] = None) -> Extractor:
+    """A registered extractor, or `module:function` (see components.evaluate.plugins)."""
+    return resolve(name, EXTRACTORS, "extractor", base_dir)
 
 
 @register_extractor("identity")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from model.files import atomic_write, atomic_writer
 
 RECORDS_FILE = "records.jsonl"
 RESULT_FILE = "result.json"
@@ -77,20 +78,6 @@ def edit_stats(edits: dict[str, float]):
     return EditStats(**{f.name: int(edits[f.name]) for f in dc_fields(EditStats)})
 
 
-def _atomic_text(path: Path, write) -> Path:  # noqa: ANN001 - write(fh) callback
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -104,15 +91,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return _atomic_text(Path(path), lambda fh: json.dump(_jsonable(obj), fh, indent=2, ensure_ascii=False))
+    return atomic_write(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False))
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
-    def write(fh) -> None:  # noqa: ANN001
+    with atomic_writer(path) as fh:
         for rec in records:
             fh.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
-
-    return _atomic_text(Path(path), write)
+    return Path(path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

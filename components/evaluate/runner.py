@@ -2,9 +2,10 @@
 
 The one way every stage scores a model (training, RL, quantization and the benchmark call
 `evaluate_task` / `evaluate_suite`). Config problems, an empty task or a sandbox that cannot run
-code fail *before* any generation. After that, one bad sample never stops the evaluation: a prompt
-that does not fit, an extractor or scorer that raises, a batch whose decoding fails -- each such
-sample is scored as failed and its error is kept in its record.
+code fail *before* any generation. After that, one bad sample never stops the evaluation: a data
+row without a needed value (`source.on_missing: fail_sample`), a prompt that does not fit, an
+extractor or scorer that raises, a batch whose decoding fails -- each such sample is scored as
+failed and its error is kept in its record.
 """
 
 from __future__ import annotations
@@ -23,19 +24,18 @@ import torch
 from omegaconf import OmegaConf
 
 from components.evaluate.config import (
-    MODES,
     TaskConfig,
     TaskConfigError,
     load_task,
-    template_fields,
     validate_task,
 )
 from components.evaluate.extractors import resolve_extractor
 from components.evaluate.metrics import AnswerAccuracy, MeanForwards, MeanLength, PassAtK, TokensPerForward
 from components.evaluate.results import SUMMARY_FILE, TaskResult, save_task_result, write_json
-from components.evaluate.scorers import SCORERS, Judgement, SandboxUnavailableError, preflight
+from components.evaluate.prompts import render
+from components.evaluate.scorers import SandboxUnavailableError, as_judgement, preflight, resolve_scorer, task_dir
 from components.evaluate.sources import Sample, load_samples
-from components.edits import EditStats, classify_edits
+from components.edits import EditStats, judge_edits
 
 log = logging.getLogger(__name__)
 TaskLike = TaskConfig | str | os.PathLike
@@ -70,32 +70,21 @@ def resolve_task(task: TaskLike, overrides: Sequence[str] = ()) -> TaskConfig:
 
 
 def build_decode_config(task: TaskConfig, mode: Optional[str] = None):
-    """The task's decoding preset (or `mode`, which replaces it) with the task's overrides applied."""
+    """The task's decoding preset (or `mode`, a preset in conf/decode/ that replaces it) with the task's
+    overrides applied; an unknown preset or a bad value fails here with the known presets named."""
     from components.decoding import load_decode_config
 
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return load_decode_config(mode or task.decode.preset, overrides=dict(task.decode.overrides))
 
 
 def render_prompt(sample: Sample, task: TaskConfig, tokenizer) -> str:
     """The text the model sees: the template filled with the sample's fields, chat-wrapped if asked."""
-    text = task.prompt.template.format_map({k: sample.fields[k] for k in template_fields(task.prompt.template)})
+    text = render(task.prompt.template, sample.fields)
     if not task.prompt.chat:
         return text
     messages = ([{"role": "system", "content": task.prompt.system}] if task.prompt.system else [])
     messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-
-
-def _check_template(task: TaskConfig, samples: list[Sample]) -> None:
-    needed = template_fields(task.prompt.template)
-    missing = [f for f in needed if f not in samples[0].fields]
-    if missing:
-        raise TaskConfigError(
-            f"task {task.name!r}: prompt.template uses {missing}, which the data do not have; "
-            f"available fields: {sorted(samples[0].fields)}"
-        )
 
 
 def _new_record(task: TaskConfig, sample: Sample, index: int, prompt: str) -> dict[str, Any]:
@@ -113,12 +102,15 @@ def _prepare_jobs(task: TaskConfig, samples: list[Sample], tokenizer, lm, decode
     jobs = []
     for sample in samples:
         prompt_text, ids, error = "", None, None
-        try:
-            prompt_text = render_prompt(sample, task, tokenizer)
-            ids = tokenizer.encode(prompt_text)
-            validate(lm, [ids], decode)  # the decoder's own checks, per prompt (length, mask id, ...)
-        except Exception as exc:  # a bad sample is recorded, never fatal
-            error, ids = f"prompt: {type(exc).__name__}: {exc}", None
+        if sample.error is not None:  # a row without a needed value (source.on_missing: fail_sample)
+            error = f"data: {sample.error}"
+        else:
+            try:
+                prompt_text = render_prompt(sample, task, tokenizer)
+                ids = tokenizer.encode(prompt_text)
+                validate(lm, [ids], decode)  # the decoder's own checks, per prompt (length, mask id, ...)
+            except Exception as exc:  # a bad sample is recorded, never fatal
+                error, ids = f"prompt: {type(exc).__name__}: {exc}", None
         for i in range(task.samples_per_prompt):
             record = _new_record(task, sample, i, prompt_text)
             record["error"] = error
@@ -149,19 +141,21 @@ def _generate_batch(lm, jobs: list[_Job], decode, tokenizer, drop: set[int]) -> 
         job.sequence, job.trajectory = seq, traj
 
 
+def answer_ids(task: TaskConfig, sample: Sample, tokenizer) -> Optional[list[int]]:
+    """The token ids wrong outputs' edits are judged against: the sample's reference answer when the
+    task has a unique one (`unique_answer`), else None (shared with the benchmark)."""
+    if task.unique_answer and sample.reference is not None:
+        return tokenizer.encode(sample.reference)
+    return None
+
+
 def _account_edits(job: _Job, task: TaskConfig, tokenizer, eos: Optional[int]) -> EditStats:
-    """Classify the job's T2T edits (components.edits): against its own output when that was judged
-    correct, against the reference when the task has a unique answer, else count them unjudged."""
+    """Classify the job's T2T edits (components.edits.judge_edits) and keep the counts in its record."""
     rec = job.record
     if job.trajectory is None:
         return EditStats()
-    if rec["correct"]:
-        reference = [t for t in job.sequence if t != eos]
-    elif task.unique_answer and job.sample.reference is not None:
-        reference = tokenizer.encode(job.sample.reference)
-    else:
-        reference = None
-    stats = classify_edits(job.trajectory, reference, eos, len(job.sequence))
+    stats = judge_edits(job.trajectory, job.sequence, eos, correct=bool(rec["correct"]),
+                        reference=answer_ids(task, job.sample, tokenizer))
     rec.update(edit_fixes=stats.fixes, edit_breaks=stats.breaks, edit_neutral=stats.neutral,
                edit_oscillations=stats.oscillations)
     job.trajectory = None  # the record keeps the counts; drop the step lists
@@ -178,14 +172,12 @@ def _judge(job: _Job, task: TaskConfig, extractor, scorer) -> None:
         rec["error"] = f"extractor {task.extractor!r}: {type(exc).__name__}: {exc}"
         return
     try:
-        verdict = scorer(rec["extracted"], job.sample, task)
+        verdict = as_judgement(scorer(rec["extracted"], job.sample, task), f"scorer {task.scorer!r}")
     except SandboxUnavailableError:
         raise
     except Exception as exc:
         rec["error"] = f"scorer {task.scorer!r}: {type(exc).__name__}: {exc}"
         return
-    if not isinstance(verdict, Judgement):
-        verdict = Judgement(bool(verdict))
     rec["correct"], rec["detail"] = verdict.correct, verdict.detail
 
 
@@ -225,11 +217,10 @@ def evaluate_task(
             f"task {task.name!r}: samples_per_prompt={task.samples_per_prompt} needs sampling, but the decoding "
             "temperature is 0 (greedy), so every sample would be identical; set decode.overrides.temperature > 0"
         )
-    extractor, scorer = resolve_extractor(task.extractor), SCORERS[task.scorer]
+    extractor, scorer = resolve_extractor(task.extractor, task_dir(task)), resolve_scorer(task)
     samples = load_samples(task)
     if task.limit is not None:
         samples = samples[: task.limit]
-    _check_template(task, samples)
     sandbox = preflight(task)
 
     jobs = _prepare_jobs(task, samples, tokenizer, lm, decode)

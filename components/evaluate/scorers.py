@@ -1,17 +1,23 @@
 """Scorers: judge one extracted answer against its sample.
 
-A scorer is `fn(answer: str | None, sample: Sample, task: TaskConfig) -> Judgement`. It may raise
-on a malformed sample (e.g. a reference with no number); the runner records the error and scores
-that sample as failed. `unit_tests` runs generated code only inside `components.sandbox`.
+A scorer is `fn(answer: str | None, sample: Sample, task: TaskConfig) -> Judgement` (or a bool),
+registered here by name or named in a task as `"package.module:function"` / `"my_file.py:function"`.
+A task whose answers are checked by a rule rather than compared with a reference (any valid sudoku
+solution) uses `scorer: verifier` with `verifier: "module:function"`, a plain
+`fn(answer: str, fields: dict) -> bool` that sees the sample's columns. A scorer may raise on a
+malformed sample (e.g. a reference with no number); the runner records the error and scores that
+sample as failed. `unit_tests` runs generated code only inside `components.sandbox`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
 from components.evaluate.extractors import gsm8k as _gsm8k_number
+from components.evaluate.plugins import resolve
 from components.sandbox import SandboxLimits, run_tests
 
 if TYPE_CHECKING:
@@ -39,6 +45,22 @@ def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
         return fn
 
     return deco
+
+
+def task_dir(task: "TaskConfig") -> Optional[str]:
+    """The task file's folder: where `my_file.py:function` specs are looked up first."""
+    return os.path.dirname(task.origin) if task.origin else None
+
+
+def resolve_scorer(task: "TaskConfig") -> Scorer:
+    """The task's scorer: a registered name or `module:function`."""
+    return resolve(task.scorer, SCORERS, "scorer", task_dir(task))
+
+
+def resolve_verifier(task: "TaskConfig") -> Callable[[str, dict], object]:
+    if not task.verifier:
+        raise ValueError("scorer 'verifier' needs the task key `verifier: \"module:function\"`")
+    return resolve(task.verifier, {}, "verifier", task_dir(task))
 
 
 @register_scorer("exact")
@@ -75,6 +97,23 @@ def synthetic(answer: Optional[str], sample: "Sample", task: "TaskConfig") -> Ju
     if answer is None:
         return Judgement(False, "no answer extracted")
     return Judgement(get_family(sample.data.family).score(answer, sample.data))
+
+
+@register_scorer("verifier")
+def verifier(answer: Optional[str], sample: "Sample", task: "TaskConfig") -> Judgement:
+    """The task's `verifier(answer, fields)`: accepts any answer the rule allows, on any source."""
+    if answer is None:
+        return Judgement(False, "no answer extracted")
+    return as_judgement(resolve_verifier(task)(answer, dict(sample.fields)), f"verifier {task.verifier!r}")
+
+
+def as_judgement(verdict: object, what: str) -> Judgement:
+    """A Judgement from what a user's scorer or verifier returned (a Judgement or a truth value)."""
+    if isinstance(verdict, Judgement):
+        return verdict
+    if verdict is None or isinstance(verdict, (str, bytes, list, tuple, dict)):
+        raise TypeError(f"{what} returned {type(verdict).__name__} {verdict!r}; expected True/False or a Judgement")
+    return Judgement(bool(verdict))
 
 
 def sandbox_limits(task: "TaskConfig") -> SandboxLimits:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
 
-from components.config import CONF_DIR, ConfigError, load_config
+from components.cli_errors import UsageError, config_errors
+from components.config import CONF_DIR, load_config
 
 from .config import QuantizeConfig
 
@@ -30,15 +31,11 @@ def _config_path(name: str | None):
 def run(args: argparse.Namespace) -> int:
     from .stage import run_quantize
 
-    try:
-        cfg = load_config(QuantizeConfig, _config_path(args.config), overrides=args.overrides)
-    except (ConfigError, ValueError) as exc:
-        print(f"draftedit quantize: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_quantize(cfg, args.model, args.out)
-    except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
-        print(f"draftedit quantize: {exc}", file=sys.stderr)
-        return 2
+    path = _config_path(args.config)
+    with config_errors(path, args.overrides):
+        cfg = load_config(QuantizeConfig, path, overrides=args.overrides)
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise UsageError(f"--out must differ from --model ({args.model}); the input would be overwritten")
+    summary = run_quantize(cfg, args.model, args.out)  # CheckpointError, FileNotFoundError: one line
     print(json.dumps(summary, indent=2))
     return 0

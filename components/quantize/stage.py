@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from model import CheckpointError, DiffusionLM
 from model.checkpoint import WEIGHTS_NAME
 from model.config import CONFIG_NAME, ModelConfig
+from model.files import atomic_dir
 from model.fp8 import FP8_DTYPE, FP8_MAX, SCALE_SUFFIX
 
 from .config import INT8_METHODS, QuantizeConfig
@@ -61,23 +62,10 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an existing output is swapped out only once the new one is complete."""
-    old = None
-    if final.exists():
-        old = final.with_name(final.name + f".old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_fp8(lm, cfg: QuantizeConfig, out: Path) -> list[str]:
     state, names = fp8_state_dict(lm, cfg.block_size, cfg.skip_modules)
     skipped = sorted({n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)} - set(names))
-    tmp_file = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp_file), metadata={"format": "pt"})
-    os.replace(tmp_file, out / WEIGHTS_NAME)
+    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})  # `out` is atomic_dir's temporary folder
     config = dataclasses.replace(lm.config, extra={**lm.config.extra,
                                                    "quantization_config": quantization_config(cfg.block_size, skipped)})
     config.torch_dtype = str(lm.dtype).removeprefix("torch.")
@@ -134,12 +122,7 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | os.PathLike, out_dir: str
     start = time.perf_counter()
     dtype = _DTYPES[cfg.dtype] if cfg.dtype else None
     lm = DiffusionLM.from_pretrained(model_dir, dtype=dtype)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + f".partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:  # an existing output is swapped out only once the new one is complete
         if cfg.method == "fp8":
             names = _write_fp8(lm, cfg, tmp)
         elif cfg.method in INT8_METHODS:
@@ -148,10 +131,6 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | os.PathLike, out_dir: str
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         checks = _check(lm, tmp, cfg) if cfg.check else {}
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = {
         "method": cfg.method,
         "model_dir": str(model_dir),

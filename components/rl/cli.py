@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -25,12 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .run import RLInputError, run_rl
+    from components.cli_errors import config_errors
 
-    try:
-        summary = run_rl(args.config, args.model, args.out, overrides=list(args.overrides))
-    except RLInputError as exc:
-        print(f"draftedit rl: {exc}", file=sys.stderr)
-        return 2
+    from .run import resolve_config, run_rl
+
+    with config_errors(args.config, args.overrides):
+        cfg = resolve_config(args.config, list(args.overrides))
+    summary = run_rl(cfg, args.model, args.out)  # RLInputError: one line at the CLI boundary
     print(json.dumps({"checkpoint_dir": summary["checkpoint_dir"], "metrics": summary["metrics"]}, indent=2))
     return 0

@@ -8,6 +8,7 @@ gradient clipping exactly as for SFT. Everything else lives in `rollouts`, `esti
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 
 from components.tasks import Example
 from components.training.schedule import cosine_factor
+from model.files import atomic_write
 
 from .config import RLConfig
 from .ebpo import (
@@ -33,17 +35,20 @@ from .rollouts import decode_config, evaluate_policy, generate_rollouts, score_r
 
 
 class PromptBatches(Dataset):
-    """Item k = the prompts of rollout step k: a seeded sample without replacement (pure in (seed, k))."""
+    """Item i = the prompts of rollout step `start` + i: a seeded sample without replacement (pure in
+    (seed, step)), so a resumed run starts at its step and replays nothing."""
 
-    def __init__(self, examples: list[Example], per_step: int, steps: int, seed: int):
+    def __init__(self, examples: list[Example], per_step: int, steps: int, seed: int, start: int = 0):
         if not examples:
             raise ValueError("the RL prompt set is empty")
         self.examples, self.per_step, self.steps, self.seed = examples, min(per_step, len(examples)), steps, seed
+        self.start = start
 
     def __len__(self) -> int:
-        return self.steps
+        return max(0, self.steps - self.start)
 
-    def __getitem__(self, k: int) -> list[Example]:
+    def __getitem__(self, i: int) -> list[Example]:
+        k = self.start + i
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         idx = torch.randperm(len(self.examples), generator=g)[: self.per_step]
         return [self.examples[int(i)] for i in idx]
@@ -76,6 +81,31 @@ class EBPOModule(L.LightningModule):
         self.rl_steps = 0
         self._last_eval_seconds = 0.0
         self._clock = (time.monotonic(), time.process_time())  # wall and CPU time (contention shows as a gap)
+        self._pending_optimizer: dict | None = None  # a resumed run's optimizer state, loaded at train start
+
+    def restore(self, state: dict) -> None:
+        """Continue from a saved state (components.rl.state): weights, average, counters, curves, clock, RNG."""
+        self.lm.load_state_dict(state["lm"])
+        if state["average"] is not None:
+            self._average = copy.deepcopy(self.lm).requires_grad_(False)
+            self._average.load_state_dict(state["average"])
+        self.rl_steps = int(state["rl_steps"])
+        self.history, self.eval_curve = list(state["history"]), list(state["eval_curve"])
+        self._last_eval_seconds = float(state["last_eval_seconds"])
+        self._clock = (time.monotonic() - float(state["elapsed_s"]), time.process_time())
+        self._pending_optimizer = state["optimizer"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def _save_state(self) -> None:
+        """Write <progress_dir>/rl_state.pt every `checkpoint_every_steps` steps (rank 0; not under FSDP,
+        whose sharded weights this state does not gather)."""
+        every = self.cfg.checkpoint_every_steps
+        if not every or self.rl_steps % every or self.progress_dir is None or self._is_fsdp():
+            return
+        if self.global_rank == 0:
+            from .state import STATE_FILE, save_state
+
+            save_state(self, Path(self.progress_dir) / STATE_FILE, time.monotonic() - self._clock[0])
 
     # ------------------------------------------------------------------ setup
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -103,17 +133,16 @@ class EBPOModule(L.LightningModule):
                  "cpu_s": time.process_time() - self._clock[1]}
         self.eval_curve.append(point)
         self._emit("rl_eval", result)
-        self._write_progress()
+        self.write_progress()
         return point
 
-    def _write_progress(self) -> None:
+    def write_progress(self) -> None:
         """Keep the curve on disk as it grows, so an interrupted run still leaves its measurements."""
         if self.progress_dir is None or self.global_rank != 0:
             return
-        from .run import _atomic_json, _atomic_lines
-
-        _atomic_lines(Path(self.progress_dir) / "metrics.jsonl", self.history)
-        _atomic_json(Path(self.progress_dir) / "eval_curve.json", self.eval_curve)
+        out = Path(self.progress_dir)
+        atomic_write(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+        atomic_write(out / "eval_curve.json", json.dumps(self.eval_curve, indent=2) + "\n")
 
     def _emit(self, prefix: str, values: dict) -> None:
         """Send metrics to the trainer's logger(s) with the rollout step as x-axis (works in any hook)."""
@@ -170,8 +199,13 @@ class EBPOModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.cfg.optim.ema_decay > 0 and self._average is None:
             self._average = copy.deepcopy(self.lm).requires_grad_(False)
+        if self._pending_optimizer is not None:
+            optimizer = self.optimizers()
+            getattr(optimizer, "optimizer", optimizer).load_state_dict(self._pending_optimizer)
+            self._pending_optimizer = None
         self._sync_decoder()
-        self.evaluate()
+        if self.rl_steps == 0:  # a resumed run has its curve up to here already
+            self.evaluate()
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._sync_decoder()
@@ -181,6 +215,7 @@ class EBPOModule(L.LightningModule):
         if every and self.rl_steps % every == 0 and self.eval_examples:
             self._sync_decoder()
             self.evaluate()
+        self._save_state()  # after the evaluation, so the saved curve includes this step's point
         if self.deadline is not None:
             # Stop when one more step plus the final evaluation would overrun the budget (any rank decides).
             last = self.history[-1]["step_seconds"] if self.history else 0.0
@@ -270,7 +305,7 @@ class EBPOModule(L.LightningModule):
         row["step"] = self.rl_steps
         self.history.append(row)
         self._emit("rl", row)
-        self._write_progress()
+        self.write_progress()
         return None
 
     def _world_size(self) -> int:

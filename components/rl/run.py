@@ -8,15 +8,16 @@ long for the model, tokenizer/model mismatch) is checked before the first rollou
   out_dir/eval_curve.json   held-out accuracy / TPF before, during and after training
   out_dir/summary.json      the returned metrics
   out_dir/config.yaml       the resolved config
+  out_dir/rl_state.pt       the exact-resume state (every `checkpoint_every_steps`; see `state`): a
+                            rerun into the same out_dir continues from it
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,40 +26,14 @@ import torch
 
 from components.config import load_config, save_config
 from components.progress import ConsoleProgress
+from model.files import atomic_dir, atomic_write
 
 from .config import RLConfig
+from .state import STATE_FILE, StateMismatchError, load_state
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "rl" / "default.yaml"
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
-def _atomic_lines(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(lm, tokenizer, target: Path) -> None:
-    """Write into a temporary sibling directory, then swap it in (a reader never sees half a checkpoint)."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        lm.save_pretrained(tmp)
-        tokenizer.save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class RLInputError(ValueError):
@@ -130,12 +105,22 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
     lm.train()
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state = load_state(out_dir / STATE_FILE, cfg) if cfg.resume else None
+    except StateMismatchError as exc:
+        raise RLInputError(str(exc)) from exc
     save_config(cfg, out_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
-    ref_lm = copy.deepcopy(lm) if cfg.optim.kl_coef > 0 else None
+    ref_lm = copy.deepcopy(lm) if cfg.optim.kl_coef > 0 else None  # the initial weights, also when resuming
+    if state is not None:
+        start -= float(state["elapsed_s"])  # the budget continues; it does not restart
     deadline = start + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
     module = EBPOModule(lm, tokenizer, cfg, reward, held, ref_lm=ref_lm, deadline=deadline, progress_dir=out_dir)
-    loader = DataLoader(PromptBatches(train, cfg.rollout.prompts_per_step, cfg.max_steps, cfg.seed),
+    if state is not None:
+        module.restore(state)
+        log.info("rl: resuming from %s (step %d)", out_dir / STATE_FILE, module.rl_steps)
+    loader = DataLoader(PromptBatches(train, cfg.rollout.prompts_per_step, cfg.max_steps, cfg.seed,
+                                      start=module.rl_steps),
                         batch_size=None, collate_fn=as_list, shuffle=False)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
@@ -144,14 +129,17 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         log_every_n_steps=1, default_root_dir=str(out_dir), num_sanity_val_steps=0,
         callbacks=[ConsoleProgress("rl", cfg.max_steps, read=_progress_figures, step=lambda _, m: m.rl_steps,
                                    deadline=deadline)])
+    resumed_from = module.rl_steps
     trainer.fit(module, train_dataloaders=loader)
 
     checkpoint = out_dir / "checkpoint"
     if trainer.is_global_zero:
-        _save_checkpoint(module.policy, tokenizer, checkpoint)
-        _atomic_lines(out_dir / "metrics.jsonl", module.history)
-        _atomic_json(out_dir / "eval_curve.json", module.eval_curve)
-    metrics: dict[str, float] = {"rl/steps": float(module.rl_steps), "rl/wall_seconds": time.monotonic() - start}
+        with atomic_dir(checkpoint) as tmp:  # a reader never sees half a checkpoint
+            module.policy.save_pretrained(tmp)
+            tokenizer.save(tmp)
+        module.write_progress()  # metrics.jsonl, eval_curve.json
+    metrics: dict[str, float] = {"rl/steps": float(module.rl_steps), "rl/wall_seconds": time.monotonic() - start,
+                                 "rl/resumed_from_step": float(resumed_from)}
     if module.history:
         last = module.history[-1]
         metrics.update({f"rl/{k}": float(v) for k, v in last.items() if k != "step"})
@@ -165,5 +153,6 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
     summary = {"checkpoint_dir": str(checkpoint), "metrics": metrics, "eval_curve": module.eval_curve,
                "history_path": str(out_dir / "metrics.jsonl")}
     if trainer.is_global_zero:
-        _atomic_json(out_dir / "summary.json", {"checkpoint_dir": str(checkpoint), "metrics": metrics})
+        atomic_write(out_dir / "summary.json",
+                     json.dumps({"checkpoint_dir": str(checkpoint), "metrics": metrics}, indent=2) + "\n")
     return summary

@@ -1,10 +1,22 @@
 """MLflow helpers: explicit tracking URI, nested stage runs, config logging, outputs as URIs,
-the model registry with `latest`/`champion` aliases, and the pyfunc that serves a checkpoint.
+the model registry with `latest`/`champion` aliases, the pyfunc that serves a checkpoint, and the
+liveness of RUNNING runs (runs of killed processes are marked FAILED and can be continued).
 
 MLflow is imported lazily inside the functions, so importing this package is cheap.
 """
 
 from .artifacts import resolve_uri
+from .liveness import (
+    TAG_FAILURE,
+    TAG_HEARTBEAT,
+    TAG_INTERRUPTED,
+    Heartbeat,
+    find_interrupted,
+    mark_interrupted,
+    owner_tags,
+    reopen_run,
+    sweep_dead_runs,
+)
 from .registry import ALIAS_CHAMPION, ALIAS_LATEST, TAG_CHECKPOINT, Registration, is_better, register_model, resolve_alias
 from .runs import (
     TAG_CONFIG_HASH,
@@ -17,7 +29,9 @@ from .runs import (
     log_config,
     log_metrics,
     log_output,
+    logged_steps,
     run_outputs,
+    stage_mlflow_logger,
     stage_run,
 )
 from .store import (
@@ -31,9 +45,10 @@ from .store import (
 )
 
 __all__ = [
-    "ALIAS_CHAMPION", "ALIAS_LATEST", "TAG_CHECKPOINT", "TAG_CONFIG_HASH", "TAG_OUTPUT", "TAG_PARENT",
-    "TAG_PIPELINE", "TAG_STAGE", "Registration", "TrackingError", "artifact_root_for", "check_tracking_uri",
-    "child_runs", "default_tracking_uri", "flatten", "get_or_create_experiment", "git_commit", "is_better",
-    "log_config", "log_metrics", "log_output", "register_model", "resolve_alias", "resolve_tracking_uri",
-    "resolve_uri", "run_outputs", "stage_run",
+    "ALIAS_CHAMPION", "ALIAS_LATEST", "TAG_CHECKPOINT", "TAG_CONFIG_HASH", "TAG_FAILURE", "TAG_HEARTBEAT",
+    "TAG_INTERRUPTED", "TAG_OUTPUT", "TAG_PARENT", "TAG_PIPELINE", "TAG_STAGE", "Heartbeat", "Registration",
+    "TrackingError", "artifact_root_for", "check_tracking_uri", "child_runs", "default_tracking_uri",
+    "find_interrupted", "flatten", "get_or_create_experiment", "git_commit", "is_better", "log_config", "log_metrics",
+    "log_output", "logged_steps", "mark_interrupted", "owner_tags", "register_model", "reopen_run", "resolve_alias",
+    "resolve_tracking_uri", "resolve_uri", "run_outputs", "stage_mlflow_logger", "stage_run", "sweep_dead_runs",
 ]

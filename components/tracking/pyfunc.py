@@ -17,7 +17,6 @@ from typing import Any
 import mlflow.pyfunc
 
 CHECKPOINT_ARTIFACT = "checkpoint"
-DEFAULT_PRESET = "quality"
 # Decoding settings a request may change besides the preset (all numeric; see DecodeConfig).
 REQUEST_PARAMS = {"gen_length": int, "threshold": float, "editing_threshold": float, "temperature": float, "seed": int}
 # Prompts are wrapped in the checkpoint's chat template (one user turn) unless params say chat=false.
@@ -63,6 +62,46 @@ def _prompts(model_input: Any) -> list[str]:
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*", category=UserWarning)
 
 
+class RequestRejected(ValueError):
+    """A request refused before any decoding: `status` is the HTTP answer (400 bad, 413 too large)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DecodingStopped(TimeoutError):
+    """Decoding stopped between two steps: the request's deadline passed or the server is stopping."""
+
+
+def check_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Request params checked by name and type: a misspelled or unknown name is an error naming it,
+    never silently dropped; bool is not accepted as a number."""
+    params = dict(params or {})
+    allowed = ["preset", "chat", *REQUEST_PARAMS]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise RequestRejected(f"unknown parameter {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    checked: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        if name == "preset":
+            ok = isinstance(value, str)
+        elif name == "chat":
+            ok = isinstance(value, bool)
+        elif REQUEST_PARAMS[name] is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            kind = {"preset": "a string", "chat": "true or false"}.get(name) or (
+                "an integer" if REQUEST_PARAMS[name] is int else "a number")
+            raise RequestRejected(f"parameter {name!r} must be {kind}, got {value!r}")
+        checked[name] = value if name in ("preset", "chat") else REQUEST_PARAMS[name](value)
+    return checked
+
+
 class DraftEditModel(mlflow.pyfunc.PythonModel):
     """Loads the checkpoint (model + tokenizer) once; decodes batches of prompts per request."""
 
@@ -76,36 +115,58 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
         if not ckpt or not Path(ckpt).is_dir():
             raise FileNotFoundError(f"draftedit pyfunc: checkpoint folder not found: {ckpt!r}")
         self.checkpoint_dir = str(ckpt)
-        self.default_preset = config.get("preset", DEFAULT_PRESET)
+        self.default_preset = config["preset"]  # written by log_pyfunc_model: the pipeline's serve_preset
         self.lm = load_model(self.checkpoint_dir).eval()  # plain, FP8 or int8 checkpoints
         self.tokenizer = load_tokenizer(self.checkpoint_dir)
 
     def decode_config(self, params: dict[str, Any] | None):
+        from components.config import ConfigError
         from components.decoding import load_decode_config
 
-        params = dict(params or {})
+        params = check_params(params)
         params.pop("chat", None)
         preset = params.pop("preset", None) or self.default_preset
-        unknown = sorted(set(params) - set(REQUEST_PARAMS))
-        if unknown:
-            raise ValueError(f"unknown decoding params {unknown}; allowed: preset, chat, {', '.join(REQUEST_PARAMS)}")
-        overrides = {k: REQUEST_PARAMS[k](v) for k, v in params.items() if v is not None}
-        return load_decode_config(preset, **overrides)
+        try:
+            return load_decode_config(preset, **params)
+        except (ConfigError, ValueError) as exc:  # an unknown preset or an out-of-range value
+            raise RequestRejected(str(exc).splitlines()[0]) from None
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        return self.complete(_prompts(model_input), params)
+
+    def complete(self, prompts: list[str], params: dict[str, Any] | None = None, *, max_prompt_tokens: int | None = None,
+                 max_gen_length: int | None = None, should_stop=None):
+        """Decode `prompts`; the limits (when given) are checked before any decoding, and
+        `should_stop()` is asked after every decoding step (True raises DecodingStopped)."""
         import pandas as pd
         import torch
 
         from model import generate
+        from model.decoding import validate
 
-        prompts = _prompts(model_input)
         cfg = self.decode_config(params)
-        chat = (params or {}).get("chat", True)
-        if chat is None or chat:
+        if max_gen_length is not None and cfg.gen_length > max_gen_length:
+            raise RequestRejected(f"gen_length {cfg.gen_length} is above this server's limit of {max_gen_length}")
+        if check_params(params).get("chat", True):
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         ids = [self.tokenizer.encode(p) for p in prompts]
+        if max_prompt_tokens is not None:
+            long = [i for i, seq in enumerate(ids) if len(seq) > max_prompt_tokens]
+            if long:
+                raise RequestRejected(f"prompt {long[0]} has {len(ids[long[0]])} tokens, above this server's limit of "
+                                      f"{max_prompt_tokens}", status=413)
+
+        try:
+            validate(self.lm, ids, cfg)  # e.g. prompt + gen_length beyond the model's positions
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+
+        def on_step(*_step) -> None:
+            if should_stop():
+                raise DecodingStopped("decoding stopped before it finished")
+
         with torch.inference_mode():
-            result = generate(self.lm, ids, cfg)
+            result = generate(self.lm, ids, cfg, on_step=on_step if should_stop is not None else None)
         rows = []
         for seq, forwards in zip(result.sequences, result.forwards):
             rows.append(
@@ -119,7 +180,7 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["completion", "tokens", "forwards", "tpf"])
 
 
-def model_signature(default_preset: str = DEFAULT_PRESET):
+def model_signature(default_preset: str):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -151,7 +212,7 @@ def pip_requirements() -> list[str]:
 
 def log_pyfunc_model(
     checkpoint_dir: str | os.PathLike,
-    preset: str = DEFAULT_PRESET,
+    preset: str,
     name: str = "model",
     copy_checkpoint: bool = True,
 ):

@@ -17,6 +17,7 @@ from typing import Any
 
 from components.config import to_container, to_yaml
 
+from .liveness import TAG_FAILURE, TAG_INTERRUPTED, Heartbeat, owner_tags, reopen_run
 from .store import git_commit
 
 TAG_STAGE = "draftedit.stage"
@@ -57,8 +58,13 @@ def log_config(client, run_id: str, cfg: Any, prefix: str = "", artifact_name: s
         client.log_artifact(run_id, str(path))
 
 
-def log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
-    """Log the finite numeric entries of `metrics`; return what was logged."""
+def log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int | None = None,
+                skip: Mapping[str, int] | None = None) -> dict[str, float]:
+    """Log the finite numeric entries of `metrics`; return them.
+
+    `skip` (metric -> highest step already logged, see `logged_steps`) leaves out the entries the run
+    already holds at this step or later, so a final summary never duplicates a point of a curve.
+    """
     from mlflow.entities import Metric
     import time
 
@@ -70,7 +76,7 @@ def log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int | Non
         value = float(value)
         if math.isfinite(value):
             logged[key] = value
-    items = [Metric(k, v, now, step or 0) for k, v in logged.items()]
+    items = [Metric(k, v, now, step or 0) for k, v in logged.items() if (step or 0) > (skip or {}).get(k, -1)]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, metrics=items[i : i + _BATCH])
     return logged
@@ -111,27 +117,44 @@ def stage_run(
     parent_run_id: str | None = None,
     config: Any = None,
     tags: Mapping[str, str] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Create a run (nested when `parent_run_id`), make it the active fluent run, end it FINISHED or FAILED.
+    """Create a run (nested when `parent_run_id`) or reopen the interrupted run `resume_run_id`, make it
+    the active fluent run, and end it FINISHED, FAILED (an error) or KILLED (interrupted).
 
-    Being the active run lets components log step metrics with plain `mlflow.log_metric`.
+    Being the active run lets components log step metrics with plain `mlflow.log_metric`. The run
+    records its owner process and a heartbeat (components.tracking.liveness), so a run whose process
+    is killed is found and marked FAILED later instead of staying RUNNING. A reopened run keeps its
+    id, params and metric history; its config is not logged again (same config hash, same config).
     """
     import mlflow
 
-    run_tags = {TAG_STAGE: stage, TAG_GIT: git_commit(), **(tags or {})}
-    if parent_run_id:
-        run_tags[TAG_PARENT] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name or stage, tags=run_tags)
+    if resume_run_id:
+        reopen_run(client, resume_run_id)
+        for key, value in (tags or {}).items():  # e.g. the new Prefect flow run's id
+            client.set_tag(resume_run_id, key, value)
+        run = client.get_run(resume_run_id)
+    else:
+        run_tags = {TAG_STAGE: stage, TAG_GIT: git_commit(), **owner_tags(), **(tags or {})}
+        if parent_run_id:
+            run_tags[TAG_PARENT] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name or stage, tags=run_tags)
     run_id = run.info.run_id
-    if config is not None:
+    if config is not None and not resume_run_id:
         log_config(client, run_id, config)
     # The fluent API's tracking URI must be the client's so that components log to this store.
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)
     active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
     try:
-        yield run
-    except BaseException:
+        with Heartbeat(client, run_id):
+            yield run
+    except (KeyboardInterrupt, SystemExit) as exc:
+        _record_failure(client, run_id, f"interrupted: {type(exc).__name__} {exc}".strip(), interrupted=True)
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as exc:
+        _record_failure(client, run_id, f"{type(exc).__name__}: {exc}", interrupted=False)
         mlflow.end_run(status="FAILED")
         raise
     else:
@@ -139,6 +162,49 @@ def stage_run(
     finally:
         del active
         mlflow.set_tracking_uri(previous_uri)
+
+
+def _record_failure(client, run_id: str, reason: str, interrupted: bool) -> None:
+    """The cause as the run's `draftedit.failure` tag (first line, within MLflow's tag limit)."""
+    line = (reason.strip().splitlines() or [reason])[0]
+    try:
+        client.set_tag(run_id, TAG_FAILURE, line[:4000])
+        client.set_tag(run_id, TAG_INTERRUPTED, "true" if interrupted else "false")
+    except Exception:  # noqa: BLE001 - the original error matters more than a failed tag
+        pass
+
+
+def logged_steps(client, run_id: str) -> dict[str, int]:
+    """Metric name -> the highest step already logged in the run (what a continued run must not log again)."""
+    run = client.get_run(run_id)
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+
+
+def stage_mlflow_logger(tracking_uri: str, run_id: str, skip: Mapping[str, int] | None = None):
+    """A Lightning MLflow logger on the stage's run `run_id` that leaves the run's status to the stage
+    and drops (metric, step) pairs the run already holds.
+
+    Lightning's logger ends the run FINISHED when fit ends, while the stage still logs its outputs,
+    probes and registers: a kill then would leave a FINISHED run without outputs. And a run continued
+    from its last checkpoint replays the steps between that checkpoint and the kill; resume is exact,
+    so those values are already in the history, and logging them again would duplicate points.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    skip = dict(skip or {})
+
+    class StageMLFlowLogger(MLFlowLogger):
+        def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+            if skip and step is not None:
+                metrics = {k: v for k, v in metrics.items() if step > skip.get(k, -1)}
+                if not metrics:
+                    return
+            super().log_metrics(metrics, step)
+
+        def finalize(self, status: str = "success") -> None:
+            pass  # components.tracking.runs.stage_run ends the run, with the stage's status
+
+    return StageMLFlowLogger(tracking_uri=tracking_uri, run_id=run_id)
 
 
 def child_runs(client, parent_run_id: str) -> list:

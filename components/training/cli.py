@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from components.config import CONF_DIR
 
@@ -22,9 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from components.cli_errors import config_errors
     from components.training.run import load_train_config, run_training
 
-    cfg = load_train_config(args.config, args.overrides)
+    with config_errors(args.config, args.overrides):
+        cfg = load_train_config(args.config, args.overrides)
     result = run_training(cfg, args.out)
     if result:  # empty on non-zero ranks of a data-parallel run
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -32,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="draftedit train", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from flows.cli import main as draftedit
+
+    return draftedit(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -3,17 +3,18 @@
 Order of work, so that bad input stops before any training: config checks (schema) → data
 (prepared or prepared now, cached) → tokenizer/model compatibility (vocabulary, special ids,
 row length vs the model's position limit) → model → Lightning fit (resuming from
-`<out_dir>/checkpoints/last.ckpt` when present) → export of the final (or top-k averaged) weights in
-the Hugging Face layout with the tokenizer beside them, at `<out_dir>/model`.
+`<out_dir>/checkpoints/last.ckpt` when present, with `logs/run/metrics.csv` keeping its earlier rows)
+→ export of the final (or top-k averaged) weights in the Hugging Face layout with the tokenizer
+beside them, at `<out_dir>/model`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -22,12 +23,16 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from components.progress import ConsoleProgress
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from components.config import REPO_ROOT, save_config
 from model import DiffusionLM, ModelConfig
+from model.files import atomic_dir, atomic_path, atomic_write, atomic_writer
 
 from .averaging import average_checkpoints, lightning_weights
 from .config import TrainConfig
@@ -50,11 +55,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints to a temporary file and rename: a crash mid-write never leaves a broken last.ckpt."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, minus its deletion of an existing metrics.csv: rows are appended."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                self.metrics_keys = sorted(next(csv.reader(fh), []))
+
+    def _check_log_dir_exists(self) -> None:
+        pass
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """`logs/run/metrics.csv` that survives a restart: a resumed run keeps the rows logged before its
+    checkpoint (rows after it are replayed by the resumed run) and appends; every logged row is
+    flushed at once, so a kill loses no row that the last checkpoint covers."""
+
+    def __init__(self, out_dir: Path, resume_step: int | None) -> None:
+        super().__init__(out_dir, name="logs", version="run", flush_logs_every_n_steps=1)
+        path = Path(self.log_dir) / _AppendingWriter.NAME_METRICS_FILE
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            _keep_rows_before(path, resume_step)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _keep_rows_before(path: Path, step: int) -> None:
+    """Rewrite metrics.csv (atomically) with only its rows of steps < `step`."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("step", "") != "" and int(float(r["step"])) < step]
+    with atomic_writer(path) as fh:  # every DDP rank does this, with the same result; each has its own temp file
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -218,27 +267,16 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def export_model(weights: dict[str, torch.Tensor], model_cfg: ModelConfig, tokenizer, out_dir: Path,
                  train_cfg: TrainConfig) -> Path:
     """Write config.json + model.safetensors + tokenizer files + train_config.yaml to out_dir/model."""
     lm = DiffusionLM(model_cfg)
     lm.load_state_dict(weights)
     final = out_dir / EXPORT_DIR
-    tmp = out_dir / f".{EXPORT_DIR}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    lm.save_pretrained(tmp)
-    tokenizer.save(tmp)
-    save_config(train_cfg, tmp / "train_config.yaml")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        lm.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        save_config(train_cfg, tmp / "train_config.yaml")
     return final
 
 
@@ -289,9 +327,10 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
     cbs.append(ConsoleProgress(cfg.stage, t.max_steps, read=lambda trainer, _: {
         "loss": trainer.callback_metrics.get("train/loss", float("nan"))}))
     cbs.extend(callbacks or [])
-    from lightning.pytorch.loggers import CSVLogger
-
-    logger_list = [CSVLogger(out_dir, name="logs", version="run")] + list(loggers or [])
+    last = ckpt_dir / LAST
+    resume = last if (t.resume and last.is_file()) else None
+    resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
+    logger_list = [ContinuingCSVLogger(out_dir, resumed_from if resume else None)] + list(loggers or [])
     trainer = L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=_strategy(cfg), precision=_precision(cfg, on_gpu),
@@ -303,9 +342,6 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
     )
-    last = ckpt_dir / LAST
-    resume = last if (t.resume and last.is_file()) else None
-    resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
     if resume:
         log.info("train: resuming from %s (step %d)", resume, resumed_from)
     trainer.fit(module, datamodule=data, ckpt_path=resume)
@@ -341,7 +377,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
             "data_dir": str(prepared.root),
             "tokenizer_dir": str(checkpoint_dir),
         }
-        _atomic_json(out_dir / RESULT_FILE, result)
+        atomic_write(out_dir / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True))
     return result
 
 

@@ -1,80 +1,49 @@
-"""One Prefect flow per stage, each a tracked MLflow run that calls ONE component entry function.
+"""Run one stage: validate its config and inputs, open its MLflow run, call its component, log results.
 
-A stage flow takes small parameters (its config path, overrides, input URIs, where to track) and:
-loads and validates its config with the component's schema, resolves the input URIs to local
-folders, opens its MLflow run (nested under the pipeline's run when given), calls the component in a
-Prefect task that retries transient failures, logs metrics and outputs, and returns the outputs as
-URIs that the next stage (or a later pipeline) starts from.
-
-`draftedit run <stage>` runs one stage on its own, e.g. re-running RL from a given SFT run:
-    draftedit run rl --input checkpoint=runs:/<sft_run_id>/checkpoint
+`run_stage` is the body of every stage flow (flows/stage_flows.py). It loads and validates the
+config with the component's schema, resolves the input URIs to local folders, opens the MLflow run
+(nested under the pipeline's run when given), calls the component in a Prefect task that retries
+transient failures, logs metrics and outputs, and returns the outputs as URIs that the next stage
+(or a later pipeline) starts from. The stage table it reads is flows/registry.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import importlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.config import ConfigError, load_config, to_container
+from components.cli_errors import config_errors
+from components.config import load_config, to_container
 from components.tracking import (
     TAG_CONFIG_HASH,
+    TAG_FAILURE,
     TAG_OUTPUT,
     TAG_PIPELINE,
     TAG_STAGE,
     TrackingError,
     artifact_root_for,
     check_tracking_uri,
+    find_interrupted,
     get_or_create_experiment,
     log_metrics,
     log_output,
+    logged_steps,
     register_model,
     resolve_tracking_uri,
     resolve_uri,
     run_outputs,
     stage_run,
+    sweep_dead_runs,
 )
 
-from .config import STAGE_ORDER, config_hash
-
-
-@dataclass(frozen=True)
-class Component:
-    """A stage's config schema and the adapter (in flows.adapters) that calls its component."""
-
-    schema: str  # "module:Class"
-    entry: str  # "module:function", called as entry(cfg, out_dir, inputs) -> {"metrics", "<output>_dir"}
-    inputs: tuple[str, ...]  # required input names (URIs resolved to local paths)
-    optional: tuple[str, ...] = ()
-    output: str | None = None  # name of the folder output the entry returns (key `<output>_dir`)
-
-
-# See flows/adapters.py for the component function each adapter calls.
-COMPONENTS: dict[str, Component] = {
-    "data_prep": Component("components.data.config:DataConfig", "flows.adapters:prepare", (), ("checkpoint",), "data"),
-    "cpt": Component("components.training.config:TrainConfig", "flows.adapters:train", ("data",), ("checkpoint",),
-                     "checkpoint"),
-    "sft": Component("components.training.config:TrainConfig", "flows.adapters:train", ("data",), ("checkpoint",),
-                     "checkpoint"),
-    "rl": Component("components.rl.config:RLConfig", "flows.adapters:reinforce", ("checkpoint",), ("data",),
-                    "checkpoint"),
-    "quantize": Component("components.quantize.config:QuantizeConfig", "flows.adapters:quantize", ("checkpoint",), (),
-                          "checkpoint"),
-    "benchmark": Component("components.bench.config:BenchConfig", "flows.adapters:benchmark", ("checkpoint",)),
-    "evaluate": Component("components.evaluate.config:EvalConfig", "flows.adapters:evaluate", ("checkpoint",)),
-}
-
-
-class StageError(RuntimeError):
-    """A stage cannot start (missing component, missing input) or its component broke its contract."""
+from .config import config_hash
+from .registry import StageError, entry_name, stage_spec
 
 
 class TransientError(RuntimeError):
@@ -101,33 +70,17 @@ def _retry_condition(task_, task_run, state) -> bool:
     return False
 
 
-def _import(ref: str, stage: str):
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise StageError(f"stage {stage!r} needs {ref}, but module {module_name} is not installed") from exc
-        raise
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise StageError(f"stage {stage!r} needs {ref}, but {module_name} has no {attr!r}") from None
-
-
 def load_stage_config(stage: str, config_path: str | os.PathLike, overrides: list[str] | None = None):
     """The stage's config as its component's dataclass; errors name the stage and the key."""
-    schema = _import(COMPONENTS[stage].schema, stage)
-    try:
+    schema = stage_spec(stage).schema
+    with config_errors(config_path, overrides, context=f"stage {stage}"):
         return load_config(schema, config_path, overrides or [])
-    except (ConfigError, ValueError, TypeError) as exc:
-        raise ConfigError(f"stage {stage}: {exc}") from exc
 
 
 @task(name="component", cache_policy=NO_CACHE)
 def call_component(stage: str, cfg: Any, inputs: dict[str, str], out_dir: str) -> dict:
     """Call the stage's entry function (the only place a component runs)."""
-    entry = _import(COMPONENTS[stage].entry, stage)
+    entry = stage_spec(stage).entry
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = entry(cfg, out, {k: Path(v) for k, v in inputs.items()})
@@ -135,12 +88,13 @@ def call_component(stage: str, cfg: Any, inputs: dict[str, str], out_dir: str) -
 
 
 def _check_result(stage: str, result: Any) -> dict:
+    spec = stage_spec(stage)
     if not isinstance(result, dict):
-        raise StageError(f"stage {stage}: {COMPONENTS[stage].entry} returned {type(result).__name__}, expected a dict")
+        raise StageError(f"stage {stage}: {entry_name(spec)} returned {type(result).__name__}, expected a dict")
     metrics = result.get("metrics", {})
     if not isinstance(metrics, dict):
         raise StageError(f"stage {stage}: result['metrics'] must be a dict, got {type(metrics).__name__}")
-    output = COMPONENTS[stage].output
+    output = spec.output
     if output is not None:
         key = f"{output}_dir"
         if key not in result or not Path(result[key]).is_dir():
@@ -158,7 +112,17 @@ def tracking_client(tracking_uri: str, experiment: str, output_dir: str):
         experiment_id = get_or_create_experiment(client, experiment, artifact_root_for(tracking_uri, output_dir))
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot open experiment {experiment!r} in {tracking_uri}: {exc.message}") from exc
+    sweep_dead_owners(client, experiment_id)
     return client, experiment_id
+
+
+def sweep_dead_owners(client, experiment_id: str) -> None:
+    """Runs left RUNNING by killed processes become FAILED (with their cause), in MLflow and in Prefect."""
+    from .prefect_server import mark_flow_runs_crashed
+
+    swept = sweep_dead_runs(client, [experiment_id])
+    mark_flow_runs_crashed({run.data.tags["prefect.flow_run_id"]: client.get_run(run_id).data.tags[TAG_FAILURE]
+                            for run_id, run in swept.items() if run.data.tags.get("prefect.flow_run_id")})
 
 
 def _log_results(client, run_id: str, out_dir: Path, skip: list[Path], max_bytes: int = 50 * 2**20) -> None:
@@ -212,9 +176,7 @@ def run_stage(
     extra_tags: dict[str, str] | None = None,
 ) -> dict:
     """Body shared by the stage flows. Returns {stage, run_id, outputs, metrics, cached, seconds}."""
-    if stage not in COMPONENTS:
-        raise StageError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ORDER)}")
-    spec = COMPONENTS[stage]
+    spec = stage_spec(stage)
     inputs = dict(inputs or {})
     unknown = sorted(set(inputs) - set(spec.inputs) - set(spec.optional))
     if unknown:
@@ -236,6 +198,10 @@ def run_stage(
         for name, uri in inputs.items()
         if uri
     }
+    if parent_run_id is None:  # a pipeline ran the whole preflight before its first stage
+        from .preflight import check_stage
+
+        check_stage(stage, cfg, local_inputs, tracking_uri)
     digest = config_hash({"config": to_container(cfg), "inputs": inputs})
     tags = {TAG_CONFIG_HASH: digest}
     if pipeline:
@@ -247,8 +213,15 @@ def run_stage(
         tags["prefect.flow_run_id"] = flow_run_id
 
     cached = _cached_data_run(client, experiment_id, digest) if stage == "data_prep" else None
+    # A run of this stage, config and inputs (and pipeline run) that was killed continues: same run, same folder.
+    interrupted = find_interrupted(client, experiment_id, stage, digest, parent_run_id)
+    resume_run_id = interrupted.info.run_id if interrupted is not None else None
+    if interrupted is not None:
+        print(f"[draftedit] {stage}: continuing run {resume_run_id} ({interrupted.data.tags.get(TAG_FAILURE)})",
+              flush=True)
     start = time.perf_counter()
-    with stage_run(client, experiment_id, stage, parent_run_id=parent_run_id, config=cfg, tags=tags) as run:
+    with stage_run(client, experiment_id, stage, parent_run_id=parent_run_id, config=cfg, tags=tags,
+                   resume_run_id=resume_run_id) as run:
         run_id = run.info.run_id
         outputs: dict[str, str] = {}
         metrics: dict[str, float] = {}
@@ -260,6 +233,7 @@ def run_stage(
             metrics = log_metrics(client, run_id, cached.data.metrics)
         else:
             out_dir = output_dir_abs / "stages" / stage / run_id
+            client.set_tag(run_id, "draftedit.folder", str(out_dir))  # where its checkpoints are, for a person
             component = call_component.with_options(
                 name=f"{stage}-component",
                 retries=retries,
@@ -267,13 +241,17 @@ def run_stage(
                 retry_condition_fn=_retry_condition,
             )
             result = component(stage, cfg, local_inputs, str(out_dir))
-            metrics = log_metrics(client, run_id, result.get("metrics", {}), step=result.get("step"))
+            # The final figures at the final step, except those the component's logger already put there.
+            metrics = log_metrics(client, run_id, result.get("metrics", {}), step=result.get("step"),
+                                  skip=logged_steps(client, run_id))
             metrics.update(result.get("logged_metrics", {}))
             skip: list[Path] = []
             if spec.output == "data":
-                # Prepared data stay in place (the cache); the run records their path.
+                # Prepared data stay in place (the cache) and the run records their path; with a tracking
+                # server they are uploaded, so stages on other hosts (flows/deploy.py) can read them.
                 data_dir = Path(result["data_dir"]).resolve()
-                outputs["data"] = log_output(client, run_id, "data", data_dir, copy=False)
+                remote = tracking_uri.startswith(("http://", "https://"))
+                outputs["data"] = log_output(client, run_id, "data", data_dir, copy=remote)
                 skip.append(data_dir)
             elif spec.output == "checkpoint":
                 ckpt = Path(result["checkpoint_dir"]).resolve()
@@ -340,7 +318,7 @@ def _register(client, run_id: str, checkpoint_dir: str, checkpoint_uri: str, spe
     from components.tracking.pyfunc import log_pyfunc_model
 
     info = log_pyfunc_model(
-        checkpoint_dir, preset=spec.get("preset", "quality"), copy_checkpoint=spec.get("copy", True)
+        checkpoint_dir, preset=spec["preset"], copy_checkpoint=spec.get("copy", True)
     )
     reg = register_model(
         client,
@@ -361,129 +339,3 @@ def _prefect_flow_run_id() -> str | None:
         return str(flow_run.id) if flow_run.id else None
     except Exception:  # noqa: BLE001 - outside a flow run there is simply no id
         return None
-
-
-# One Prefect flow per stage. They share run_stage; separate flows give separate names, retries
-# and histories in the Prefect UI, and let a deployment target any single stage.
-def _stage_flow(stage: str):
-    @flow(name=stage.replace("_", "-"), log_prints=True, validate_parameters=True)
-    def stage_flow(
-        config_path: str,
-        overrides: list[str] | None = None,
-        inputs: dict[str, str] | None = None,
-        output_dir: str = "outputs",
-        tracking_uri: str | None = None,
-        experiment: str = "draftedit",
-        parent_run_id: str | None = None,
-        pipeline: str | None = None,
-        retries: int = 2,
-        retry_delay_seconds: float = 5.0,
-        probe_config: str | None = None,
-        probe_overrides: list[str] | None = None,
-        registry: dict | None = None,
-        log_checkpoints: bool = True,
-        extra_tags: dict[str, str] | None = None,
-    ) -> dict:
-        return run_stage(
-            stage, config_path, overrides, inputs, output_dir, tracking_uri, experiment, parent_run_id,
-            pipeline, retries, retry_delay_seconds, probe_config, probe_overrides, registry, log_checkpoints,
-            extra_tags,
-        )
-
-    stage_flow.__doc__ = f"Tracked `{stage}` stage (see flows.stages.run_stage)."
-    return stage_flow
-
-
-data_prep_flow = _stage_flow("data_prep")
-cpt_flow = _stage_flow("cpt")
-sft_flow = _stage_flow("sft")
-rl_flow = _stage_flow("rl")
-quantize_flow = _stage_flow("quantize")
-benchmark_flow = _stage_flow("benchmark")
-evaluate_flow = _stage_flow("evaluate")
-
-STAGE_FLOWS = {
-    "data_prep": data_prep_flow,
-    "cpt": cpt_flow,
-    "sft": sft_flow,
-    "rl": rl_flow,
-    "quantize": quantize_flow,
-    "benchmark": benchmark_flow,
-    "evaluate": evaluate_flow,
-}
-
-
-# ---------------------------------------------------------------- `draftedit run <stage>`
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", choices=STAGE_ORDER, help="the stage to run")
-    parser.add_argument("overrides", nargs="*", help="overrides of the stage config, key.sub=value")
-    parser.add_argument("--preset", default="tiny", help="pipeline preset (or YAML) giving the stage config")
-    parser.add_argument("--config", help="stage config YAML (default: the preset's config for this stage)")
-    parser.add_argument(
-        "--input", action="append", default=[], metavar="NAME=URI",
-        help="an input as a URI, e.g. checkpoint=runs:/<run_id>/checkpoint or data=/path (repeatable)",
-    )
-    parser.add_argument(
-        "--from-run", metavar="RUN_ID", help="take every input from the outputs of this earlier MLflow run"
-    )
-    parser.add_argument("--register", action="store_true", help="evaluate: register the evaluated model")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override of the pipeline preset (e.g. tracking.uri=...)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .config import load_pipeline_config, stage_config_path
-
-    pcfg = load_pipeline_config(args.preset, args.set)
-    stage_cfg = pcfg.stage(args.stage)
-    config_path = args.config or (str(stage_config_path(stage_cfg)) if stage_cfg.config else None)
-    if not config_path:
-        raise ConfigError(f"no config for stage {args.stage}: give --config or set stages.{args.stage}.config")
-    output_dir = str(Path(pcfg.output_dir).resolve())
-    tracking_uri = resolve_tracking_uri(pcfg.tracking.uri, output_dir)
-    inputs: dict[str, str] = {}
-    if args.from_run:
-        client, _ = tracking_client(tracking_uri, pcfg.tracking.experiment, output_dir)
-        try:
-            source = client.get_run(args.from_run)
-        except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
-            raise TrackingError(f"--from-run {args.from_run}: no such run in {tracking_uri}") from exc
-        outputs = run_outputs(source)
-        if not outputs:
-            raise TrackingError(f"--from-run {args.from_run}: that run recorded no outputs")
-        spec = COMPONENTS[args.stage]
-        inputs.update({k: v for k, v in outputs.items() if k in spec.inputs + spec.optional})
-    for item in args.input:
-        name, sep, uri = item.partition("=")
-        if not sep or not name or not uri:
-            raise StageError(f"--input must look like NAME=URI, got {item!r}")
-        inputs[name] = uri
-    registry = None
-    if args.register:
-        if args.stage != "evaluate":
-            raise StageError("--register applies to the evaluate stage only")
-        registry = {
-            "name": pcfg.tracking.registered_model,
-            "metric": pcfg.tracking.champion_metric,
-            "greater_is_better": pcfg.tracking.greater_is_better,
-            "preset": pcfg.serve_preset,
-            "copy": pcfg.tracking.log_checkpoints,
-        }
-    result = STAGE_FLOWS[args.stage](
-        config_path=config_path,
-        overrides=list(stage_cfg.overrides) + list(args.overrides),
-        inputs=inputs,
-        output_dir=output_dir,
-        tracking_uri=tracking_uri,
-        experiment=pcfg.tracking.experiment,
-        retries=pcfg.retries,
-        retry_delay_seconds=pcfg.retry_delay_seconds,
-        registry=registry,
-        log_checkpoints=pcfg.tracking.log_checkpoints,
-    )
-    print(f"{args.stage}: run {result['run_id']} ({result['seconds']:.1f} s)")
-    for name, uri in result["outputs"].items():
-        print(f"  output {name}: {uri}")
-    for key, value in sorted(result["metrics"].items()):
-        print(f"  {key} = {value:.4g}")
-    return 0

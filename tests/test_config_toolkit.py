@@ -1,0 +1,103 @@
+"""The config toolkit: defaults live in conf/ only, one resolver, one atomic write, decode checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+
+import pytest
+
+from components.config import CONF_DIR, ConfigError, conf_defaults, conf_names, resolve_conf
+from components.decoding import load_decode_config
+from model.files import atomic_write, atomic_writer
+
+SCHEMA_MODULES = ["components.training.config", "components.data.config", "components.bench.config",
+                  "components.quantize.config", "components.rl.config", "components.evaluate.config",
+                  "flows.config"]
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "defaults.yaml"
+    path.write_text(text)
+    return str(path)  # absolute: CONF_DIR / absolute is the absolute path
+
+
+def test_defaults_come_from_the_yaml(tmp_path):
+    path = _write(tmp_path, "lr: 0.5\nsteps: 3\nnames: [a, b]\nsub: {x: 1}\n")
+
+    @dataclasses.dataclass
+    @conf_defaults(path)
+    class Settings:
+        lr: float
+        steps: int
+        names: list[str]
+        sub: dict
+
+    one, two = Settings(), Settings(steps=4)
+    assert (one.lr, one.steps, one.names, one.sub) == (0.5, 3, ["a", "b"], {"x": 1})
+    assert two.steps == 4
+    one.names.append("c")
+    assert Settings().names == ["a", "b"], "every instance gets its own copy of a list default"
+
+
+@pytest.mark.parametrize("yaml_text,body,needle", [
+    ("lr: 0.5\n", "lr: float = 0.1", "has a default in code"),
+    ("lr: 0.5\n", "lr: float\n    steps: int", r"steps: missing"),
+    ("lr: 0.5\nlrr: 1\n", "lr: float", r"\['lrr'\] are not settings"),
+])
+def test_a_second_source_of_defaults_fails_at_import(tmp_path, yaml_text, body, needle):
+    path = _write(tmp_path, yaml_text)
+    source = f"@dataclasses.dataclass\n@conf_defaults({path!r})\nclass Settings:\n    {body}\n"
+    with pytest.raises(ConfigError, match=needle):
+        exec(source, {"dataclasses": dataclasses, "conf_defaults": conf_defaults})
+
+
+@pytest.mark.parametrize("module", SCHEMA_MODULES)
+def test_every_schema_takes_its_defaults_from_conf(module):
+    """No schema dataclass carries a default value in code: each is decorated with conf_defaults
+    (its defaults file), or declares only required fields."""
+    mod = importlib.import_module(module)
+    schemas = [obj for obj in vars(mod).values()
+               if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module]
+    assert schemas
+    for cls in schemas:
+        if "__conf_defaults__" in cls.__dict__:
+            continue
+        defaulted = [f.name for f in dataclasses.fields(cls)
+                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+        assert not defaulted, f"{module}.{cls.__name__} has defaults in code: {defaulted}"
+
+
+def test_presets_are_discovered_from_conf():
+    assert conf_names("decode") == sorted(p.stem for p in (CONF_DIR / "decode").glob("*.yaml"))
+    assert resolve_conf("decode", "speedy") == CONF_DIR / "decode" / "speedy.yaml"
+    with pytest.raises(ConfigError, match=r"unknown decoding preset 'turbo'; known: quality, speedy"):
+        resolve_conf("decode", "turbo", what="decoding preset")
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_conf("decode", "/nonexistent/x.yaml")
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"threshold": 1.5}, r"threshold: must be in \[0, 1\], got 1.5"),
+    ({"editing_threshold": -0.1}, r"editing_threshold: must be >= 0"),
+    ({"gen_length": 0}, r"gen_length: must be >= 1"),
+    ({"top_p": 0.0}, r"top_p: must be in \(0, 1\]"),
+])
+def test_decode_values_are_checked_when_loaded(fields, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_decode_config("quality", **fields)
+    assert load_decode_config("quality", editing_threshold=1.01).editing_threshold == 1.01  # editing off is valid
+
+
+def test_atomic_write_never_leaves_half_a_file(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_writer(target) as fh:
+            fh.write("half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.json"], "the temporary file is removed"
+    atomic_write(target, b"\x00new")
+    assert target.read_bytes() == b"\x00new" and oct(target.stat().st_mode)[-3:] == "644"
