@@ -14,7 +14,7 @@ from model.files import atomic_write, atomic_writer
 
 SCHEMA_MODULES = ["components.training.config", "components.data.config", "components.bench.config",
                   "components.quantize.config", "components.rl.config", "components.evaluate.config",
-                  "flows.config"]
+                  "flows.config", "components.serving"]
 
 
 def _write(tmp_path, text: str) -> str:
