@@ -56,6 +56,11 @@ VARIANTS = {
     "t2t_stream": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
                    "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
                    "objective.visible_normalizer=pooled"],
+    # The shipped recipe plus Multi-Turn Forward in the second half of SFT (SFT_EXTRA): the model's own
+    # drafts become T2T targets once it drafts well (issue 22's next lever).
+    "t2t_stream_mtf_late": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
+                            "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
+                            "objective.visible_normalizer=pooled"],
     # Pooled visible losses without editing-stream rows (issue 22, step 2).
     "t2t_pooled": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
                    "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.0",
@@ -66,7 +71,8 @@ VARIANTS = {
 # SFT-only overrides per variant (applied last); the default ramps T2T in over the first 100 SFT steps.
 # "{half}" stands for half the SFT steps.
 SFT_EXTRA = {"t2t_slow": ["objective.t2t_warmup_steps=400"],
-             "t2t_keep_mtf_late": ["objective.mtf_prob=0.5", "objective.mtf_start_step={half}"]}
+             "t2t_keep_mtf_late": ["objective.mtf_prob=0.5", "objective.mtf_start_step={half}"],
+             "t2t_stream_mtf_late": ["objective.mtf_prob=0.5", "objective.mtf_start_step={half}"]}
 FAMILIES = ["sudoku4", "permutation", "sum"]
 # name -> (decoding preset in conf/decode/, its overrides): S and Q are the shipped presets themselves;
 # the no-edit arms are the M2T-only threshold sweep (editing_threshold EDITING_OFF: no token is edited).

@@ -58,11 +58,18 @@ class StagesConfig:
 @dataclass
 @conf_defaults("pipeline/defaults/pipeline.yaml", "probe")
 class ProbeConfig:
-    """A quick evaluation of each model stage's checkpoint (cpt, sft, rl, quantize), so the summary
-    shows score, TPF and TPS per stage. Uses the evaluate stage's config plus these overrides."""
+    """A quick evaluation of each model stage's checkpoint (`stages`: cpt, sft, rl, quantize), so the
+    summary shows score, TPF and TPS per stage. Uses the evaluate stage's config plus `overrides`."""
 
     enabled: bool
     overrides: list[str]
+    stages: list[str]
+
+    def __post_init__(self) -> None:
+        probed = (*MODEL_STAGES, "quantize")
+        for i, stage in enumerate(self.stages):
+            if stage not in probed:
+                fail(f"probe.stages[{i}]", f"must be one of {list(probed)} (the stages that output a model), got {stage!r}")
 
 
 @dataclass

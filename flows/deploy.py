@@ -166,10 +166,19 @@ def run_stage_on_pool(stage: str, pool: str, params: dict[str, Any], client, exp
     if not runs:
         raise StageError(f"stage {stage}: flow run {flow_run.id} of {name} completed but logged no MLflow run "
                          f"in experiment {experiment_id}")
+    return stage_result(stage, runs[0])
+
+
+def stage_result(stage: str, run) -> dict:
+    """run_stage's result, rebuilt from the stage's finished MLflow run (what a worker on another host left)."""
+    import json
+
     from components.tracking import run_outputs
 
-    run = runs[0]
+    from .runner import TAG_REGISTRATION
+
     end = run.info.end_time or run.info.start_time
+    registration = run.data.tags.get(TAG_REGISTRATION)
     return {
         "stage": stage,
         "run_id": run.info.run_id,
@@ -177,7 +186,7 @@ def run_stage_on_pool(stage: str, pool: str, params: dict[str, Any], client, exp
         "metrics": dict(run.data.metrics),
         "cached": "draftedit.cache_hit" in run.data.tags,
         "seconds": (end - run.info.start_time) / 1000,
-        "registration": None,  # the registry holds it (draftedit.registered_version on the run)
+        "registration": json.loads(registration) if registration else None,
     }
 
 

@@ -56,7 +56,7 @@ from .runner import tracking_client
 from .stage_flows import STAGE_FLOWS
 
 TAG_FAILED_STAGE = "draftedit.failed_stage"
-SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "S score", "S TPF", "S edits", "seconds")
+SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "S score", "S TPF", "S edits", "val acc", "seconds")
 FINAL_COLUMNS = ("decoding", "score", "TPF", "TPS", "edits/sample", "edit precision")
 
 
@@ -220,7 +220,7 @@ def pipeline_flow(
                 pipeline=cfg.name,
                 retries=cfg.retries,
                 retry_delay_seconds=cfg.retry_delay_seconds,
-                probe_config=probe_config if stage in MODEL_STAGES + ("quantize",) else None,
+                probe_config=probe_config if stage in cfg.probe.stages else None,
                 probe_overrides=_probe_overrides(cfg),
                 registry=registry,
                 log_checkpoints=cfg.tracking.log_checkpoints,
@@ -283,7 +283,9 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
     """Table rows (see SUMMARY_COLUMNS); the benchmark adds one row per decoding setting.
 
     score / TPF / TPS are the stage's evaluation in its tasks' own preset (Q mode); the S columns are
-    the same suite in S mode (`eval/speedy/*`), with the T2T edits per sample.
+    the same suite in S mode (`eval/speedy/*`), with the T2T edits per sample. `val acc` is a training
+    stage's masked-token accuracy on its own held-out data (`val/acc_masked`): what CPT, which cannot
+    answer the chat tasks yet, adds.
     """
     out = []
     for row in rows:
@@ -292,7 +294,7 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
         out.append((row["stage"], row["status"], run, _fmt(m.get("eval/score")), _fmt(m.get("eval/tpf"), ".2f"),
                     _fmt(m.get("eval/tps"), ".1f"), _fmt(m.get("eval/speedy/score")),
                     _fmt(m.get("eval/speedy/tpf"), ".2f"), _fmt(m.get("eval/speedy/edits_per_sample"), ".2f"),
-                    _fmt(row["seconds"], ".1f")))
+                    _fmt(m.get("val/acc_masked")), _fmt(row["seconds"], ".1f")))
         if row["stage"] == "benchmark":
             names = sorted({k.split("/")[1] for k in m if k.startswith("bench/") and k.count("/") == 2})
             # `bench/<mode>/*` repeats the first unquantized setting of that mode (`<mode>_b1`): skip it.
@@ -300,7 +302,7 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
             for name in (n for n in names if n not in aliases):
                 out.append((f"  {name}", "", "", _fmt(m.get(f"bench/{name}/score")),
                             _fmt(m.get(f"bench/{name}/tpf"), ".2f"), _fmt(m.get(f"bench/{name}/tps"), ".1f"),
-                            "", "", "", ""))
+                            "", "", "", "", ""))
     return out
 
 

@@ -10,6 +10,7 @@ transient failures, logs metrics and outputs, and returns the outputs as URIs th
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from pathlib import Path
@@ -40,10 +41,14 @@ from components.tracking import (
     run_outputs,
     stage_run,
     sweep_dead_runs,
+    version_of_run,
 )
 
 from .config import config_hash
 from .registry import StageError, entry_name, stage_spec
+
+
+TAG_REGISTRATION = "draftedit.registration"  # evaluate's Registration as JSON: a pipeline on another host reads it
 
 
 class TransientError(RuntimeError):
@@ -140,7 +145,11 @@ def _log_results(client, run_id: str, out_dir: Path, skip: list[Path], max_bytes
 
 
 def _cached_data_run(client, experiment_id: str, digest: str):
-    """Latest finished data_prep run with this config hash whose data folder still exists."""
+    """Latest finished data_prep run with this config hash whose data still exist: a local folder, or
+    artifacts in the tracking server (`runs:/<id>/data`: with a server data_prep uploads them, and a
+    stage on another host downloads them from there)."""
+    from mlflow.exceptions import MlflowException
+
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -152,7 +161,14 @@ def _cached_data_run(client, experiment_id: str, digest: str):
     )
     for run in runs:
         uri = run_outputs(run).get("data")
-        if uri and Path(uri).is_dir():
+        if uri and uri.startswith("runs:/"):
+            data_run_id, _, artifact_path = uri[len("runs:/"):].partition("/")
+            try:
+                if client.list_artifacts(data_run_id, artifact_path):
+                    return run
+            except MlflowException:  # the run holding the data was deleted
+                continue
+        elif uri and Path(uri).is_dir():
             return run
     return None
 
@@ -271,6 +287,7 @@ def run_stage(
             if registry:
                 registration = _register(client, run_id, local_inputs["checkpoint"], inputs["checkpoint"], registry)
                 client.set_tag(run_id, "draftedit.registered_version", registration["version"])
+                client.set_tag(run_id, TAG_REGISTRATION, json.dumps(registration))
                 outputs["model"] = f"models:/{registration['name']}/{registration['version']}"
     seconds = time.perf_counter() - start
     return {
@@ -317,13 +334,15 @@ def _register(client, run_id: str, checkpoint_dir: str, checkpoint_uri: str, spe
     spec: {name, metric, greater_is_better, preset, copy} (see PipelineConfig.tracking)."""
     from components.tracking.pyfunc import log_pyfunc_model
 
-    info = log_pyfunc_model(
-        checkpoint_dir, preset=spec["preset"], copy_checkpoint=spec.get("copy", True)
-    )
+    earlier = version_of_run(client, spec["name"], run_id)  # this run was killed after registering: reuse it
+    if earlier is not None:
+        model_uri = earlier.source
+    else:
+        model_uri = log_pyfunc_model(checkpoint_dir, preset=spec["preset"], copy_checkpoint=spec.get("copy", True)).model_uri
     reg = register_model(
         client,
         spec["name"],
-        info.model_uri,
+        model_uri,
         run_id,
         metric=spec.get("metric", "eval/score"),
         greater_is_better=spec.get("greater_is_better", True),

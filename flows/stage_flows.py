@@ -31,9 +31,11 @@ def _stage_flow(stage: str):
         extra_tags: dict[str, str] | None = None,
     ) -> dict:
         return run_stage(
-            stage, config_path, overrides, inputs, output_dir, tracking_uri, experiment, parent_run_id,
-            pipeline, retries, retry_delay_seconds, probe_config, probe_overrides, registry, log_checkpoints,
-            extra_tags,
+            stage, config_path=config_path, overrides=overrides, inputs=inputs, output_dir=output_dir,
+            tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id, pipeline=pipeline,
+            retries=retries, retry_delay_seconds=retry_delay_seconds, probe_config=probe_config,
+            probe_overrides=probe_overrides, registry=registry, log_checkpoints=log_checkpoints,
+            extra_tags=extra_tags,
         )
 
     stage_flow.__doc__ = f"Tracked `{stage}` stage (see flows.runner.run_stage)."

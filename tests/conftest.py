@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -19,14 +22,42 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
+@contextmanager
+def _reserved_local_port():
+    """A free port on 127.0.0.1, held until the block ends: bound with SO_REUSEADDR but not listening, so
+    uvicorn (which binds with SO_REUSEADDR) can take it, while the kernel gives it to no one else: not to
+    another bind to port 0 (a second copy of the suite), not to a probe like Prefect's, not as the local
+    port of an outgoing connection."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """A session-wide Prefect test server on a temporary database (generous start-up on CI)."""
-    from prefect.testing.utilities import prefect_test_harness
+    """A session-wide Prefect test server on a temporary database (generous start-up on CI), on a port
+    reserved for it.
+
+    Prefect's harness picks a free port and lets go of it; its server binds the port only after the app
+    has started (seconds, more under load), and when that bind fails Prefect probes 8000-9000 for another,
+    where a second suite's server can answer the health check in place of ours. Here the port stays
+    reserved until the server holds it, and a server that still ended up elsewhere is stopped and started
+    again on a new reserved port.
+    """
+    import prefect.testing.utilities as prefect_testing
+    from prefect.settings import PREFECT_API_URL
 
     timeout = 300 if os.environ.get("CI") else 180
-    with prefect_test_harness(server_startup_timeout=timeout):
-        yield
+    attempts = 3
+    for _ in range(attempts):
+        with _reserved_local_port() as port, pytest.MonkeyPatch.context() as patch:
+            patch.setattr(prefect_testing, "_find_available_port", lambda: port)  # the harness's port choice
+            with prefect_testing.prefect_test_harness(server_startup_timeout=timeout):
+                if urlsplit(PREFECT_API_URL.value()).port == port:
+                    yield
+                    return
+    raise RuntimeError(f"the Prefect test server did not start on its reserved port ({attempts} attempts)")
 
 
 @pytest.fixture(scope="session")

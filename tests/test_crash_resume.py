@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components.tracking import TAG_FAILURE, TAG_INTERRUPTED, TAG_STAGE
+from components.tracking import ALIAS_CHAMPION, ALIAS_LATEST, TAG_FAILURE, TAG_INTERRUPTED, TAG_STAGE
 from components.tracking.liveness import TAG_RESUMED
 from test_train_support import REPO, TINY_MODEL, prepare_tiny_data
 
@@ -61,10 +61,16 @@ elif point == "evaluate":
     import components.evaluate as evaluate
 
     evaluate.evaluate_suite = lambda *a, **kw: wait_to_be_killed()
-elif point == "register":
-    import flows.runner as runner
+elif point == "register":  # the model version exists, its aliases are not moved yet
+    import mlflow
 
-    runner.register_model = lambda *a, **kw: wait_to_be_killed()
+    original_create = mlflow.MlflowClient.create_model_version
+
+    def create_model_version(self, *args, **kwargs):
+        original_create(self, *args, **kwargs)
+        wait_to_be_killed()
+
+    mlflow.MlflowClient.create_model_version = create_model_version
 
 elif point == "fake_stage":  # the pipeline's stand-in stages (tests/pipeline_support.py)
     import pipeline_support
@@ -282,8 +288,9 @@ def test_the_ephemeral_prefect_server_dies_with_a_killed_parent(tmp_path):
 
 @pytest.mark.slow  # two `draftedit` processes (~10 s of imports each); .ci/run runs it
 def test_a_pipeline_killed_while_registering_resumes_in_the_same_runs(tmp_path, mlflow_uri, prefect_api):
-    """`draftedit pipeline` SIGKILLed while its evaluate stage registers the model; `--resume <parent>` reuses
-    the finished stages, continues the evaluate stage's own run and registers the model once."""
+    """`draftedit pipeline` SIGKILLed while its evaluate stage registers the model (the version created, the
+    aliases not moved); `--resume <parent>` reuses the finished stages, continues the evaluate stage's own run
+    and registers the model once: the version of the killed attempt, now holding the aliases."""
     from pipeline_support import write_pipeline
 
     config = write_pipeline(tmp_path, mlflow_uri)
@@ -304,3 +311,8 @@ def test_a_pipeline_killed_while_registering_resumes_in_the_same_runs(tmp_path, 
     assert pipeline.only_run("rl", "test").info.run_id == rl.info.run_id  # reused, not rerun
     versions = pipeline.client.search_model_versions("name = 'draftedit'")
     assert [v.run_id for v in versions] == [again.info.run_id]  # registered once
+    for alias in (ALIAS_LATEST, ALIAS_CHAMPION):
+        assert pipeline.client.get_model_version_by_alias("draftedit", alias).version == versions[0].version
+    logged = pipeline.client.search_logged_models([again.info.experiment_id],
+                                                  filter_string=f"source_run_id = '{again.info.run_id}'")
+    assert len(logged) == 1 and versions[0].source == f"models:/{logged[0].model_id}"  # the model logged once

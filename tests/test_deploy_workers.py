@@ -2,7 +2,8 @@
 its artifact store, and two process workers (pools `pool-a` and `pool-b`) in separate folders that
 share no files. All on loopback, on free ports. The pipeline runs on pool-a with its cpt stage placed on
 pool-b and quantize back on pool-a, so data and checkpoints cross workers only through the MLflow server.
-The last test kills pool-b's worker mid-stage and resumes the pipeline on pool-a.
+Then two pipelines run at once, each placing its cpt on the other's pool. The last test kills pool-b's
+worker mid-stage and resumes the pipeline on pool-a.
 """
 
 from __future__ import annotations
@@ -139,6 +140,59 @@ def test_pipeline_deployment_runs_a_stage_on_another_pool(cluster):
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in children.values())
     stored = {part for path in cluster["artifacts"].rglob("*.safetensors") for part in path.parts}
     assert {children["cpt"].info.run_id, children["quantize"].info.run_id} <= stored  # <exp>/<run>/artifacts/...
+
+
+def test_two_pipelines_at_once_keep_their_stages_configs_and_inputs_apart(cluster):
+    """Two pipelines triggered together, each on one pool with its cpt (own seed) on the other: every
+    stage run lands under its own parent with its own config and reads its inputs from the server. Their
+    data_prep reuses the data uploaded by an earlier pipeline of this module: a cache on the server."""
+    import mlflow
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from components.tracking import run_outputs
+    from flows.deploy import trigger, watch
+
+    client = mlflow.MlflowClient(tracking_uri=cluster["mlflow"])
+    experiment = client.get_experiment_by_name("draftedit-fast")
+    prepared_before = {r.info.run_id for r in client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`draftedit.stage` = 'data_prep'")} if experiment else set()
+    plans = {"pool-a": ("pool-b", 11), "pool-b": ("pool-a", 12)}  # pipeline pool -> (cpt pool, cpt seed)
+    lines: list[str] = []
+    with temporary_settings(updates={PREFECT_API_URL: cluster["prefect"]}):
+        started = {}
+        for pool, (cpt_pool, seed) in plans.items():
+            cpt = ("stages.cpt.overrides=[trainer.max_steps=2,trainer.checkpoint_every_steps=2,"
+                   f"trainer.val_every_steps=2,trainer.seed={seed}]")
+            started[pool] = trigger(pool, None, [*OVERRIDES, cpt, f"stages.cpt.pool={cpt_pool}"],
+                                    timeout=STARTUP_S, say=lines.append)
+        finals = {pool: watch(flow_run_id, say=lines.append) for pool, (flow_run_id, _) in started.items()}
+        logs = {p: (f / "process.log").read_text(errors="replace")[-3000:] for p, f in cluster["workers"].items()}
+        assert finals == {"pool-a": "COMPLETED", "pool-b": "COMPLETED"}, (lines, logs)
+        parents = {pool: client.get_run(parent) for pool, (_, parent) in started.items()}
+        children = {pool: {r.data.tags["draftedit.stage"]: r for r in client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+            for pool, parent in parents.items()}
+        with get_client(sync_client=True) as pc:
+            cpt_pools = {pool: pc.read_flow_run(runs["cpt"].data.tags["prefect.flow_run_id"]).work_pool_name
+                         for pool, runs in children.items()}
+
+    assert parents["pool-a"].info.run_id != parents["pool-b"].info.run_id
+    for pool, (cpt_pool, seed) in plans.items():
+        runs, parent = children[pool], parents[pool]
+        assert parent.info.status == "FINISHED" and parent.data.params["stages.cpt.pool"] == cpt_pool
+        assert set(runs) == {"data_prep", "cpt", "quantize"}
+        assert all(r.info.status == "FINISHED" and r.info.artifact_uri.startswith("mlflow-artifacts:")
+                   for r in runs.values())
+        assert runs["cpt"].data.params["trainer.seed"] == str(seed) and cpt_pools[pool] == cpt_pool
+        # Each stage read what a stage of its own pipeline handed on, through the server.
+        data_uri = runs["cpt"].data.tags["draftedit.input.data"]
+        assert data_uri == run_outputs(runs["data_prep"])["data"] and data_uri.startswith("runs:/")
+        assert runs["quantize"].data.tags["draftedit.input.checkpoint"] == f"runs:/{runs['cpt'].info.run_id}/checkpoint"
+        if prepared_before:  # the data uploaded by an earlier pipeline, not prepared again
+            assert "draftedit.cache_hit" in runs["data_prep"].data.tags  # that run, or a cache hit of it
+            data_run_id, _, data_path = data_uri[len("runs:/"):].partition("/")
+            assert data_run_id in prepared_before and client.list_artifacts(data_run_id, data_path)
 
 
 def _child_runs(client, parent_id: str, stage: str) -> list:

@@ -4,6 +4,7 @@ resume, registration, and the bad-input messages. (tests/test_pipeline_real.py r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -11,8 +12,18 @@ import pytest
 
 import pipeline_support as ps
 from components.config import ConfigError
-from components.tracking import TAG_CHECKPOINT, TAG_PARENT, TAG_STAGE, TrackingError, child_runs, run_outputs
+from components.tracking import (
+    TAG_CHECKPOINT,
+    TAG_PARENT,
+    TAG_STAGE,
+    TrackingError,
+    child_runs,
+    log_output,
+    resolve_uri,
+    run_outputs,
+)
 from flows.config import STAGE_ORDER
+from flows.deploy import stage_result
 from flows.pipeline import TAG_FAILED_STAGE, pipeline_flow, summary_rows
 from flows.registry import StageError
 from flows.runner import is_transient
@@ -70,10 +81,12 @@ def test_full_pipeline_tracks_every_stage(fakes, tmp_path, mlflow_uri):
     version = client.get_model_version_by_alias("draftedit", "champion")
     assert version.tags[TAG_CHECKPOINT] == outputs["rl"]["checkpoint"]
     assert version.run_id == by_stage["evaluate"].info.run_id
+    # A pipeline whose evaluate stage ran on a work pool reads the registration back from the run.
+    assert stage_result("evaluate", by_stage["evaluate"])["registration"] == reg
 
     rows = summary_rows(result["rows"])
     assert [r[0] for r in rows][:6] == ["data_prep", "cpt", "sft", "rl", "quantize", "benchmark"]
-    assert ("  speedy", "", "", "-", "2.00", "10.0", "", "", "", "") in rows
+    assert ("  speedy", "", "", "-", "2.00", "10.0", "", "", "", "", "") in rows
     evaluate_row = next(r for r in rows if r[0] == "evaluate")
     assert evaluate_row[3:6] == ("0.500", "3.00", "40.0")
 
@@ -96,6 +109,32 @@ def test_data_prep_is_cached_by_config_and_champion_needs_a_better_score(fakes, 
                                                          "stages.evaluate.overrides=[score=0.9]"])
     assert {r["stage"]: r for r in third["rows"]}["data_prep"]["status"] == "ran"  # new config, new data
     assert third["registration"]["champion"] and third["registration"]["previous_champion"] == "1"
+
+
+def test_cached_data_prep_whose_data_were_uploaded_is_reused(fakes, tmp_path, mlflow_uri):
+    """With a tracking server data_prep uploads its data (runs:/<id>/data) and its folder stays on the
+    worker that prepared them: the cache is the uploaded copy, and the next stage gets its URI."""
+    config = ps.write_pipeline(tmp_path, mlflow_uri)
+    only_cpt = ["stages.sft.enabled=false", "stages.rl.enabled=false", "stages.quantize.enabled=false",
+                "stages.benchmark.enabled=false", "stages.evaluate.enabled=false"]
+    first = pipeline_flow(config=str(config), overrides=only_cpt)
+    client = client_for(mlflow_uri)
+    prepared = {r["stage"]: r for r in first["rows"]}["data_prep"]["run_id"]
+    folder = Path(run_outputs(client.get_run(prepared))["data"])
+    uploaded = log_output(client, prepared, "data", folder, copy=True)  # as run_stage does with a server
+    shutil.rmtree(folder)  # the preparing host is gone
+
+    fakes.clear()
+    second = pipeline_flow(config=str(config), overrides=only_cpt)
+    rows = {r["stage"]: r for r in second["rows"]}
+    assert rows["data_prep"]["status"] == "cached" and [name for name, _ in fakes] == ["train:cpt"]
+    cpt = client.get_run(rows["cpt"]["run_id"])
+    assert uploaded == f"runs:/{prepared}/data" and cpt.data.tags["draftedit.input.data"] == uploaded
+
+    # Uploaded data that are gone (the artifacts were deleted) are prepared again.
+    shutil.rmtree(resolve_uri(uploaded, mlflow_uri))
+    third = pipeline_flow(config=str(config), overrides=only_cpt)
+    assert {r["stage"]: r for r in third["rows"]}["data_prep"]["status"] == "ran"
 
 
 def test_transient_failures_are_retried(fakes, tmp_path, mlflow_uri):

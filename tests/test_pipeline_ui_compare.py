@@ -43,7 +43,8 @@ def _stage(stage, run_id, **metrics):
 def test_pipeline_summary_plot_and_final_table_show_what_each_stage_adds(tmp_path):
     rows = [
         _stage("data_prep", "d" * 32),
-        _stage("sft", "s" * 32, **{"eval/score": 0.85, "eval/quality/score": 0.85, "eval/quality/tpf": 4.0,
+        _stage("cpt", "c" * 32, **{"val/acc_masked": 0.336}),
+        _stage("sft", "s" * 32, **{"val/acc_masked": 0.9, "eval/score": 0.85, "eval/quality/score": 0.85, "eval/quality/tpf": 4.0,
                                    "eval/speedy/score": 0.8, "eval/speedy/tpf": 6.0, "eval/speedy/edits_per_sample": 0.3}),
         _stage("rl", "r" * 32, **{"eval/score": 0.9, "eval/quality/score": 0.9, "eval/quality/tpf": 4.1,
                                   "eval/speedy/score": 0.88, "eval/speedy/tpf": 6.2, "rl_eval/initial_accuracy": 0.85,
@@ -54,7 +55,9 @@ def test_pipeline_summary_plot_and_final_table_show_what_each_stage_adds(tmp_pat
     ]
     table = summary_rows(rows)
     sft = next(r for r in table if r[0] == "sft")
-    assert sft[3] == "0.850" and sft[6:9] == ("0.800", "6.00", "0.30")
+    assert sft[3] == "0.850" and sft[6:10] == ("0.800", "6.00", "0.30", "0.900")
+    cpt = next(r for r in table if r[0] == "cpt")  # not probed: its own held-out masked-token accuracy
+    assert cpt[3] == "-" and cpt[9] == "0.336"
     final = final_model_rows(rows)
     assert [r[0] for r in final] == ["quality, editing on", "quality, editing off", "speedy, editing on", "speedy, editing off"]
     assert final[2][1] == "0.890" and final[2][5] == "0.95"

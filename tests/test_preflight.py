@@ -82,6 +82,7 @@ BAD = [
     ([f"{EVAL}=['task_overrides=[decode.overrides.block_length=16]']"], r"decodes with block_length 16"),
     ([f"{EVAL}=['task_overrides=[decode.preset=turbo]']"], r"turbo"),
     (["probe.overrides=['modes=[turbo]']"], r"probe: .*eval\.modes"),
+    (["probe.stages=[sft,benchmark]"], r"probe\.stages\[1\]: must be one of \['cpt', 'sft', 'rl', 'quantize'\]"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'mine', None)}]']"], r"mine.*(not found|no such file|does not exist)"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'bad', MALFORMED)}]']"], r"bad\.jsonl:1: invalid JSON"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'cols', COLS)}]']"],

@@ -1,4 +1,5 @@
-"""Model registry: every model becomes a version (alias newest); champion moves only on a better score."""
+"""Model registry: every model becomes a version (alias newest); champion moves only on a better score;
+a run registers once, even when it is resumed after its process died while registering."""
 
 from __future__ import annotations
 
@@ -59,6 +60,69 @@ def test_champion_moves_only_when_beaten(client):
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     assert get_model_name_and_version(client, "models:/m/latest") == ("m", "4")
+
+
+class Killed(BaseException):
+    """The process dying at that point (not an Exception, so nothing on the way handles it)."""
+
+
+def register_killed_after(client, run_id, alias_moves: int):
+    """register() whose process dies after creating the version and making `alias_moves` alias moves."""
+    real_move, moves = client.set_registered_model_alias, []
+
+    def move(*args):
+        if len(moves) == alias_moves:
+            raise Killed
+        moves.append(args)
+        real_move(*args)
+
+    client.set_registered_model_alias = move
+    try:
+        with pytest.raises(Killed):
+            register(client, run_id)
+    finally:
+        client.set_registered_model_alias = real_move
+
+
+def versions_of(client, run_id):
+    return [str(v.version) for v in client.search_model_versions(f"name = 'm' and run_id = '{run_id}'")]
+
+
+@pytest.mark.parametrize("alias_moves", [0, 1, 2])  # died before newest, before champion, before the run ended
+def test_a_resumed_run_reuses_its_version_and_finishes_the_alias_moves(client, alias_moves):
+    register(client, scored_run(client, 0.5))
+    run_id = scored_run(client, 0.75)
+    if alias_moves < 2:
+        register_killed_after(client, run_id, alias_moves)
+    else:
+        register(client, run_id)
+    assert versions_of(client, run_id) == ["2"]
+
+    again = register(client, run_id)  # the rerun continues the same run id
+    assert versions_of(client, run_id) == ["2"]  # registered once
+    assert (again.version, again.champion, again.previous_champion, again.previous_score) == ("2", True, "1", 0.5)
+    assert str(client.get_model_version_by_alias("m", ALIAS_CHAMPION).version) == "2"
+    assert str(client.get_model_version_by_alias("m", ALIAS_LATEST).version) == "2"
+    assert register(client, scored_run(client, 0.6)).previous_champion == "2"  # later versions compare with it
+
+
+def test_a_resumed_worse_run_reuses_its_version_and_keeps_the_champion(client):
+    register(client, scored_run(client, 0.5))
+    run_id = scored_run(client, 0.25)
+    register_killed_after(client, run_id, 0)
+
+    again = register(client, run_id)
+    assert versions_of(client, run_id) == ["2"]
+    assert (again.version, again.champion, again.previous_champion, again.previous_score) == ("2", False, "1", 0.5)
+    assert str(client.get_model_version_by_alias("m", ALIAS_CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias("m", ALIAS_LATEST).version) == "2"
+
+
+def test_the_first_version_resumed_after_taking_the_champion_alias_had_no_previous_champion(client):
+    run_id = scored_run(client, 0.5)
+    register(client, run_id)
+    again = register(client, run_id)
+    assert (again.version, again.champion, again.previous_champion, again.previous_score) == ("1", True, None, None)
 
 
 def test_lower_is_better_metrics(client):

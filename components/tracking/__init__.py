@@ -17,7 +17,9 @@ from .liveness import (
     reopen_run,
     sweep_dead_runs,
 )
-from .registry import ALIAS_CHAMPION, ALIAS_LATEST, TAG_CHECKPOINT, Registration, is_better, register_model, resolve_alias
+from .registry import (
+    ALIAS_CHAMPION, ALIAS_LATEST, TAG_CHECKPOINT, Registration, is_better, register_model, resolve_alias, version_of_run,
+)
 from .runs import (
     TAG_CONFIG_HASH,
     TAG_OUTPUT,
@@ -51,4 +53,5 @@ __all__ = [
     "find_interrupted", "flatten", "get_or_create_experiment", "git_commit", "is_better", "log_config", "log_metrics",
     "log_output", "logged_steps", "mark_interrupted", "owner_tags", "register_model", "reopen_run", "resolve_alias",
     "resolve_tracking_uri", "resolve_uri", "run_outputs", "stage_mlflow_logger", "stage_run", "sweep_dead_runs",
+    "version_of_run",
 ]

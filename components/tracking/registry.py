@@ -15,6 +15,9 @@ ALIAS_LATEST = "newest"  # `latest` is reserved by MLflow (models:/<name>/latest
 ALIAS_CHAMPION = "champion"
 TAG_CHECKPOINT = "draftedit.checkpoint_uri"
 TAG_SCORE = "draftedit.score"
+# The champion this version was compared with when it was created (absent: there was none).
+TAG_PREVIOUS_CHAMPION = "draftedit.previous_champion"
+TAG_PREVIOUS_SCORE = "draftedit.previous_score"
 
 
 @dataclass
@@ -43,6 +46,17 @@ def is_better(score: float, than: float | None, greater_is_better: bool = True) 
     return score > than if greater_is_better else score < than
 
 
+def version_of_run(client, name: str, run_id: str):
+    """The newest version of `name` registered from `run_id` (by an attempt that died), or None."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def _champion_score(client, champion, metric: str) -> float | None:
+    champ_metrics = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
+    return champ_metrics.get(metric)
+
+
 def register_model(
     client,
     name: str,
@@ -55,6 +69,13 @@ def register_model(
     """Register `model_uri` (logged by `run_id`) as a new version of `name` and move the aliases.
 
     The score is `metric` of `run_id`; the champion's score is the same metric of its own run.
+
+    Idempotent per run, so a resumed run (same run id) registers once: when `name` already has a version
+    of `run_id` (the process died after creating it), that version is reused and the alias moves are
+    finished. The champion it was compared with is recorded in its tags when it is created: if it already
+    holds the champion alias (the process died after moving it), it must not be compared with itself, so
+    it reports champion True and that recorded previous champion and score; otherwise it is compared with
+    the current champion, as a new version would be.
     """
     from mlflow.exceptions import MlflowException
 
@@ -67,17 +88,31 @@ def register_model(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="draftedit models; see aliases latest and champion")
-    tags = {TAG_SCORE: f"{score:.6g}", "draftedit.metric": metric}
-    if checkpoint_uri:
-        tags[TAG_CHECKPOINT] = checkpoint_uri
-    model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
-    version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
-
     champion = _version_by_alias(client, name, ALIAS_CHAMPION)
-    previous_score = None
-    if champion is not None:
-        champ_metrics = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
-        previous_score = champ_metrics.get(metric)
+    version = version_of_run(client, name, run_id)
+    if version is not None and champion is not None and str(champion.version) == str(version.version):
+        recorded_score = version.tags.get(TAG_PREVIOUS_SCORE)
+        client.set_registered_model_alias(name, ALIAS_LATEST, version.version)
+        return Registration(
+            name=name,
+            version=str(version.version),
+            score=score,
+            champion=True,
+            previous_champion=version.tags.get(TAG_PREVIOUS_CHAMPION),
+            previous_score=None if recorded_score is None else float(recorded_score),
+        )
+    previous_score = None if champion is None else _champion_score(client, champion, metric)
+    if version is None:
+        tags = {TAG_SCORE: f"{score:.6g}", "draftedit.metric": metric}
+        if checkpoint_uri:
+            tags[TAG_CHECKPOINT] = checkpoint_uri
+        if champion is not None:
+            tags[TAG_PREVIOUS_CHAMPION] = str(champion.version)
+        if previous_score is not None:
+            tags[TAG_PREVIOUS_SCORE] = repr(float(previous_score))
+        model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
+        version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
+
     better = is_better(score, previous_score, greater_is_better)
     client.set_registered_model_alias(name, ALIAS_LATEST, version.version)
     if better:
