@@ -91,29 +91,25 @@ def register_model(
     champion = _version_by_alias(client, name, ALIAS_CHAMPION)
     version = version_of_run(client, name, run_id)
     if version is not None and champion is not None and str(champion.version) == str(version.version):
+        # The killed attempt already made it champion: report the comparison it recorded.
         recorded_score = version.tags.get(TAG_PREVIOUS_SCORE)
-        client.set_registered_model_alias(name, ALIAS_LATEST, version.version)
-        return Registration(
-            name=name,
-            version=str(version.version),
-            score=score,
-            champion=True,
-            previous_champion=version.tags.get(TAG_PREVIOUS_CHAMPION),
-            previous_score=None if recorded_score is None else float(recorded_score),
-        )
-    previous_score = None if champion is None else _champion_score(client, champion, metric)
+        better, previous_champion = True, version.tags.get(TAG_PREVIOUS_CHAMPION)
+        previous_score = None if recorded_score is None else float(recorded_score)
+    else:
+        previous_champion = None if champion is None else str(champion.version)
+        previous_score = None if champion is None else _champion_score(client, champion, metric)
+        better = is_better(score, previous_score, greater_is_better)
     if version is None:
         tags = {TAG_SCORE: f"{score:.6g}", "draftedit.metric": metric}
         if checkpoint_uri:
             tags[TAG_CHECKPOINT] = checkpoint_uri
-        if champion is not None:
-            tags[TAG_PREVIOUS_CHAMPION] = str(champion.version)
+        if previous_champion is not None:
+            tags[TAG_PREVIOUS_CHAMPION] = previous_champion
         if previous_score is not None:
             tags[TAG_PREVIOUS_SCORE] = repr(float(previous_score))
         model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
         version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
-    better = is_better(score, previous_score, greater_is_better)
     client.set_registered_model_alias(name, ALIAS_LATEST, version.version)
     if better:
         client.set_registered_model_alias(name, ALIAS_CHAMPION, version.version)
@@ -122,7 +118,7 @@ def register_model(
         version=str(version.version),
         score=score,
         champion=better,
-        previous_champion=None if champion is None else str(champion.version),
+        previous_champion=previous_champion,
         previous_score=previous_score,
     )
 
