@@ -162,7 +162,9 @@ def _cached_data_run(client, experiment_id: str, digest: str):
     for run in runs:
         uri = run_outputs(run).get("data")
         if uri and uri.startswith("runs:/"):
-            data_run_id, _, artifact_path = uri[len("runs:/"):].partition("/")
+            from components.tracking.artifacts import split_runs_uri
+
+            data_run_id, artifact_path = split_runs_uri(uri)
             try:
                 if client.list_artifacts(data_run_id, artifact_path):
                     return run

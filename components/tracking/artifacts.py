@@ -47,6 +47,12 @@ def resolve_uri(uri: str, tracking_uri: str, what: str = "artifact", dst: str | 
     return path
 
 
+def split_runs_uri(uri: str) -> tuple[str, str]:
+    """`runs:/<run id>/<artifact path>` -> (run id, artifact path)."""
+    run_id, _, sub = uri[len("runs:/"):].partition("/")
+    return run_id, sub
+
+
 def _local_run_artifact(uri: str, tracking_uri: str, what: str) -> Path | None:
     """For `runs:/<id>/<path>` on a local artifact store, the file's own path (no copy); else None."""
     if not uri.startswith("runs:/"):
@@ -56,7 +62,7 @@ def _local_run_artifact(uri: str, tracking_uri: str, what: str) -> Path | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    run_id, _, sub = uri[len("runs:/"):].partition("/")
+    run_id, sub = split_runs_uri(uri)
     try:
         run = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
     except MlflowException as exc:
