@@ -1,15 +1,24 @@
-"""Do T2T edits repair or damage? Score, TPF and edit classification of checkpoints, side by side.
+"""Do T2T edits repair or damage, and what do they buy in speed? The paper's Tables 1-2 and 4, small.
 
 For each checkpoint and task family, decodes the held-out split greedily under S and Q mode with
-editing on and off (tau_edit > 1), and classifies every edit against the reference answer
-(components.edits): fixes, breaks, neutral, oscillations and edit precision = fixes / (fixes + breaks).
-Families with many valid answers judge edits against the final output when it is valid.
+editing on and off (tau_edit > 1), and with `--mbe W` also S and Q with Multi-Block Editing over W
+blocks. Every cell reports score, TPF, TPS, the forwards split per sample (drafting / edit rounds /
+verification / MBE passes, components.edits.forward_split) and every edit classified against the
+reference answer (components.edits): fixes, breaks, neutral, oscillations and edit precision =
+fixes / (fixes + breaks). Families with many valid answers judge edits against the final output when
+it is valid. A summary follows: per model, S against Q (TPF ratio, score change), and every model
+against the first one in S mode.
 
   python benchmarks/edit_table.py --model A=outputs/.../model --model B=outputs/.../model \
-      --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--json out.json]
+      --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--mbe 1] \
+      [--json out.json] [--mlflow-experiment speed-table]
 
 Several `--model` entries with the same label (e.g. three seeds) are reported as mean ± spread
-(half the max - min range) per cell.
+(half the max - min range) per cell. TPS is measured with the trajectory recorded (the edit
+accounting needs it), on `--threads` threads; compare it within one run only.
+With `--mlflow-experiment` the run's cells become MLflow metrics (mean over seeds), and the table, the
+JSON and a score-vs-TPF plot become artifacts (tracking URI from MLFLOW_TRACKING_URI or
+`--tracking-uri`).
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 
-def settings(block_length: int | None) -> dict[str, dict]:
-    """Every preset in conf/decode/ (S = speedy, Q = quality, ...), each with editing on and off."""
+def settings(block_length: int | None, mbe_windows: list[int] = ()) -> dict[str, dict]:
+    """Every preset in conf/decode/ (S = speedy, Q = quality, ...), each with editing on and off, and
+    with editing on plus Multi-Block Editing over each window in `mbe_windows`."""
     from components.decoding import EDITING_OFF, preset_names
 
     over = {} if block_length is None else {"block_length": block_length}
@@ -36,13 +46,15 @@ def settings(block_length: int | None) -> dict[str, dict]:
         label = {"speedy": "S", "quality": "Q"}.get(mode, mode)
         out[f"{label} edit"] = {"preset": mode, **over}
         out[f"{label} no-edit"] = {"preset": mode, "editing_threshold": EDITING_OFF, **over}
+        for w in mbe_windows:
+            out[f"{label} edit MBE{w}"] = {"preset": mode, "mbe_window": w, **over}
     return out
 
 
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
-                        block_length: int | None) -> dict:
+                        block_length: int | None, mbe_windows: list[int] = ()) -> dict:
     from components.decoding import load_decode_config
-    from components.edits import EditStats, judge_edits
+    from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits
     from components.rl.rollouts import encode_prompt
     from components.tasks import get_family
     from components.tasks.synthetic import MULTI_ANSWER_FAMILIES
@@ -56,21 +68,129 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
         family = get_family(fam, **params.get(fam, {}))
         examples = family.make("heldout", n, seed=123)
         prompts = [encode_prompt(tok, e.prompt, "chat") for e in examples]
-        for name, s in settings(block_length).items():
+        for name, s in settings(block_length, mbe_windows).items():
             fields = {k: v for k, v in s.items() if k != "preset"}
             cfg = load_decode_config(s["preset"], gen_length=gen_length, eos_id=tok.eos_id, mask_id=tok.mask_id,
                                      record_trajectory=True, max_batch_size=64, **fields)
             with torch.no_grad():
                 res = generate(lm, prompts, cfg)
             stats, ok = EditStats(), 0
+            split = dict.fromkeys(FORWARD_KINDS, 0)
             for e, seq, traj in zip(examples, res.sequences, res.trajectories):
+                for kind, count in forward_split(traj).items():
+                    split[kind] += count
                 text = tok.decode(seq, skip_special_tokens=True).strip()
                 correct = bool(family.score(text, e))
                 ok += correct
                 reference = tok.encode(e.answer) if fam not in MULTI_ANSWER_FAMILIES else None
                 stats = stats + judge_edits(traj, seq, tok.eos_id, correct=correct, reference=reference)
-            out[(fam, name)] = {"score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward, **stats.as_dict()}
+            out[(fam, name)] = {"score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward,
+                                "tps": res.num_tokens / res.wall_seconds if res.wall_seconds else float("nan"),
+                                **{f"fw_{k}": v / len(examples) for k, v in split.items()}, **stats.as_dict()}
     return out
+
+
+def spread_cell(values: list[float], spec: str) -> str:
+    """`mean ± half-range` over seeds (NaNs dropped); one value as is; none as '-'."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(statistics.mean(values), spec)} ± {format((max(values) - min(values)) / 2, spec.lstrip('+'))}"
+
+
+def table_lines(cells: dict) -> list[str]:
+    lines = ["| model | family | decoding | score | TPF | TPS | forwards/sample (mean): draft / edit / verify / mbe "
+             "| edits/sample | fixes | breaks | neutral | precision | osc/100 tok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (label, fam, name), runs in cells.items():
+        col = lambda k, spec=".1f": spread_cell([r[k] for r in runs], spec)  # noqa: E731
+        split = " / ".join(f"{statistics.mean(r[f'fw_{k}'] for r in runs):.1f}" for k in ("draft", "edit", "verify", "mbe"))
+        lines.append(f"| {label} | {fam} | {name} | {col('score')} | {col('tpf', '.2f')} | {col('tps', '.0f')} | "
+                     f"{split} | {col('edits_per_sample', '.2f')} | {col('fixes', '.0f')} | {col('breaks', '.0f')} | "
+                     f"{col('neutral', '.0f')} | {col('precision', '.2f')} | {col('oscillations_per_100_tokens', '.2f')} |")
+    return lines
+
+
+def summary_lines(cells: dict) -> list[str]:
+    """The paper's comparisons, per seed then mean ± spread: S against Q within a model, and each model
+    against the first one in S mode (the first model's better S-mode arm, editing on or off; on a tie
+    the faster one, so an M2T-only baseline is not judged by edits it was never trained to make)."""
+    labels = list(dict.fromkeys(k[0] for k in cells))
+    families = list(dict.fromkeys(k[1] for k in cells))
+    lines = ["| model | family | S/Q TPF (edit on) | S - Q score (edit on) | S edit - S no-edit score |",
+             "|---|---|---|---|---|"]
+    for label in labels:
+        for fam in families:
+            s, q, s_off = (cells.get((label, fam, n)) for n in ("S edit", "Q edit", "S no-edit"))
+            if not (s and q and s_off):
+                continue
+            ratio = [a["tpf"] / b["tpf"] for a, b in zip(s, q)]
+            lines.append(f"| {label} | {fam} | {spread_cell(ratio, '.2f')} | "
+                         f"{spread_cell([a['score'] - b['score'] for a, b in zip(s, q)], '+.1f')} | "
+                         f"{spread_cell([a['score'] - b['score'] for a, b in zip(s, s_off)], '+.1f')} |")
+    if len(labels) > 1:
+        base = labels[0]
+        lines += ["", f"| model vs {base} (S mode) | family | score difference | TPF ratio |", "|---|---|---|---|"]
+        for label in labels[1:]:
+            for fam in families:
+                mine = cells.get((label, fam, "S edit"))
+                arms = [cells.get((base, fam, n)) for n in ("S edit", "S no-edit")]
+                arms = [a for a in arms if a]
+                if not mine or not arms:
+                    continue
+                best = max(arms, key=lambda runs: (statistics.mean(r["score"] for r in runs),
+                                                   statistics.mean(r["tpf"] for r in runs)))
+                m_score = [r["score"] for r in mine]
+                b_score = [r["score"] for r in best]
+                lines.append(f"| {label} | {fam} | {statistics.mean(m_score) - statistics.mean(b_score):+.1f} "
+                             f"({spread_cell(m_score, '.1f')} vs {spread_cell(b_score, '.1f')}) | "
+                             f"{statistics.mean(r['tpf'] for r in mine) / statistics.mean(r['tpf'] for r in best):.2f} |")
+    return lines
+
+
+def log_to_mlflow(experiment: str, tracking_uri: str | None, cells: dict, text: str, args) -> str:
+    """One MLflow run: the cells' means as metrics, the table, the JSON and a score-vs-TPF plot."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="edit_table") as run:
+        mlflow.log_params({"models": " ".join(args.model)[:500], "families": " ".join(args.families),
+                           "family_params": args.family_params[:500], "n": args.n, "gen_length": args.gen_length,
+                           "mbe": " ".join(map(str, args.mbe)), "threads": args.threads})
+        metrics = {}
+        for (label, fam, name), runs in cells.items():
+            key = f"{label}/{fam}/{name.replace(' ', '_')}"
+            for field in ("score", "tpf", "tps", "precision", "edits_per_sample"):
+                values = [r[field] for r in runs if r[field] == r[field]]
+                if values:
+                    metrics[f"{key}/{field}"] = statistics.mean(values)
+        mlflow.log_metrics({k.replace("+", "_"): v for k, v in metrics.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "edit_table.md").write_text(text)
+            Path(tmp, "edit_table.json").write_text(json.dumps({"|".join(k): v for k, v in cells.items()}, indent=2))
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for (label, fam, name), runs in cells.items():
+                ax.errorbar(statistics.mean(r["tpf"] for r in runs), statistics.mean(r["score"] for r in runs),
+                            yerr=(max(r["score"] for r in runs) - min(r["score"] for r in runs)) / 2, fmt="o")
+                ax.annotate(f"{label} {fam} {name}", (statistics.mean(r["tpf"] for r in runs),
+                                                      statistics.mean(r["score"] for r in runs)), fontsize=6)
+            ax.set_xlabel("tokens per forward")
+            ax.set_ylabel("score (%)")
+            fig.tight_layout()
+            fig.savefig(Path(tmp, "score_vs_tpf.png"), dpi=120)
+            plt.close(fig)
+            mlflow.log_artifacts(tmp)
+        return run.info.run_id
 
 
 def main(argv=None) -> int:
@@ -81,35 +201,36 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--gen-length", type=int, default=32)
     p.add_argument("--block-length", type=int, default=None, help="default: the presets'")
+    p.add_argument("--mbe", type=int, nargs="*", default=[], help="also decode with Multi-Block Editing over these windows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--mlflow-experiment", default=None, help="log the table to this MLflow experiment")
+    p.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
+    for item in args.model:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not (Path(path) / "config.json").is_file():
+            p.error(f"--model {item!r}: expected LABEL=<checkpoint folder with config.json>")
+    if any(w < 1 for w in args.mbe):
+        p.error(f"--mbe {args.mbe}: windows are whole blocks, >= 1")
+    try:
+        params = json.loads(args.family_params)
+    except json.JSONDecodeError as exc:
+        p.error(f"--family-params: not JSON ({exc}); expected e.g. '{{\"sort\": {{\"max_value\": 9}}}}'")
     torch.set_num_threads(args.threads)
-    params = json.loads(args.family_params)
     cells: dict = defaultdict(list)  # (label, fam, setting) -> [result per seed]
     for item in args.model:
         label, _, path = item.partition("=")
         for key, res in evaluate_checkpoint(path, args.families, params, args.n, args.gen_length,
-                                            args.block_length).items():
+                                            args.block_length, args.mbe).items():
             cells[(label, *key)].append(res)
-
-    def cell(values: list[float], spec: str) -> str:
-        values = [v for v in values if v == v]
-        if not values:
-            return "-"
-        if len(values) == 1:
-            return format(values[0], spec)
-        return f"{format(statistics.mean(values), spec)} ± {format((max(values) - min(values)) / 2, spec)}"
-
-    print("| model | family | decoding | score | TPF | edits/sample | fixes | breaks | neutral | precision | osc/100 tok |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (label, fam, name), runs in cells.items():
-        col = lambda k, spec=".1f": cell([r[k] for r in runs], spec)  # noqa: E731
-        print(f"| {label} | {fam} | {name} | {col('score')} | {col('tpf', '.2f')} | {col('edits_per_sample', '.2f')} | "
-              f"{col('fixes', '.0f')} | {col('breaks', '.0f')} | {col('neutral', '.0f')} | {col('precision', '.2f')} | "
-              f"{col('oscillations_per_100_tokens', '.2f')} |")
+    text = "\n".join([*table_lines(cells), "", *summary_lines(cells)])
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"|".join(k): v for k, v in cells.items()}, indent=2))
+    if args.mlflow_experiment:
+        run_id = log_to_mlflow(args.mlflow_experiment, args.tracking_uri, cells, text, args)
+        print(f"\nlogged to MLflow experiment {args.mlflow_experiment!r}, run {run_id}")
     return 0
 
 

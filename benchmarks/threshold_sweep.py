@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.edits import EditStats, judge_edits  # noqa: E402
+from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits  # noqa: E402
 from components.rl.rollouts import encode_prompt  # noqa: E402
 from components.tasks import get_family  # noqa: E402
 from components.tasks.synthetic import MULTI_ANSWER_FAMILIES  # noqa: E402
@@ -32,20 +32,17 @@ from model.tokenizer import load_tokenizer  # noqa: E402
 
 
 def forward_kinds(res) -> dict:
-    """Where the forwards go, per prompt on average: drafting steps (masks left in the block), post
-    steps that edited (each buys another post step), and verification steps (a post step with no
-    edit, which ends the block; with speculation its forward also drafted the next block)."""
+    """Where the forwards go, per prompt on average (components.edits.forward_split): drafting steps
+    (masks left in the block), post steps that edited (each buys another post step), verification
+    steps (a post step with no edit, which ends the block; with speculation its forward also drafted
+    the next block) and Multi-Block Editing passes."""
     n = len(res.trajectories)
-    draft = post_edit = verify = 0
+    total = dict.fromkeys(FORWARD_KINDS, 0)
     for traj in res.trajectories:
-        for step in traj.steps:
-            if step.kind == "draft":
-                draft += 1
-            elif step.kind == "post":
-                post_edit += bool(step.t2t)
-                verify += not step.t2t
-    return {"draft": draft / n, "post_edit": post_edit / n, "verify": verify / n,
-            "tokens": sum(len(s) for s in res.sequences) / n}
+        for kind, count in forward_split(traj).items():
+            total[kind] += count
+    return {"draft": total["draft"] / n, "post_edit": total["edit"] / n, "verify": total["verify"] / n,
+            "mbe": total["mbe"] / n, "tokens": sum(len(s) for s in res.sequences) / n}
 
 
 def add_heldout_args(ap: argparse.ArgumentParser, example_seed: int = 123) -> None:

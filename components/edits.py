@@ -122,3 +122,28 @@ def judge_edits(trajectory: Trajectory, sequence: list[int], eos_id: int | None,
     """
     target = [t for t in sequence if t != eos_id] if correct else reference
     return classify_edits(trajectory, target, eos_id, len(sequence))
+
+
+FORWARD_KINDS = ("draft", "edit", "verify", "mbe")
+
+
+def forward_split(trajectory: Trajectory) -> dict[str, int]:
+    """Where one decode's forwards went (the paper's speed accounting):
+
+    * ``draft``: the block still had masks (M2T fills, possibly with T2T edits in the same forward);
+    * ``edit``: a post step (block fully drafted) that edited at least one token -- an edit round;
+    * ``verify``: a post step that edited nothing and so ended the block;
+    * ``mbe``: a Multi-Block Editing pass.
+
+    A speculative draft of the next block rides on a ``verify`` forward and is not counted again, so
+    the four counts add up to the decoder's forwards for this prompt.
+    """
+    split = dict.fromkeys(FORWARD_KINDS, 0)
+    for step in trajectory.steps:
+        if step.kind == "speculative":
+            continue
+        if step.kind == "post":
+            split["edit" if step.t2t else "verify"] += 1
+        else:
+            split[step.kind] += 1
+    return split

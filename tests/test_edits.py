@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from components.edits import EditStats, classify_edits, judge_edits
+from components.edits import EditStats, classify_edits, forward_split, judge_edits
 from components.rl.ebpo import permute_within_groups
 from components.training.config import ObjectiveConfig
 from components.training.corruption import Corruption, m2t_corrupt, unmask_rows
@@ -46,6 +46,19 @@ def test_without_reference_edits_are_counted_but_not_judged():
     assert math.isnan(stats.precision)
     assert "x/edit_precision" not in stats.metrics("x")  # no decisive edit: no precision logged
     assert stats.metrics("x")["x/edits_per_sample"] == 1.0
+
+
+def test_forward_split_counts_drafts_edit_rounds_verifications_and_mbe_passes():
+    steps = [
+        StepRecord("draft", 0, m2t=[(2, 1), (3, 5)]),
+        StepRecord("draft", 0, m2t=[(4, 3)], t2t=[(3, 5, 2)]),  # still drafting, edits ride along
+        StepRecord("post", 0, t2t=[(4, 3, 4)]),                  # an edit round
+        StepRecord("post", 0),                                   # verification: ends the block
+        StepRecord("speculative", 1, m2t=[(8, 7)]),              # drafted by the verification forward
+        StepRecord("draft", 1, m2t=[(9, 1)]),
+        StepRecord("mbe", 1, t2t=[(2, 1, 6)]),
+    ]
+    assert forward_split(trajectory(steps)) == {"draft": 3, "edit": 1, "verify": 1, "mbe": 1}
 
 
 def test_edit_stats_add_up_over_samples():

@@ -235,3 +235,17 @@ def test_editing_threshold_above_one_disables_edits(lm):
     prompts = _random_prompts(3, seed=4)
     res = generate(lm, prompts, DecodeConfig(block_length=8, gen_length=24, threshold=0.4, editing_threshold=1.01))
     assert res.edits == [0, 0, 0]
+
+
+@pytest.mark.parametrize("extra", [{"speculative_verify": True}, {"mbe_window": 1}], ids=["speculative", "mbe"])
+def test_forward_split_adds_up_to_the_decoders_forwards(lm, extra):
+    """The benchmark's drafting / edit-round / verification / MBE accounting covers every forward."""
+    from components.edits import forward_split
+
+    prompts = _random_prompts(3, seed=5)
+    res = generate(lm, prompts, DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.6,
+                                             record_trajectory=True, **extra))
+    splits = [forward_split(t) for t in res.trajectories]
+    assert [sum(s.values()) for s in splits] == res.forwards
+    assert all(s["draft"] >= 1 for s in splits)
+    assert sum(s["mbe"] for s in splits) > 0 if extra.get("mbe_window") else all(s["mbe"] == 0 for s in splits)
