@@ -26,12 +26,15 @@ def block_causal_mask(seq_len: int, block_length: int, device=None) -> torch.Ten
 
 
 def block_diffusion_mask(seq_len: int, block_length: int, doc_ids: torch.Tensor | None = None,
-                         device=None) -> torch.Tensor:
+                         device=None, windows: torch.Tensor | None = None) -> torch.Tensor:
     """Training mask over the concatenation x_t (noisy, first L) ⊕ x_0 (clean, last L).
 
     LLaDA2.0 eq. 3: noisy block i attends noisy block i and clean blocks < i; clean block i attends
     clean blocks <= i; clean never attends noisy. With `doc_ids` [B, L], no query attends across a
-    document boundary. Returns bool [B or 1, 1, 2L, 2L].
+    document boundary. `windows` [B, 2] (first, last block; first > last = none) is the view of a
+    Multi-Block Editing pass: the noisy blocks of a row's window attend each other bidirectionally
+    and only the clean blocks before the window, as the decoder's MBE pass sees its drafted window.
+    Returns bool [B or 1, 1, 2L, 2L].
     """
     blocks = block_ids(torch.arange(seq_len, device=device), block_length)
     q_blk, k_blk = blocks[:, None], blocks[None, :]
@@ -47,6 +50,18 @@ def block_diffusion_mask(seq_len: int, block_length: int, doc_ids: torch.Tensor 
         docs = torch.cat([doc_ids, doc_ids], dim=1).to(mask.device)  # (B, 2L)
         same_doc = docs[:, :, None] == docs[:, None, :]  # (B, 2L, 2L)
         mask = mask & same_doc[:, None]
+    if windows is not None:
+        mask = mask.expand(windows.shape[0], -1, -1, -1).clone()
+        first, last = windows[:, 0, None].to(blocks.device), windows[:, 1, None].to(blocks.device)  # (B, 1)
+        in_window = (blocks[None] >= first) & (blocks[None] <= last)  # (B, L)
+        q = in_window[:, :, None]  # (B, L, 1): noisy queries of the window
+        noisy_keys = q & in_window[:, None, :]  # the whole window, both ways
+        clean_keys = q & (blocks[None, None, :] < first[:, :, None])  # clean blocks before the window
+        window_rows = torch.cat([noisy_keys, clean_keys], dim=2)  # (B, L, 2L)
+        if doc_ids is not None:
+            window_rows = window_rows & same_doc[:, :seq_len]
+        noisy_queries = mask[:, 0, :seq_len]  # (B, L, 2L), a view: written in place
+        noisy_queries[:] = torch.where(q, window_rows, noisy_queries)
     return mask
 
 

@@ -41,6 +41,8 @@ def test_unknown_key_names_its_path():
     ("objective.t_min=0.9", "objective.t_min"),  # above t_max=... (band inverted) once t_max is lower
     ("objective.t2t_source=random", "objective.t2t_source"),
     ("objective.mtf_start_step=-1", "objective.mtf_start_step"),
+    ("objective.t2t_shift_prob=1.5", "objective.t2t_shift_prob"),
+    ("objective.mbe_window=0", "objective.mbe_window"),
     ("trainer.strategy=horovod", "trainer.strategy"),
     ("trainer.block_length=-1", "trainer.block_length"),
     ("optim.betas=[0.9]", "optim.betas"),
@@ -49,6 +51,11 @@ def test_invalid_values_name_the_field(override, field):
     extra = ["objective.t_max=0.5"] if field == "objective.t_min" else []
     with pytest.raises((ValueError, ConfigError), match=field.replace(".", r"\.")):
         load_train_config(REPO / "conf/train/sft.yaml", [override, *extra])
+
+
+def test_mbe_rows_need_editing_stream_rows():
+    with pytest.raises(ConfigError, match=r"objective\.mbe_prob: needs train\.objective\.t2t_stream_prob > 0"):
+        load_train_config(REPO / "conf/train/sft.yaml", ["objective.mbe_prob=0.5", "objective.t2t_stream_prob=0.0"])
 
 
 def _no_training_happened(out: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from components.training.objective import diffusion_logits, training_attention
 from model import DiffusionLM, ModelConfig
-from model.masks import block_diffusion_mask
+from model.masks import block_diffusion_mask, window_block_mask
 
 
 def brute_force_mask(L: int, B: int, docs: list[int] | None) -> torch.Tensor:
@@ -88,3 +88,31 @@ def test_noisy_block_sees_only_earlier_clean_blocks():
     diff = (a - b).abs().amax(-1)[0]  # (L,)
     assert diff[:8].max() < 1e-6  # noisy blocks 0 and 1 do not see clean block 1
     assert diff[8:].min() > 1e-6  # noisy block 2 does
+
+
+def test_mbe_window_rows_see_what_the_decoders_mbe_pass_sees():
+    """A row in the MBE view (window = blocks 1..2 of 4) gets, at the window, the logits of the
+    decoder's MBE pass: the drafted window bidirectional over the blocks before it (window_block_mask);
+    the other rows and the blocks outside the window are read as usual."""
+    lm = _tiny_lm()
+    L, B = 16, 4
+    x0 = torch.randint(0, 48, (2, L))
+    xt = x0.clone()
+    xt[:, 4:12] = torch.where(torch.rand(2, 8) < 0.3, torch.randint(0, 48, (2, 8)), x0[:, 4:12])  # drafted window
+    windows = torch.tensor([[1, 2], [1, 0]])  # row 0: window of blocks 1..2; row 1: none
+    with torch.no_grad():
+        got = diffusion_logits(lm, xt, x0, B, windows=windows)
+        plain = diffusion_logits(lm, xt, x0, B)
+        pos = torch.arange(12)[None]
+        mbe_mask = window_block_mask(pos, pos, B, torch.ones(1, 12, dtype=torch.bool), torch.tensor([4]))
+        decoder = lm(xt[:1, :12], attention_mask=mbe_mask, position_ids=pos).logits
+    torch.testing.assert_close(got[0, 4:12], decoder[0, 4:12], atol=1e-5, rtol=1e-5)
+    assert (got[0, 4:8] - plain[0, 4:8]).abs().max() > 1e-4  # block 1 now sees block 2
+    torch.testing.assert_close(got[0, :4], plain[0, :4])
+    torch.testing.assert_close(got[0, 12:], plain[0, 12:])
+    torch.testing.assert_close(got[1], plain[1])
+    # and entry by entry: row 0's window queries see noisy blocks 1..2 and clean block 0 only
+    mask = block_diffusion_mask(L, B, windows=windows)
+    for i in range(4, 12):
+        assert mask[0, 0, i].nonzero().flatten().tolist() == [*range(4, 12), *range(L, L + 4)]
+    assert torch.equal(mask[1, 0], brute_force_mask(L, B, None))

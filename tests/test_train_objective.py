@@ -13,6 +13,7 @@ from components.training.config import BlockStage, ObjectiveConfig
 from components.training.corruption import (
     complementary,
     m2t_corrupt,
+    neighbour_tokens,
     noisable_positions,
     t2t_corrupt,
 )
@@ -21,6 +22,7 @@ from components.training.moe import ExpertLoadTracker
 from components.training.objective import DraftEditObjective, diffusion_logits, stream_losses
 from components.training.schedule import block_length_at, lr_factor
 from model import DiffusionLM, ModelConfig
+from model.masks import block_diffusion_mask
 
 MASK, PAD, EOS, V = 2, 0, 1, 64
 SPECIAL = {PAD, EOS, MASK}
@@ -99,6 +101,41 @@ def test_t2t_batch_source_draws_tokens_of_the_batch():
     assert ((c.xt[c.t2t] >= 10) & (c.xt[c.t2t] < 15)).all()
 
 
+def test_neighbour_tokens_are_the_adjacent_different_clean_tokens():
+    # one row, a sorted answer after a 2-token prompt: runs 5 5 | 6 6 6 | 7
+    x0 = torch.tensor([[40, 41, 5, 5, 6, 6, 6, 7]])
+    noisable = torch.tensor([[False, False, True, True, True, True, True, True]])
+    for seed in range(8):
+        tokens, valid = neighbour_tokens(x0, noisable, torch.Generator().manual_seed(seed))
+        # inside a run nothing differs; the prompt token 41 is no neighbour (not noisable)
+        assert valid.tolist() == [[False, True, False, True, True, False, True, True]]
+        assert tokens[0, 3] == 6 and tokens[0, 4] == 5 and tokens[0, 6] == 7 and tokens[0, 7] == 6
+
+
+def test_t2t_shift_errors_move_a_run_boundary_by_one():
+    x0 = torch.arange(10, 26).repeat_interleave(3)[None].expand(256, 48).clone()  # runs of three: 10 10 10 11 ...
+    noisable = torch.ones_like(x0, dtype=torch.bool)
+    g = torch.Generator().manual_seed(5)
+    c = m2t_corrupt(x0, noisable, mask_id=MASK, t_min=0.1, t_max=0.1, generator=g)
+    c = t2t_corrupt(c, rate_min=0.3, rate_max=0.3, source="uniform", vocab_size=V, exclude_ids=SPECIAL, generator=g,
+                    shift_prob=1.0)
+    boundary = torch.zeros_like(noisable)
+    boundary[:, 1:] |= x0[:, 1:] != x0[:, :-1]
+    boundary[:, :-1] |= x0[:, :-1] != x0[:, 1:]
+    shifted = c.xt[c.t2t & boundary]
+    assert shifted.numel() > 500
+    # every replacement at a run boundary is the neighbouring run's token: the boundary moved by one
+    assert ((shifted - x0[c.t2t & boundary]).abs() == 1).all()
+    # inside a run there is no different neighbour: a random token from the source instead
+    inside = c.xt[c.t2t & ~boundary]
+    assert inside.numel() > 100 and ((inside - x0[c.t2t & ~boundary]).abs() != 1).float().mean() > 0.8
+    # with shift_prob 0 the same draws give random tokens (the shipped recipe is unchanged)
+    c0 = t2t_corrupt(m2t_corrupt(x0, noisable, mask_id=MASK, t_min=0.1, t_max=0.1, generator=torch.Generator().manual_seed(5)),
+                     rate_min=0.3, rate_max=0.3, source="uniform", vocab_size=V, exclude_ids=SPECIAL,
+                     generator=torch.Generator().manual_seed(6))
+    assert ((c0.xt[c0.t2t & boundary] - x0[c0.t2t & boundary]).abs() != 1).float().mean() > 0.8
+
+
 def test_complementary_masks_partition_the_noisable_tokens():
     b = sft_batch(8)
     noisable = noisable_positions(b["loss_mask"], b["prompt_mask"])
@@ -109,6 +146,42 @@ def test_complementary_masks_partition_the_noisable_tokens():
     assert torch.equal(first | second, noisable)
     assert (cc.xt[8:][second] == MASK).all()
     torch.testing.assert_close(cc.t[8:], 1 - c.t)
+
+
+def test_mbe_rows_are_editing_stream_rows_with_a_window_inside_the_reply():
+    b = sft_batch(64)
+    obj = _objective(t_min=0.3, t_max=0.7, t2t_stream_prob=0.5, mbe_prob=1.0, mbe_window=1)
+    c = obj.corrupt(b, 4, torch.Generator().manual_seed(12))
+    on = c.windows[:, 0] <= c.windows[:, 1]
+    stream = ~c.m2t.any(1)  # the rows shown without masks (the editing-stream rows, and a rare unlucky draw)
+    assert 16 <= int(on.sum()) <= 48  # mbe_prob 1: every editing-stream row (t2t_stream_prob 0.5)
+    assert not (on & ~stream).any()  # and never a row with masks
+    blocks = torch.arange(16) // 4
+    for r in on.nonzero().flatten().tolist():
+        first, last = c.windows[r].tolist()
+        reply = blocks[c.noisable[r]]
+        assert int(reply.min()) <= first <= last <= int(reply.max())
+        assert last - first <= 1 and (last - first == 1 or first == int(reply.min()))
+    # the window's last block is drawn over the reply's blocks, not fixed
+    assert len(set(c.windows[on, 1].tolist())) >= 3
+    assert obj.corrupt(b, 4, torch.Generator().manual_seed(12)).windows is not None
+    assert _objective(t2t_stream_prob=0.5).corrupt(b, 4, torch.Generator().manual_seed(12)).windows is None
+
+
+def test_mbe_rows_reach_the_network_as_window_masks():
+    seen = []
+
+    class MaskProbe(LogitsProbe):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, logits_positions=None):
+            seen.append(attention_mask)
+            return super().forward(input_ids, attention_mask, position_ids, logits_positions)
+
+    b = sft_batch(8)
+    obj = _objective(t_min=0.3, t_max=0.7, t2t_stream_prob=1.0, mbe_prob=1.0, mbe_window=2)
+    out = obj(MaskProbe(8, 16), b, block_length=4, generator=torch.Generator().manual_seed(13), mtf=False)
+    expected = block_diffusion_mask(16, 4, doc_ids=b["doc_ids"], windows=out.corruption.windows)
+    assert torch.equal(seen[0], expected)
+    assert not torch.equal(seen[0], block_diffusion_mask(16, 4, doc_ids=b["doc_ids"]))
 
 
 # ---------------------------------------------------------------------------------------------- losses

@@ -56,6 +56,9 @@ class ObjectiveConfig:
     t2t_rate_min: float
     t2t_rate_max: float
     t2t_source: str  # batch (tokens of the batch) | uniform (whole vocabulary minus specials)
+    # Share of T2T replacements that are position-shift errors (an adjacent different token) rather
+    # than random tokens: the off-by-one run boundaries of sequence answers (issue 22).
+    t2t_shift_prob: float
     t2t_warmup_steps: int  # ramp the T2T rate linearly from 0 over these steps
     t2t_weight: float
     # Editing-stream rows: with this probability per row nothing is masked, so the row is the clean
@@ -63,6 +66,11 @@ class ObjectiveConfig:
     # rows training never shows a block without masks (t >= t_min) and the model's edits there are
     # confidently wrong (issue 22).
     t2t_stream_prob: float
+    # Share of the editing-stream rows read in the Multi-Block Editing view: a window of up to
+    # mbe_window + 1 blocks attends itself bidirectionally, as the decoder's MBE pass (mbe_window
+    # there) reads it. 0 = never (issue 18: MBE decoding out of distribution breaks correct tokens).
+    mbe_prob: float
+    mbe_window: int
     # Loss on visible noisable tokens that are correct (target = input). Needed with T2T: otherwise
     # every visible token the model is trained on is wrong, and its edits destroy correct drafts.
     keep_weight: float
@@ -182,6 +190,12 @@ def validate_train_config(cfg: TrainConfig) -> None:
     check_fraction("train.objective.t2t_rate_min", o.t2t_rate_min)
     check_fraction("train.objective.t2t_rate_max", o.t2t_rate_max)
     check_fraction("train.objective.t2t_stream_prob", o.t2t_stream_prob)
+    check_fraction("train.objective.t2t_shift_prob", o.t2t_shift_prob)
+    check_fraction("train.objective.mbe_prob", o.mbe_prob)
+    if not isinstance(o.mbe_window, int) or o.mbe_window < 1:
+        fail("train.objective.mbe_window", f"must be an integer >= 1 (blocks before the last one), got {o.mbe_window!r}")
+    if o.mbe_prob > 0.0 and o.t2t_stream_prob == 0.0:
+        fail("train.objective.mbe_prob", "needs train.objective.t2t_stream_prob > 0 (MBE rows are editing-stream rows)")
     if o.t2t_rate_min > o.t2t_rate_max:
         fail("train.objective.t2t_rate_min", f"exceeds t2t_rate_max ({o.t2t_rate_min} > {o.t2t_rate_max})")
     check_choice("train.objective.t2t_source", o.t2t_source, T2T_SOURCES)

@@ -9,11 +9,18 @@ so a training step's noise is a pure function of (seed, step, rank) and resumes 
 * T2T (editing): among the noisable tokens left visible, each is replaced with probability r by a
   random token. The model learns to spot and repair wrong tokens. Random tokens come either from
   the whole vocabulary (minus special ids) or from the tokens of the batch ("batch": a digit is
-  replaced by another digit, a plausible mistake rather than an obvious outlier).
+  replaced by another digit, a plausible mistake rather than an obvious outlier). A share of the
+  replacements can instead be a position-shift error: the clean token of an adjacent position
+  that differs ("3 3 4" drafted for "3 3 3"), the off-by-one run boundary a sequence model's
+  drafts get wrong and random substitutions almost never produce (issue 22).
 * MTF (Multi-Turn Forward): the model's own draft is the corruption. Given the logits of a first
   turn, part of its masks are filled with the model's predictions (its real mistakes included):
   the most confident ones, as threshold decoding does, or a random subset. The filled tokens that
   are wrong become T2T targets of the second turn; the masks left become its M2T targets.
+
+Multi-Block Editing rows (`mbe_windows`): an editing-stream row can be read as the decoder's MBE pass
+reads a drafted window of blocks (bidirectionally, `model.masks.block_diffusion_mask(windows=...)`),
+so the edits of that pass are trained, not extrapolated from the block-causal view.
 
 Complementary masking (LLaDA2.0 §5.1) duplicates every row with the complementary M2T mask, so
 every noisable token is masked in exactly one copy.
@@ -41,6 +48,9 @@ class Corruption:
     m2t: torch.Tensor  # bool: masked positions (M2T targets)
     t2t: torch.Tensor  # bool: visible but wrong positions (T2T targets)
     t: torch.Tensor  # float: the M2T noise level at each position (for 1/t weighting)
+    # long [B, 2] or None: per row, the first and last block read in the Multi-Block Editing view
+    # (first > last: the row is read as usual); see `mbe_windows`.
+    windows: torch.Tensor | None = None
 
     @property
     def keep(self) -> torch.Tensor:
@@ -101,6 +111,28 @@ def unmask_rows(c: Corruption, rows: torch.Tensor) -> Corruption:
     return replace(c, xt=torch.where(rows, c.x0, c.xt), m2t=m2t)
 
 
+def mbe_windows(noisable: torch.Tensor, rows: torch.Tensor, block_length: int, window: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """Per row [B, 2]: a Multi-Block Editing window (first, last block) for the rows in `rows` ([B, 1]).
+
+    The last block is drawn uniformly among the blocks holding noisable tokens; the window reaches
+    `window` blocks back but not before the first such block, as the decoder's MBE pass never
+    reaches into the prompt's blocks. Rows outside `rows` (or with nothing noisable) get (1, 0).
+    """
+    bsz, seq_len = noisable.shape
+    blocks = block_ids(torch.arange(seq_len, device=noisable.device), block_length).expand(bsz, seq_len)
+    big = torch.full_like(blocks, seq_len)
+    first_block = torch.where(noisable, blocks, big).amin(1)  # (B,)
+    last_block = torch.where(noisable, blocks, -1).amax(1)  # (B,)
+    span = (last_block - first_block + 1).clamp_min(1)
+    u = torch.rand(bsz, generator=generator, device=noisable.device)
+    end = first_block + (u * span).long().clamp_max(span - 1)  # (B,)
+    start = torch.maximum(end - window, first_block)
+    on = rows[:, 0] & noisable.any(1)
+    none = torch.tensor([1, 0], device=noisable.device).expand(bsz, 2)
+    return torch.where(on[:, None], torch.stack([start, end], dim=1), none)
+
+
 def random_tokens(x0: torch.Tensor, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random token from `pool` (1-D) at every position, re-drawn (twice) where it equals x0."""
     out = pool[torch.randint(len(pool), x0.shape, generator=generator, device=x0.device)]
@@ -128,9 +160,30 @@ def token_pool(x0: torch.Tensor, noisable: torch.Tensor, source: str, vocab_size
     raise ValueError(f"t2t_source must be 'uniform' or 'batch', got {source!r}")
 
 
+def neighbour_tokens(x0: torch.Tensor, noisable: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean token of an adjacent noisable position that differs from x0, and where one exists.
+
+    Left or right is drawn per position; where that side is the same token (inside a run) or not
+    noisable, the other side is used. Returns (tokens [B, L], valid [B, L] bool).
+    """
+    pad = torch.full_like(x0[:, :1], -1)
+    left = torch.cat([pad, x0[:, :-1]], dim=1)  # (B, L): the token at i - 1
+    right = torch.cat([x0[:, 1:], pad], dim=1)  # (B, L): the token at i + 1
+    no = torch.zeros_like(noisable[:, :1])
+    left_ok = torch.cat([no, noisable[:, :-1]], dim=1) & (left != x0)
+    right_ok = torch.cat([noisable[:, 1:], no], dim=1) & (right != x0)
+    prefer_left = torch.rand(x0.shape, generator=generator, device=x0.device) < 0.5
+    use_left = left_ok & (prefer_left | ~right_ok)
+    return torch.where(use_left, left, right), left_ok | right_ok
+
+
 def t2t_corrupt(c: Corruption, *, rate_min: float, rate_max: float, source: str, vocab_size: int,
-                exclude_ids: set[int], generator: torch.Generator) -> Corruption:
-    """Replace each visible noisable token with probability r (r drawn per sequence in the band)."""
+                exclude_ids: set[int], generator: torch.Generator, shift_prob: float = 0.0) -> Corruption:
+    """Replace each visible noisable token with probability r (r drawn per sequence in the band).
+
+    With probability `shift_prob` a replaced token becomes an adjacent different token (a
+    position-shift error) where the position has one; otherwise a random token from `source`.
+    """
     if rate_max <= 0.0:
         return c
     bsz = c.x0.shape[0]
@@ -138,6 +191,10 @@ def t2t_corrupt(c: Corruption, *, rate_min: float, rate_max: float, source: str,
     visible = c.noisable & ~c.m2t
     hit = visible & (torch.rand(c.x0.shape, generator=generator, device=c.x0.device) < rate)  # (B, L)
     noise = random_tokens(c.x0, token_pool(c.x0, c.noisable, source, vocab_size, exclude_ids), generator)
+    if shift_prob > 0.0:
+        shifted, has_neighbour = neighbour_tokens(c.x0, c.noisable, generator)
+        use_shift = has_neighbour & (torch.rand(c.x0.shape, generator=generator, device=c.x0.device) < shift_prob)
+        noise = torch.where(use_shift, shifted, noise)
     hit = hit & (noise != c.x0)  # a draw equal to the clean token is no corruption
     return replace(c, xt=torch.where(hit, noise, c.xt), t2t=c.t2t | hit)
 
@@ -177,4 +234,5 @@ def mtf_corrupt(c: Corruption, logits: torch.Tensor, *, mask_id: int, fill_min: 
     m2t = c.m2t & ~filled
     xt = torch.where(m2t, torch.full_like(c.x0, mask_id), c.x0)
     xt = torch.where(filled, draft, xt)
-    return Corruption(xt=xt, x0=c.x0, noisable=c.noisable, m2t=m2t, t2t=wrong, t=c.t), torch.where(filled, draft, -1)
+    return (Corruption(xt=xt, x0=c.x0, noisable=c.noisable, m2t=m2t, t2t=wrong, t=c.t, windows=c.windows),
+            torch.where(filled, draft, -1))

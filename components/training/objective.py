@@ -23,12 +23,16 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
 
+Editing-stream rows can be read in the Multi-Block Editing view (`mbe_prob`, `mbe_window`): the
+drafted window of blocks attends itself bidirectionally, as the decoder's MBE pass reads it. Without
+such rows that pass is out of the training distribution and its edits break correct tokens (issue 18).
+
 Prompt and padding positions are never noised and never in any loss (`corruption.noisable_positions`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,7 @@ from .corruption import (
     Corruption,
     complementary,
     m2t_corrupt,
+    mbe_windows,
     mtf_corrupt,
     noisable_positions,
     t2t_corrupt,
@@ -47,26 +52,29 @@ from .corruption import (
 )
 
 
-def training_attention(seq_len: int, block_length: int, doc_ids: torch.Tensor | None, device=None) -> torch.Tensor | None:
+def training_attention(seq_len: int, block_length: int, doc_ids: torch.Tensor | None, device=None,
+                       windows: torch.Tensor | None = None) -> torch.Tensor | None:
     """The attention mask of one training forward (None = full attention).
 
     block_length >= seq_len: one block, the x_0 half is not needed (MDLM): a same-document mask
-    [B, 1, L, L] or None. Otherwise the x_t ⊕ x_0 block-diffusion mask [B|1, 1, 2L, 2L].
+    [B, 1, L, L] or None (a window changes nothing there). Otherwise the x_t ⊕ x_0 block-diffusion
+    mask [B|1, 1, 2L, 2L], with rows in the Multi-Block Editing view where `windows` says so.
     """
     if block_length >= seq_len:
         if doc_ids is None:
             return None
         return (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]  # (B, 1, L, L)
-    return block_diffusion_mask(seq_len, block_length, doc_ids=doc_ids, device=device)
+    return block_diffusion_mask(seq_len, block_length, doc_ids=doc_ids, device=device, windows=windows)
 
 
 def diffusion_logits(lm, xt: torch.Tensor, x0: torch.Tensor, block_length: int,
-                     doc_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     doc_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                     windows: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [B, L, V] of the noisy half for one training forward."""
     bsz, seq_len = xt.shape
     if position_ids is None:
         position_ids = torch.arange(seq_len, device=xt.device).expand(bsz, seq_len)  # (B, L)
-    mask = training_attention(seq_len, block_length, doc_ids, device=xt.device)
+    mask = training_attention(seq_len, block_length, doc_ids, device=xt.device, windows=windows)
     if block_length >= seq_len:
         return lm(xt, attention_mask=mask, position_ids=position_ids).logits  # (B, L, V)
     inputs = torch.cat([xt, x0], dim=1)  # (B, 2L)
@@ -161,11 +169,15 @@ class DraftEditObjective:
         if cfg.complementary:
             c = complementary(c, self.mask_id)
         if cfg.t2t_stream_prob > 0.0:
-            c = unmask_rows(c, torch.rand(c.x0.shape[0], 1, generator=generator, device=c.x0.device) < cfg.t2t_stream_prob)
+            rows = torch.rand(c.x0.shape[0], 1, generator=generator, device=c.x0.device) < cfg.t2t_stream_prob
+            c = unmask_rows(c, rows)
+            if cfg.mbe_prob > 0.0:
+                mbe = rows & (torch.rand(c.x0.shape[0], 1, generator=generator, device=c.x0.device) < cfg.mbe_prob)
+                c = replace(c, windows=mbe_windows(c.noisable, mbe, block_length, cfg.mbe_window, generator))
         scale = self.t2t_rate_scale(step)
         return t2t_corrupt(c, rate_min=cfg.t2t_rate_min * scale, rate_max=cfg.t2t_rate_max * scale,
                            source=cfg.t2t_source, vocab_size=self.vocab_size, exclude_ids=self.special_ids,
-                           generator=generator)
+                           generator=generator, shift_prob=cfg.t2t_shift_prob)
 
     def _turn_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.cfg
@@ -179,7 +191,7 @@ class DraftEditObjective:
         doc_ids = batch.get("doc_ids")
         if doc_ids is not None and cfg.complementary:
             doc_ids = torch.cat([doc_ids, doc_ids], dim=0)
-        logits = diffusion_logits(lm, c.xt, c.x0, block_length, doc_ids)  # (B, L, V)
+        logits = diffusion_logits(lm, c.xt, c.x0, block_length, doc_ids, windows=c.windows)  # (B, L, V)
         parts = stream_losses(logits, c, cfg.weighting, cfg.visible_normalizer)
         loss = self._turn_loss(parts)
         metrics = {f"loss_{k}": float(parts[k].detach()) for k in ("m2t", "t2t", "keep", "cap")}
@@ -192,7 +204,7 @@ class DraftEditObjective:
             c2, draft = mtf_corrupt(c, logits.detach(), mask_id=self.mask_id, fill_min=cfg.mtf_fill_min,
                                     fill_max=cfg.mtf_fill_max, select=cfg.mtf_select, generator=generator,
                                     temperature=cfg.mtf_temperature)
-            logits2 = diffusion_logits(lm, c2.xt, c2.x0, block_length, doc_ids)
+            logits2 = diffusion_logits(lm, c2.xt, c2.x0, block_length, doc_ids, windows=c2.windows)
             parts2 = stream_losses(logits2, c2, cfg.weighting, cfg.visible_normalizer)
             loss = loss + cfg.mtf_weight * self._turn_loss(parts2)
             filled = draft >= 0
