@@ -18,7 +18,7 @@ from components.rl.ebpo import (
     reference_token_logp,
     token_kl,
 )
-from components.rl.estimator import SequenceLayout, draw_masks, noise_levels, sequence_log_likelihood
+from components.rl.estimator import SequenceLayout, draw_masks, draw_substitutes, noise_levels, sequence_log_likelihood
 from model import DiffusionLM, ModelConfig
 
 MASK_ID = 63
@@ -87,7 +87,8 @@ def _batch(lm, est: EstimatorConfig, advantages: list[float], seed: int = 0) -> 
     g = torch.Generator().manual_seed(seed)
     levels, weights = noise_levels(est, g)
     masks = draw_masks(layout, levels, MASK_ID, g)
-    return PreparedBatch(layout, torch.tensor(advantages), masks, weights, MASK_ID)
+    subs = draw_substitutes(layout, masks, est.edit_rate, lm.config.vocab_size, {MASK_ID}, g) if est.edit_weight else None
+    return PreparedBatch(layout, torch.tensor(advantages), masks, weights, MASK_ID, substitutes=subs)
 
 
 def _sgd_step(lm, opt):
@@ -99,18 +100,24 @@ def _sgd_step(lm, opt):
     return step
 
 
-def test_first_step_ratio_is_one_and_old_estimate_uses_the_same_masks():
+@pytest.mark.parametrize("edit_weight", [0.0, 1.0])
+def test_first_step_ratio_is_one_and_old_estimate_uses_the_same_masks(edit_weight):
     lm = tiny_lm()
     old = copy.deepcopy(lm)
-    est = EstimatorConfig(num_levels=2, t_min=0.3)
+    est = EstimatorConfig(num_levels=2, t_min=0.3, edit_weight=edit_weight, edit_rate=0.3)
     batch = _batch(lm, est, [1.0, -1.0, 1.0, -1.0])
     opt_cfg = OptimConfig(inner_steps=1, micro_batch_size=3)
     opt = torch.optim.SGD(lm.parameters(), lr=0.0)
     stats = optimise_batch(lm, batch, est, opt_cfg, lambda loss: loss.backward(), _sgd_step(lm, opt))
     assert stats["ratio_min"] == 1.0 and stats["ratio_max"] == 1.0 and stats["clip_fraction"] == 0.0
-    with torch.no_grad():  # θ_old's estimate under the very same masks
-        expected, _ = sequence_log_likelihood(old, batch.layout, batch.masks, batch.weights, MASK_ID)
+    with torch.no_grad():  # θ_old's estimate under the very same masks (and substitutions)
+        expected, _ = sequence_log_likelihood(old, batch.layout, batch.masks, batch.weights, MASK_ID, 0.0,
+                                              batch.substitutes, edit_weight)
+        eq5, _ = sequence_log_likelihood(old, batch.layout, batch.masks, batch.weights, MASK_ID)
     torch.testing.assert_close(batch.old_logp, expected.float(), atol=1e-5, rtol=1e-5)
+    assert (batch.substitutes is not None) == bool(edit_weight)
+    if edit_weight:  # the edit terms are in the ratio's estimate
+        assert (expected - eq5).abs().max() > 1e-3
 
 
 def test_inner_steps_keep_theta_old_fixed_and_move_the_ratio():

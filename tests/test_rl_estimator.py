@@ -14,6 +14,7 @@ from components.rl.estimator import (
     block_log_likelihoods_reference,
     composite_input,
     draw_masks,
+    draw_substitutes,
     noise_levels,
     sequence_log_likelihood,
 )
@@ -21,6 +22,7 @@ from model import DiffusionLM, ModelConfig
 from model.masks import block_diffusion_mask
 
 MASK_ID = 63
+VOCAB = 64
 
 
 def tiny_lm(seed: int = 0) -> DiffusionLM:
@@ -50,26 +52,39 @@ def random_layout(seed: int, block: int, n: int = 5) -> SequenceLayout:
     return SequenceLayout.from_lists(prompts, responses, block)
 
 
-@pytest.mark.parametrize("block", [4, 8])
-def test_vectorised_equals_per_block_loop(block):
+@pytest.mark.parametrize("block,edit_rate", [(4, 0.0), (8, 0.0), (4, 0.3), (8, 0.3)])
+def test_vectorised_equals_per_block_loop(block, edit_rate):
     lm = tiny_lm()
     layout = random_layout(seed=block, block=block)
     g = torch.Generator().manual_seed(1)
     levels, _ = noise_levels(EstimatorConfig(num_levels=3, t_min=0.2), g)
     masks = draw_masks(layout, levels, MASK_ID, g)
+    subs = draw_substitutes(layout, masks, edit_rate, VOCAB, {MASK_ID}, g) if edit_rate else None
     with torch.no_grad():
         for n in range(3):
-            fast = block_log_likelihoods(lm, layout, masks[n], MASK_ID)
-            slow_blocks, slow_tokens, slow_keep = block_log_likelihoods_reference(lm, layout, masks[n], MASK_ID)
+            sub = None if subs is None else subs[n]
+            fast = block_log_likelihoods(lm, layout, masks[n], MASK_ID, sub)
+            slow_blocks, slow_tokens, slow_keep, slow_edit = block_log_likelihoods_reference(lm, layout, masks[n],
+                                                                                             MASK_ID, sub)
             assert fast.per_block.shape == slow_blocks.shape
             torch.testing.assert_close(fast.per_block, slow_blocks, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(fast.token_logp, slow_tokens, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(fast.keep_logp, slow_keep, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(fast.edit_logp, slow_edit, atol=2e-5, rtol=1e-5)
             assert (fast.per_block != 0).any() and (fast.keep_logp != 0).any()
-            # keep terms sit exactly on the visible response tokens, the masked terms on the hidden ones
+            # keep terms sit exactly on the visible clean response tokens, the edit terms on the
+            # substituted ones, the masked terms on the hidden ones
             response = layout.response_positions()
-            assert ((fast.keep_logp != 0) <= (response & ~masks[n])).all()
+            edited = torch.zeros_like(response) if sub is None else sub >= 0
+            assert ((fast.keep_logp != 0) <= (response & ~masks[n] & ~edited)).all()
+            assert ((fast.edit_logp != 0) == edited).all()
             assert ((fast.token_logp != 0) <= (response & masks[n])).all()
+            if sub is not None:
+                assert edited.any() and not (edited & (masks[n] | ~response)).any()
+                assert (sub[edited] != layout.tokens[edited]).all()  # a substitution is a different token
+                # the substituted tokens are context: the masked terms differ from the clean view's
+                plain = block_log_likelihoods(lm, layout, masks[n], MASK_ID)
+                assert (plain.token_logp - fast.token_logp).abs().max() > 1e-5
 
 
 def test_equality_is_sensitive_to_the_mask():
@@ -142,6 +157,16 @@ def test_one_forward_per_noise_level():
     keep = sum(part.keep_logp.sum(-1) for part in parts) / 4
     torch.testing.assert_close(with_keep, expected + 0.5 * keep)
     assert (keep < 0).all()
+    subs = draw_substitutes(layout, masks, 0.3, VOCAB, {MASK_ID}, g)
+    calls.clear()
+    handle = lm.register_forward_hook(lambda *_: calls.append(1))
+    with_edit, edit_parts = sequence_log_likelihood(lm, layout, masks, weights, MASK_ID, 0.0, subs, edit_weight=2.0)
+    handle.remove()
+    assert len(calls) == 4  # the edit terms ride on the same forwards
+    edit = sum(part.edit_logp.sum(-1) for part in edit_parts) / 4
+    masked_terms = sum(float(weights[n]) * edit_parts[n].per_block.sum(-1) for n in range(4))
+    torch.testing.assert_close(with_edit, masked_terms + 2.0 * edit)
+    assert (edit < 0).all()
     total.sum().backward()  # the estimate is differentiable
     assert lm.lm_head.weight.grad is not None and lm.lm_head.weight.grad.abs().sum() > 0
 

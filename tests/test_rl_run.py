@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -66,6 +66,8 @@ def test_every_rl_config_loads():
     ("optim.ema_decay=1.0", "rl.optim.ema_decay: must be in \\[0, 1\\)"),
     ("optim.schedule=linear", "rl.optim.schedule: must be one of"),
     ("checkpoint_every_steps=-1", "rl.checkpoint_every_steps: must be >= 0"),
+    ("estimator.edit_weight=1.0", "rl.estimator.edit_rate: must be > 0 when rl.estimator.edit_weight > 0"),
+    ("estimator.edit_rate=1.0", "rl.estimator.edit_rate: must be in \\[0, 1\\)"),
 ])
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -104,6 +106,24 @@ def test_rollouts_group_and_cut_at_block_ends(tiny_model_dir):
     assert batch.rewards.shape == (6,) and batch.correct.shape == (6,)
 
 
+def test_evaluation_reports_the_edit_accounting(tiny_model_dir):
+    """Every evaluation classifies the policy's edits (issue 19): counts match the decoder's own."""
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    examples = get_family("sort").make("heldout", 4, 0)  # one valid answer: every edit is judged
+    dcfg = decode_config(RolloutConfig(gen_length=8, block_length=4), tok, temperature=0.0, seed=0)
+    dcfg = replace(dcfg, threshold=0.0, editing_threshold=0.0, max_post_steps=2)  # a random model that edits
+    reward = CombinedReward.from_specs(load_config(RLConfig, DEFAULT_CONFIG).rewards)
+    out = evaluate_policy(lm, tok, examples, dcfg, reward, "chat")
+    batch = generate_rollouts(lm, tok, examples, 1, replace(dcfg, record_trajectory=True), "chat")
+    edits = sum(len(step.t2t) for r in batch.rollouts for step in r.trajectory.steps)
+    assert edits > 0
+    assert out["edits_per_sample"] == pytest.approx(edits / 4)
+    assert out["edit_fixes"] + out["edit_breaks"] + out["edit_neutral"] == edits
+    assert out["edit_breaks"] > 0  # a random model's edits mostly damage
+    assert 0.0 <= out.get("edit_precision", 0.0) < 0.5
+
+
 def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
     """eval.samples_per_prompt: k sampled responses per held-out prompt, all scored."""
     lm = DiffusionLM.from_pretrained(tiny_model_dir)
@@ -122,9 +142,11 @@ def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
     assert sorted(calls) == sorted([e.id for e in examples] * 4)
 
 
-def test_run_rl_end_to_end(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("estimator", [[], ["estimator.edit_weight=1.0", "estimator.edit_rate=0.2"]],
+                         ids=["eq5", "edit_terms"])
+def test_run_rl_end_to_end(tiny_model_dir, tmp_path, estimator):
     out = tmp_path / "rl"
-    summary = run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + [DIGIT_REWARD])
+    summary = run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + [DIGIT_REWARD, *estimator])
     ckpt = Path(summary["checkpoint_dir"])
     assert ckpt == out / "checkpoint" and (ckpt / "config.json").is_file() and (ckpt / "tokenizer.json").is_file()
     trained, initial = DiffusionLM.from_pretrained(ckpt), DiffusionLM.from_pretrained(tiny_model_dir)
@@ -135,7 +157,8 @@ def test_run_rl_end_to_end(tiny_model_dir, tmp_path):
                 "entropy", "rollout_tpf", "rollout_length", "grad_norm"):
         assert key in rows[-1], key
     metrics = summary["metrics"]
-    for key in ("rl_eval/initial_accuracy", "rl_eval/accuracy", "rl_eval/tpf", "rl_eval/tpf_ratio", "rl/steps"):
+    for key in ("rl_eval/initial_accuracy", "rl_eval/accuracy", "rl_eval/tpf", "rl_eval/tpf_ratio", "rl/steps",
+                "rl_eval/edits_per_sample", "rl_eval/edit_breaks", "rl_eval/edit_fixes"):
         assert key in metrics
     assert [p["step"] for p in summary["eval_curve"]] == [0, 1, 2]
     assert (out / "summary.json").is_file() and (out / "config.yaml").is_file()

@@ -120,6 +120,10 @@ class EstimatorConfig:
     weights: list[float]
     ratio: str  # sum: sequence log-ratio (eq. 5); mean: divided by the response length
     keep_weight: float  # > 0 adds the log-prob of keeping visible tokens (T2T); 0 = eq. 5 exactly
+    # > 0 adds the log-prob of editing substituted visible tokens back into the rollout's tokens (the
+    # T2T decision RL otherwise never trains); needs edit_rate > 0. 0 = off.
+    edit_weight: float
+    edit_rate: float  # share of the visible response tokens shown substituted per noise level
 
     def validate(self) -> None:
         if self.num_levels < 1:
@@ -143,6 +147,12 @@ class EstimatorConfig:
             fail("rl.estimator.ratio", f"must be one of {RATIO_NORMALIZATIONS}, got {self.ratio!r}")
         if self.keep_weight < 0:
             fail("rl.estimator.keep_weight", f"must be >= 0, got {self.keep_weight!r}")
+        if self.edit_weight < 0:
+            fail("rl.estimator.edit_weight", f"must be >= 0, got {self.edit_weight!r}")
+        if not 0.0 <= self.edit_rate < 1.0:
+            fail("rl.estimator.edit_rate", f"must be in [0, 1), got {self.edit_rate!r}")
+        if self.edit_weight > 0 and self.edit_rate == 0.0:
+            fail("rl.estimator.edit_rate", "must be > 0 when rl.estimator.edit_weight > 0 (no token is substituted)")
 
 
 @dataclass

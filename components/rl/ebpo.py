@@ -83,6 +83,7 @@ class PreparedBatch:
     masks: torch.Tensor  # (N, S, Lmax) bool
     weights: torch.Tensor  # (N,)
     mask_id: int
+    substitutes: torch.Tensor | None = None  # (N, S, Lmax) long, -1 = clean: the edit terms' inputs
     ref_token_logp: torch.Tensor | None = None  # (N, S, Lmax) when a KL term is used
     old_logp: torch.Tensor | None = None  # (S,) θ_old's estimate; NaN until the first step fills it
 
@@ -105,7 +106,9 @@ def micro_batch_loss(lm, batch: PreparedBatch, index: torch.Tensor, est: Estimat
     layout = batch.layout.select(index)
     width = layout.tokens.shape[1]
     masks = batch.masks[:, index, :width]
-    logp, parts = sequence_log_likelihood(lm, layout, masks, batch.weights, batch.mask_id, est.keep_weight)  # (s,)
+    subs = None if batch.substitutes is None else batch.substitutes[:, index, :width]
+    logp, parts = sequence_log_likelihood(lm, layout, masks, batch.weights, batch.mask_id, est.keep_weight,
+                                          subs, est.edit_weight)  # (s,)
     if est.ratio == "mean":
         logp = logp / layout.response_lengths().clamp_min(1)
     old = batch.old_logp[index]
@@ -138,8 +141,9 @@ def reference_token_logp(ref_lm, batch: PreparedBatch, micro: int) -> torch.Tens
             layout = batch.layout.select(index)
             w = layout.tokens.shape[1]
             for n in range(N):
-                out[n, index, :w] = block_log_likelihoods(ref_lm, layout, batch.masks[n, index, :w], batch.mask_id
-                                                          ).token_logp.float().cpu()
+                subs = None if batch.substitutes is None else batch.substitutes[n, index, :w]
+                out[n, index, :w] = block_log_likelihoods(ref_lm, layout, batch.masks[n, index, :w], batch.mask_id,
+                                                          subs).token_logp.float().cpu()
     return out.to(batch.layout.tokens.device)
 
 

@@ -36,6 +36,15 @@ each visible clean token — so a rewarded response also reinforces keeping its 
 one makes its tokens candidates for editing. Measured on the tiny sudoku model (issue 5 note): it
 did not stop the fall of S-mode TPF during RL (keep_weight 1: TPF 3.51 -> 2.59 in 155 steps, against
 3.51 -> 3.01 without), so it stays off by default.
+
+Edit terms (optional, `edit_weight` > 0 with `edit_rate` > 0): the other half of the T2T decision.
+Per level, a share `edit_rate` of the visible response tokens is shown substituted by another token of
+the batch's responses (drawn once per rollout batch, like the masks, and shared by θ, θ_old and the
+reference), as the SFT editing stream corrupts; the estimate adds
+edit_weight · (1/N) Σ_n Σ_{substituted i} log p(y_i | z_n), the log-probability of editing a wrong
+token back into the rollout's token. A rewarded response then reinforces the edits that produce it,
+a failed one makes them less likely. The substituted tokens are context for every other query of
+their block, so with edit terms the masked and keep terms are read next to those substitutions too.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from components.training.corruption import m2t_corrupt
+from components.training.corruption import m2t_corrupt, random_tokens, token_pool
 from model.masks import block_causal_mask
 
 from .config import EstimatorConfig
@@ -139,6 +148,23 @@ def draw_masks(layout: SequenceLayout, levels: torch.Tensor, mask_id: int, gener
     return torch.stack(masks).to(layout.tokens.device)
 
 
+def draw_substitutes(layout: SequenceLayout, masks: torch.Tensor, rate: float, vocab_size: int,
+                     exclude_ids: set[int], generator: torch.Generator) -> torch.Tensor:
+    """long (N, S, Lmax): per level, the token shown at each substituted visible response position
+    (another token of the batch's responses), -1 where the clean token is shown. One draw shared by
+    θ, θ_old and the reference, like the masks."""
+    tokens = layout.tokens.cpu()
+    response = layout.response_positions().cpu()
+    pool = token_pool(tokens, response, "batch", vocab_size, exclude_ids)
+    out = []
+    for masked in masks.cpu():
+        hit = response & ~masked & (torch.rand(tokens.shape, generator=generator) < rate)
+        noise = random_tokens(tokens, pool, generator)
+        hit = hit & (noise != tokens)  # a draw equal to the clean token is no substitution
+        out.append(torch.where(hit, noise, torch.full_like(noise, -1)))
+    return torch.stack(out).to(layout.tokens.device)
+
+
 # ---------------------------------------------------------------------------------------- composite input
 
 
@@ -151,7 +177,8 @@ class CompositeInput:
     positions: torch.Tensor  # (S, K): the absolute sequence positions read there
     targets: torch.Tensor  # (S, K): the clean tokens at those positions
     scored: torch.Tensor  # (S, K) bool: masked response tokens (the terms of the estimate)
-    visible: torch.Tensor  # (S, K) bool: visible (unmasked) response tokens (the keep terms)
+    visible: torch.Tensor  # (S, K) bool: visible response tokens shown clean (the keep terms)
+    edited: torch.Tensor  # (S, K) bool: visible response tokens shown substituted (the edit terms)
 
 
 def composite_attention(kind: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
@@ -167,8 +194,10 @@ def composite_attention(kind: torch.Tensor, block: torch.Tensor) -> torch.Tensor
     return (to_prefix | to_noisy | to_clean | pad_self)[:, None]
 
 
-def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, pad_id: int = 0) -> CompositeInput:
-    """Build z = prefix ⊕ noisy region ⊕ clean region per row (see the module docstring)."""
+def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, pad_id: int = 0,
+                    substitutes: torch.Tensor | None = None) -> CompositeInput:
+    """Build z = prefix ⊕ noisy region ⊕ clean region per row (see the module docstring); the noisy
+    region shows `substitutes` (S, Lmax; -1 = none) where given."""
     tokens, B = layout.tokens, layout.block_length
     S, width = tokens.shape
     device = tokens.device
@@ -182,6 +211,9 @@ def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, 
     clean = tokens.gather(1, pos)
     hide = (kind == NOISY) & masked.gather(1, pos)
     input_ids = torch.where(hide, torch.full_like(clean, mask_id), clean)
+    if substitutes is not None:
+        sub = torch.where(kind == NOISY, substitutes.gather(1, pos), -1)
+        input_ids = torch.where(sub >= 0, sub, input_ids)
     input_ids = torch.where(kind == PAD, torch.full_like(clean, pad_id), input_ids)
     block = torch.div(pos, B, rounding_mode="floor")
     attention = composite_attention(kind, block)
@@ -194,8 +226,9 @@ def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, 
     targets = tokens.gather(1, positions)
     response = inside & (positions >= layout.prompt_lengths[:, None])
     hidden = masked.gather(1, positions)
+    edited = torch.zeros_like(hidden) if substitutes is None else substitutes.gather(1, positions) >= 0
     return CompositeInput(input_ids, pos, attention, logit_index, positions, targets, response & hidden,
-                          response & ~hidden)
+                          response & ~hidden & ~edited, response & ~hidden & edited)
 
 
 # ---------------------------------------------------------------------------------------- estimates
@@ -208,17 +241,20 @@ class BlockLogLik:
     masked: torch.Tensor  # (S, Lmax) bool
     entropy: torch.Tensor  # (S, Lmax) detached predictive entropy at masked tokens, 0 elsewhere
     keep_logp: torch.Tensor  # (S, Lmax): log p(clean) at visible response tokens (keeping them), 0 elsewhere
+    edit_logp: torch.Tensor  # (S, Lmax): log p(clean) at substituted response tokens (editing them back), 0 elsewhere
 
 
-def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int) -> BlockLogLik:
+def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int,
+                          substitutes: torch.Tensor | None = None) -> BlockLogLik:
     """Every response block's log-likelihood of its clean tokens at one noise level, in ONE forward."""
-    z = composite_input(layout, masked, mask_id)
+    z = composite_input(layout, masked, mask_id, substitutes=substitutes)
     out = lm(z.input_ids, attention_mask=z.attention_mask, position_ids=z.position_ids,
              logits_positions=z.logit_index)
     logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (S, K, V)
     target_logp = logp_all.gather(-1, z.targets[..., None])[..., 0]  # (S, K)
     logp = torch.where(z.scored, target_logp, torch.zeros_like(target_logp))
     keep = torch.where(z.visible, target_logp, torch.zeros_like(target_logp))
+    edit = torch.where(z.edited, target_logp, torch.zeros_like(target_logp))
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         entropy = torch.where(z.scored, entropy, torch.zeros_like(entropy))
@@ -231,20 +267,24 @@ def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask
     token_logp = torch.zeros(S, width, dtype=logp.dtype, device=logp.device).scatter_add(1, z.positions, logp)
     token_entropy = torch.zeros(S, width, device=logp.device).scatter_add(1, z.positions, entropy)
     token_keep = torch.zeros(S, width, dtype=keep.dtype, device=keep.device).scatter_add(1, z.positions, keep)
-    return BlockLogLik(per_block, token_logp, masked & layout.response_positions(), token_entropy, token_keep)
+    token_edit = torch.zeros(S, width, dtype=edit.dtype, device=edit.device).scatter_add(1, z.positions, edit)
+    return BlockLogLik(per_block, token_logp, masked & layout.response_positions(), token_entropy, token_keep,
+                       token_edit)
 
 
-def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int
-                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int,
+                                    substitutes: torch.Tensor | None = None
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The slow definition: one forward per (sequence, block) over clean blocks < b ⊕ noisy block b
     under the decoder's block-causal mask. Returns (per_block (S, NB), token_logp (S, Lmax),
-    keep_logp (S, Lmax))."""
+    keep_logp (S, Lmax), edit_logp (S, Lmax))."""
     B = layout.block_length
     S, width = layout.tokens.shape
     nb = int(layout.num_blocks().max())
     per_block = torch.zeros(S, nb)
     token_logp = torch.zeros(S, width)
     keep_logp = torch.zeros(S, width)
+    edit_logp = torch.zeros(S, width)
     for s in range(S):
         P, L = int(layout.prompt_lengths[s]), int(layout.lengths[s])
         first = P // B
@@ -254,25 +294,34 @@ def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Te
             hide = masked[s, start:end].clone()
             hide[: max(0, P - start)] = False  # prompt tokens are never noised
             ids[start:end][hide] = mask_id
+            sub = torch.full((end - start,), -1, dtype=torch.long) if substitutes is None else substitutes[s, start:end]
+            sub = torch.where(hide | (torch.arange(start, end, device=sub.device) < P), -1, sub)
+            ids[start:end] = torch.where(sub >= 0, sub, ids[start:end])
             logits = lm(ids[None], attention_mask=block_causal_mask(end, B, device=ids.device)).logits[0]
             logp = F.log_softmax(logits[start:end].float(), dim=-1)
             lp = logp.gather(-1, layout.tokens[s, start:end, None])[:, 0]
             visible = ~hide & (torch.arange(start, end, device=lp.device) >= P)
-            keep_logp[s, start:end] = torch.where(visible, lp, torch.zeros_like(lp))
+            keep_logp[s, start:end] = torch.where(visible & (sub < 0), lp, torch.zeros_like(lp))
+            edit_logp[s, start:end] = torch.where(visible & (sub >= 0), lp, torch.zeros_like(lp))
             lp = torch.where(hide, lp, torch.zeros_like(lp))
             per_block[s, rb] = lp.sum()
             token_logp[s, start:end] = lp
-    return per_block, token_logp, keep_logp
+    return per_block, token_logp, keep_logp, edit_logp
 
 
 def sequence_log_likelihood(lm, layout: SequenceLayout, masks: torch.Tensor, weights: torch.Tensor,
-                            mask_id: int, keep_weight: float = 0.0) -> tuple[torch.Tensor, list[BlockLogLik]]:
-    """log pi(y|x) ≈ Σ_n w_n Σ_b log p(y_b | z_n) (+ the keep terms, see the module docstring): one
-    forward per level. Returns ((S,), per-level parts)."""
-    parts = [block_log_likelihoods(lm, layout, masks[n], mask_id) for n in range(masks.shape[0])]
+                            mask_id: int, keep_weight: float = 0.0, substitutes: torch.Tensor | None = None,
+                            edit_weight: float = 0.0) -> tuple[torch.Tensor, list[BlockLogLik]]:
+    """log pi(y|x) ≈ Σ_n w_n Σ_b log p(y_b | z_n) (+ the keep and edit terms, see the module
+    docstring): one forward per level. `substitutes` (N, S, Lmax) from `draw_substitutes` or None.
+    Returns ((S,), per-level parts)."""
+    parts = [block_log_likelihoods(lm, layout, masks[n], mask_id, None if substitutes is None else substitutes[n])
+             for n in range(masks.shape[0])]
     total = sum(float(weights[n]) * part.per_block.sum(-1) for n, part in enumerate(parts))
     if keep_weight:
         total = total + keep_weight / len(parts) * sum(part.keep_logp.sum(-1) for part in parts)
+    if edit_weight:
+        total = total + edit_weight / len(parts) * sum(part.edit_logp.sum(-1) for part in parts)
     return total, parts
 
 

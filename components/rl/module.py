@@ -29,7 +29,7 @@ from .ebpo import (
     permute_within_groups,
     reference_token_logp,
 )
-from .estimator import SequenceLayout, draw_masks, noise_levels
+from .estimator import SequenceLayout, draw_masks, draw_substitutes, noise_levels
 from .rewards import CombinedReward
 from .rollouts import decode_config, evaluate_policy, generate_rollouts, score_rollouts
 
@@ -292,7 +292,12 @@ class EBPOModule(L.LightningModule):
             g = torch.Generator().manual_seed(self._seed(2))
             levels, weights = noise_levels(c.estimator, g)
             masks = draw_masks(layout, levels, self.tokenizer.mask_id, g)
-            prepared = PreparedBatch(layout, adv[keep].to(self.device), masks, weights, self.tokenizer.mask_id)
+            subs = None
+            if c.estimator.edit_weight > 0:
+                subs = draw_substitutes(layout, masks, c.estimator.edit_rate, self.lm.config.vocab_size,
+                                        self.tokenizer.special_ids | {self.tokenizer.mask_id}, g)
+            prepared = PreparedBatch(layout, adv[keep].to(self.device), masks, weights, self.tokenizer.mask_id,
+                                     substitutes=subs)
             if self.ref_lm is not None and c.optim.kl_coef > 0:
                 prepared.ref_token_logp = reference_token_logp(self.ref_lm, prepared, c.optim.micro_batch_size)
             self.lm.train()

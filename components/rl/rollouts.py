@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from components.edits import EditStats, judge_edits
 from components.tasks import Example, get_family
+from components.tasks.synthetic import MULTI_ANSWER_FAMILIES, SYNTHETIC_FAMILIES
 from model import DecodeConfig, GenerationResult, generate
+from model.decoding import Trajectory
 
 from .config import PromptsConfig, RolloutConfig
 from .rewards import CombinedReward, Completion, Scored
@@ -104,6 +107,7 @@ class Rollout:
     completion: Completion
     forwards: int
     score: Scored | None = None
+    trajectory: Trajectory | None = None  # when the decode recorded it (evaluation)
 
 
 @dataclass
@@ -149,7 +153,9 @@ def generate_rollouts(lm, tokenizer, examples: list[Example], group_size: int, d
         region = response_region(canvas, len(p), seq, dcfg.block_length)
         if dcfg.mask_id in region:
             raise RuntimeError("the decoder left mask tokens inside a returned block; cannot score it")
-        rollouts.append(Rollout(examples[i // group_size], p, region, list(seq), make_completion(tokenizer, seq), fw))
+        trajectory = res.trajectories[i] if res.trajectories is not None else None
+        rollouts.append(Rollout(examples[i // group_size], p, region, list(seq), make_completion(tokenizer, seq), fw,
+                                trajectory=trajectory))
     return RolloutBatch(rollouts, group_size, res.tokens_per_forward, res.wall_seconds)
 
 
@@ -171,11 +177,27 @@ def score_rollouts(batch: RolloutBatch, reward: CombinedReward, workers: int = 1
     return batch
 
 
+def judge_rollout_edits(batch: RolloutBatch, tokenizer) -> EditStats:
+    """Every T2T edit of the batch's (recorded) decodes as fix / break / neutral (components.edits).
+    Wrong answers are judged against the reference only for synthetic families with one valid answer."""
+    stats = EditStats()
+    for r in batch.rollouts:
+        family = r.example.family
+        unique = family in SYNTHETIC_FAMILIES and family not in MULTI_ANSWER_FAMILIES
+        reference = tokenizer.encode(r.example.answer) if unique else None
+        stats = stats + judge_edits(r.trajectory, r.sequence, tokenizer.eos_id, correct=bool(r.score.correct),
+                                    reference=reference)
+    return stats
+
+
 def evaluate_policy(lm, tokenizer, examples: list[Example], dcfg: DecodeConfig, reward: CombinedReward,
                     template: str, samples_per_prompt: int = 1) -> dict[str, float]:
-    """Accuracy (the accuracy reward term), TPF and length on `examples`, averaged over
-    `samples_per_prompt` responses each."""
+    """Accuracy (the accuracy reward term), TPF, length and the edit accounting (edits per sample,
+    fixes, breaks, precision, oscillations) on `examples`, averaged over `samples_per_prompt`
+    responses each: whether the policy's edits repair, not only how often it edits."""
+    dcfg = replace(dcfg, record_trajectory=True)
     batch = score_rollouts(generate_rollouts(lm, tokenizer, examples, samples_per_prompt, dcfg, template), reward)
+    edits = {k: v for k, v in judge_rollout_edits(batch, tokenizer).named().items() if v is not None}
     return {"accuracy": float(batch.correct.mean()), "tpf": batch.tokens_per_forward,
             "length": batch.mean_length, "reward_mean": float(batch.rewards.mean()),
-            "finished": batch.finished_fraction, "wall_seconds": batch.wall_seconds}
+            "finished": batch.finished_fraction, "wall_seconds": batch.wall_seconds, **edits}

@@ -145,9 +145,11 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         metrics.update({f"rl/{k}": float(v) for k, v in last.items() if k != "step"})
     if module.eval_curve:
         first, final = module.eval_curve[0], module.eval_curve[-1]
-        for key in ("accuracy", "tpf", "length"):
-            metrics[f"rl_eval/initial_{key}"] = float(first[key])
-            metrics[f"rl_eval/{key}"] = float(final[key])
+        for key in ("accuracy", "tpf", "length", "edits_per_sample", "edit_fixes", "edit_breaks", "edit_precision"):
+            if key in first:
+                metrics[f"rl_eval/initial_{key}"] = float(first[key])
+            if key in final:  # edit_precision only where some edit was decisive
+                metrics[f"rl_eval/{key}"] = float(final[key])
         metrics["rl_eval/accuracy_gain"] = float(final["accuracy"] - first["accuracy"])
         metrics["rl_eval/tpf_ratio"] = float(final["tpf"] / first["tpf"]) if first["tpf"] else float("nan")
     summary = {"checkpoint_dir": str(checkpoint), "metrics": metrics, "eval_curve": module.eval_curve,
