@@ -8,7 +8,9 @@ For a batch of S responses of `blocks` blocks each, one noise level, it times
                (components.rl.estimator.block_log_likelihoods);
 checks that all three give the same per-block log-likelihoods, and prints medians and ratios,
 forward only (no grad) and forward+backward (what an EBPO step pays; (a) is skipped there, it is
-(b) with batch 1). Repeats are interleaved so machine contention hits every variant alike.
+(b) with batch 1). The last column is (c) with the edit terms (issue 19: 10% of the visible response
+tokens substituted, their log p of being edited back added; the same one forward). Repeats are
+interleaved so machine contention hits every variant alike.
 
     .venv/bin/python benchmarks/ebpo_estimator_speed.py --threads 1 --blocks 8 16 32
 """
@@ -32,6 +34,7 @@ from components.rl.estimator import (  # noqa: E402
     block_log_likelihoods,
     block_log_likelihoods_reference,
     draw_masks,
+    draw_substitutes,
 )
 from model import DiffusionLM, ModelConfig  # noqa: E402
 from model.masks import block_causal_mask  # noqa: E402
@@ -86,7 +89,8 @@ def main() -> None:
           f"prompt={args.prompt_length}, threads={args.threads}")
     results = []
     header = (f"{'blocks':>6} {'tokens':>6} | {'loop ms':>9} {'blocks ms':>9} {'vector ms':>9} | {'loop/vec':>8} "
-              f"{'blk/vec':>7} | {'fwd+bwd blk ms':>14} {'vec ms':>8} {'blk/vec':>7} | {'max |diff|':>10}")
+              f"{'blk/vec':>7} | {'fwd+bwd blk ms':>14} {'vec ms':>8} {'blk/vec':>7} | {'vec+edit ms':>11} {'edit/vec':>8} | "
+              f"{'max |diff|':>10}")
     print(header)
     print("-" * len(header))
     for nb in args.blocks:
@@ -96,13 +100,15 @@ def main() -> None:
         responses = torch.randint(3, mask_id, (args.batch, R), generator=g).tolist()
         layout = SequenceLayout.from_lists(prompts, responses, args.block_length)
         assert int(layout.num_blocks()[0]) == nb
-        masked = draw_masks(layout, torch.tensor([0.5], dtype=torch.float64), mask_id, g)[0]
+        masks = draw_masks(layout, torch.tensor([0.5], dtype=torch.float64), mask_id, g)
+        masked = masks[0]
+        subs = draw_substitutes(layout, masks, 0.1, args.vocab, {mask_id}, g)[0]
 
         lm.eval()
         with torch.no_grad():
             vec = block_log_likelihoods(lm, layout, masked, mask_id).per_block
             blk = per_block_batched(lm, layout, masked, mask_id)
-            ref, _, _ = block_log_likelihoods_reference(lm, layout, masked, mask_id)
+            ref = block_log_likelihoods_reference(lm, layout, masked, mask_id)[0]
         diff = max(float((vec - blk).abs().max()), float((vec - ref).abs().max()))
 
         def fwd_vec():
@@ -121,28 +127,37 @@ def main() -> None:
             block_log_likelihoods(lm, layout, masked, mask_id).per_block.sum().backward()
             lm.zero_grad(set_to_none=True)
 
+        def train_edit():
+            out = block_log_likelihoods(lm, layout, masked, mask_id, subs)
+            (out.per_block.sum() + out.edit_logp.sum()).backward()
+            lm.zero_grad(set_to_none=True)
+
         def train_blk():
             per_block_batched(lm, layout, masked, mask_id).sum().backward()
             lm.zero_grad(set_to_none=True)
 
-        times: dict[str, list[float]] = {k: [] for k in ("loop", "blocks", "vector", "train_blocks", "train_vector")}
-        for fn in (fwd_vec, fwd_blk, train_vec, train_blk):  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in ("loop", "blocks", "vector", "train_blocks", "train_vector",
+                                                         "train_vector_edit")}
+        for fn in (fwd_vec, fwd_blk, train_vec, train_blk, train_edit):  # warm-up
             fn()
         for r in range(args.repeats):
             times["vector"].append(timed(fwd_vec))
             times["blocks"].append(timed(fwd_blk))
             times["train_vector"].append(timed(train_vec))
             times["train_blocks"].append(timed(train_blk))
+            times["train_vector_edit"].append(timed(train_edit))
             if r < args.loop_repeats:
                 times["loop"].append(timed(fwd_loop))
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         row = {"blocks": nb, "response_tokens": R, "median_ms": med, "max_abs_diff": diff,
                "loop_over_vector": med["loop"] / med["vector"], "blocks_over_vector": med["blocks"] / med["vector"],
-               "train_blocks_over_vector": med["train_blocks"] / med["train_vector"]}
+               "train_blocks_over_vector": med["train_blocks"] / med["train_vector"],
+               "train_edit_over_vector": med["train_vector_edit"] / med["train_vector"]}
         results.append(row)
         print(f"{nb:>6} {R:>6} | {med['loop']:>9.1f} {med['blocks']:>9.1f} {med['vector']:>9.1f} | "
               f"{row['loop_over_vector']:>7.1f}x {row['blocks_over_vector']:>6.1f}x | {med['train_blocks']:>14.1f} "
-              f"{med['train_vector']:>8.1f} {row['train_blocks_over_vector']:>6.1f}x | {diff:>10.2e}")
+              f"{med['train_vector']:>8.1f} {row['train_blocks_over_vector']:>6.1f}x | {med['train_vector_edit']:>11.1f} "
+              f"{row['train_edit_over_vector']:>7.2f}x | {diff:>10.2e}")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
 

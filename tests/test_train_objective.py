@@ -379,3 +379,21 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_t2t_row_source_places_a_token_of_the_rows_own_reply():
+    """source 'row': the replacement is another token of the same reply (a duplicate), never a special
+    token (the EOS filling the reply's block) and never a token foreign to the row."""
+    g = torch.Generator().manual_seed(14)
+    rows = torch.stack([torch.randperm(40, generator=g)[:6] + 10 for _ in range(128)])  # 6 distinct tokens per row
+    x0 = torch.cat([torch.full((128, 2), 7), rows, torch.full((128, 4), EOS)], dim=1)  # prompt, reply, EOS fill
+    noisable = torch.ones_like(x0, dtype=torch.bool)
+    noisable[:, :2] = False
+    c = m2t_corrupt(x0, noisable, mask_id=MASK, t_min=0.1, t_max=0.1, generator=g)
+    c = t2t_corrupt(c, rate_min=0.4, rate_max=0.4, source="row", vocab_size=V, exclude_ids=SPECIAL, generator=g)
+    assert c.t2t.sum() > 200
+    for r in range(128):
+        reply = set(rows[r].tolist())
+        for pos in c.t2t[r].nonzero().flatten().tolist():
+            assert int(c.xt[r, pos]) in reply and int(c.xt[r, pos]) != int(x0[r, pos])
+    assert (c.xt[c.t2t] != EOS).all()

@@ -15,7 +15,7 @@ STAGES = ("cpt", "sft")
 PRESETS = ("tiny", "tiny_moe")
 WEIGHTINGS = ("none", "inv_t")
 NOISE_PER = ("sequence", "block")
-T2T_SOURCES = ("uniform", "batch")
+T2T_SOURCES = ("uniform", "batch", "row")
 VISIBLE_NORMALIZERS = ("pooled", "per_stream")
 MTF_SELECT = ("confidence", "random")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -55,7 +55,7 @@ class ObjectiveConfig:
     # T2T stream: per sequence, each visible noisable token is replaced with prob r ~ U[rate_min, rate_max].
     t2t_rate_min: float
     t2t_rate_max: float
-    t2t_source: str  # batch (tokens of the batch) | uniform (whole vocabulary minus specials)
+    t2t_source: str  # batch (tokens of the batch) | row (tokens of the row's own reply) | uniform (vocabulary minus specials)
     # Share of T2T replacements that are position-shift errors (an adjacent different token) rather
     # than random tokens: the off-by-one run boundaries of sequence answers (issue 22).
     t2t_shift_prob: float

@@ -9,7 +9,10 @@ so a training step's noise is a pure function of (seed, step, rank) and resumes 
 * T2T (editing): among the noisable tokens left visible, each is replaced with probability r by a
   random token. The model learns to spot and repair wrong tokens. Random tokens come either from
   the whole vocabulary (minus special ids) or from the tokens of the batch ("batch": a digit is
-  replaced by another digit, a plausible mistake rather than an obvious outlier). A share of the
+  replaced by another digit, a plausible mistake rather than an obvious outlier), or from the
+  row's own reply ("row": a token the answer already holds, placed twice -- the duplicate that
+  parallel drafting of a permutation or a set makes, which a token foreign to the row never shows
+  the editor). A share of the
   replacements can instead be a position-shift error: the clean token of an adjacent position
   that differs ("3 3 4" drafted for "3 3 3"), the off-by-one run boundary a sequence model's
   drafts get wrong and random substitutions almost never produce (issue 22).
@@ -143,6 +146,27 @@ def random_tokens(x0: torch.Tensor, pool: torch.Tensor, generator: torch.Generat
     return out
 
 
+def row_tokens(x0: torch.Tensor, noisable: torch.Tensor, exclude_ids: set[int], generator: torch.Generator) -> torch.Tensor:
+    """At every position, the clean token of a random noisable non-special position of the same row
+    (not the EOS that fills the reply's last block), re-drawn (twice) where it equals x0; a row with
+    no such position keeps x0 (no corruption there)."""
+    eligible = noisable
+    if exclude_ids:
+        eligible = eligible & ~torch.isin(x0, torch.tensor(sorted(exclude_ids), device=x0.device))
+    # the row's eligible positions first, in order: entry k of that list is order[:, k]
+    order = torch.argsort((~eligible).to(torch.int8), dim=1, stable=True)  # (B, L)
+    count = eligible.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
+
+    def draw() -> torch.Tensor:
+        k = (torch.rand(x0.shape, generator=generator, device=x0.device) * count).long().clamp_max(count - 1)
+        return x0.gather(1, order.gather(1, k))
+
+    out = draw()
+    for _ in range(2):
+        out = torch.where(out == x0, draw(), out)
+    return torch.where(eligible.any(1, keepdim=True), out, x0)
+
+
 def token_pool(x0: torch.Tensor, noisable: torch.Tensor, source: str, vocab_size: int,
                exclude_ids: set[int]) -> torch.Tensor:
     """Where T2T's random tokens come from: the vocabulary minus special ids, or the batch's tokens."""
@@ -157,7 +181,7 @@ def token_pool(x0: torch.Tensor, noisable: torch.Tensor, source: str, vocab_size
         if pool.numel() == 0:  # nothing in the batch to draw from: fall back to the vocabulary
             return token_pool(x0, noisable, "uniform", vocab_size, exclude_ids)
         return pool
-    raise ValueError(f"t2t_source must be 'uniform' or 'batch', got {source!r}")
+    raise ValueError(f"token_pool source must be 'uniform' or 'batch', got {source!r}")
 
 
 def neighbour_tokens(x0: torch.Tensor, noisable: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +214,10 @@ def t2t_corrupt(c: Corruption, *, rate_min: float, rate_max: float, source: str,
     rate = rate_min + (rate_max - rate_min) * torch.rand(bsz, 1, generator=generator, device=c.x0.device)
     visible = c.noisable & ~c.m2t
     hit = visible & (torch.rand(c.x0.shape, generator=generator, device=c.x0.device) < rate)  # (B, L)
-    noise = random_tokens(c.x0, token_pool(c.x0, c.noisable, source, vocab_size, exclude_ids), generator)
+    if source == "row":
+        noise = row_tokens(c.x0, c.noisable, exclude_ids, generator)
+    else:
+        noise = random_tokens(c.x0, token_pool(c.x0, c.noisable, source, vocab_size, exclude_ids), generator)
     if shift_prob > 0.0:
         shifted, has_neighbour = neighbour_tokens(c.x0, c.noisable, generator)
         use_shift = has_neighbour & (torch.rand(c.x0.shape, generator=generator, device=c.x0.device) < shift_prob)
