@@ -36,6 +36,10 @@ from model.files import atomic_write  # noqa: E402
 # rows, so their tables reproduce; t2t_pooled and t2t_stream are the issue-22 recipe in two steps
 # (t2t_stream is what conf/train/sft.yaml now ships).
 BEFORE_22 = ["objective.visible_normalizer=per_stream", "objective.t2t_stream_prob=0.0"]
+# The shipped SFT recipe (conf/train/sft.yaml): the base of every t2t_stream* variant, which differ
+# from it only in their SFT_EXTRA overrides, so their CPT stage is t2t_stream's.
+STREAM = ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
+          "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25", "objective.visible_normalizer=pooled"]
 VARIANTS = {
     "m2t": [*BEFORE_22, "objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.0", "objective.mtf_prob=0.0"],
     "t2t": [*BEFORE_22, "objective.keep_weight=0.0", "objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0"],
@@ -53,30 +57,19 @@ VARIANTS = {
                           "objective.keep_weight=1.0"],
     # Editing-stream rows (a quarter of the rows unmasked, T2T noise only): the fully drafted block
     # that decoding's post steps judge is then in the training distribution (issue 22).
-    "t2t_stream": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
-                   "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
-                   "objective.visible_normalizer=pooled"],
+    "t2t_stream": STREAM,
     # The shipped recipe plus Multi-Turn Forward in the second half of SFT (SFT_EXTRA): the model's own
     # drafts become T2T targets once it drafts well (issue 22's next lever).
-    "t2t_stream_mtf_late": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
-                            "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
-                            "objective.visible_normalizer=pooled"],
+    "t2t_stream_mtf_late": STREAM,
     # The shipped recipe with half of SFT's T2T replacements as position-shift errors (an adjacent
-    # different token, set in SFT_EXTRA so CPT is t2t_stream's): the off-by-one run boundaries the
-    # drafts of sequence answers get wrong (issue 22).
-    "t2t_stream_shift": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
-                         "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
-                         "objective.visible_normalizer=pooled"],
+    # different token, set in SFT_EXTRA): the off-by-one run boundaries of sorted answers (issue 22).
+    "t2t_stream_shift": STREAM,
     # The shipped recipe with SFT's T2T tokens drawn from the row's own reply (set in SFT_EXTRA): a
     # token placed twice, the duplicate parallel drafting makes (issue 22).
-    "t2t_stream_row": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
-                       "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
-                       "objective.visible_normalizer=pooled"],
+    "t2t_stream_row": STREAM,
     # The shipped recipe with half of SFT's editing-stream rows read in the Multi-Block Editing view
     # (window of 2 blocks, set in SFT_EXTRA): MBE decoding in the training distribution (issue 18).
-    "t2t_stream_mbe": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
-                       "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.25",
-                       "objective.visible_normalizer=pooled"],
+    "t2t_stream_mbe": STREAM,
     # Pooled visible losses without editing-stream rows (issue 22, step 2).
     "t2t_pooled": ["objective.t2t_rate_min=0.0", "objective.t2t_rate_max=0.2", "objective.mtf_prob=0.0",
                    "objective.keep_weight=1.0", "objective.t2t_stream_prob=0.0",
