@@ -67,6 +67,9 @@ VARIANTS = {
     # The shipped recipe with SFT's T2T tokens drawn from the row's own reply (set in SFT_EXTRA): a
     # token placed twice, the duplicate parallel drafting makes (issue 22).
     "t2t_stream_row": STREAM,
+    # t2t_stream_row with twice the T2T rate and twice the editing-stream rows (SFT_EXTRA): more of the
+    # duplicates the editor must learn to see (issue 22).
+    "t2t_stream_row_heavy": STREAM,
     # The shipped recipe with half of SFT's editing-stream rows read in the Multi-Block Editing view
     # (window of 2 blocks, set in SFT_EXTRA): MBE decoding in the training distribution (issue 18).
     "t2t_stream_mbe": STREAM,
@@ -84,7 +87,9 @@ SFT_EXTRA = {"t2t_slow": ["objective.t2t_warmup_steps=400"],
              "t2t_stream_mtf_late": ["objective.mtf_prob=0.5", "objective.mtf_start_step={half}"],
              "t2t_stream_shift": ["objective.t2t_shift_prob=0.5"],
              "t2t_stream_mbe": ["objective.mbe_prob=0.5", "objective.mbe_window=1"],
-             "t2t_stream_row": ["objective.t2t_source=row"]}
+             "t2t_stream_row": ["objective.t2t_source=row"],
+             "t2t_stream_row_heavy": ["objective.t2t_source=row", "objective.t2t_rate_max=0.4",
+                                      "objective.t2t_stream_prob=0.5"]}
 FAMILIES = ["sudoku4", "permutation", "sum"]
 # name -> (decoding preset in conf/decode/, its overrides): S and Q are the shipped presets themselves;
 # the no-edit arms are the M2T-only threshold sweep (editing_threshold EDITING_OFF: no token is edited).
