@@ -67,6 +67,12 @@ class DecodeConfig:
     speculative_verify: bool = False
     record_trajectory: bool = False
     max_batch_size: int | None = None  # prompts decoded together per call of the network (None = all)
+    # The autoregressive baseline's two switches (the reference has neither; both default off):
+    # the fallback commit takes the leftmost masks instead of the most confident ones, and a row ends
+    # on the forward that completes its answer (an EOS with no mask before it) instead of at its block's
+    # end, so that one token per forward costs one forward per answer token, as an AR model would.
+    left_to_right: bool = False
+    stop_at_answer_end: bool = False
 
 
 @dataclass
@@ -270,11 +276,21 @@ class _Decoder:
                     self._end_block(row)
                     if spec and not row.done and row.block == block_before + 1:
                         self._apply_block_step(row, tok[B:2 * B], cf[B:2 * B], "speculative")
+            if cfg.stop_at_answer_end and not row.done and self._answer_complete(row):
+                row.done = True
             store_counts.append(max(0, frozen_until - starts[slot]))
             if self.on_step is not None:
                 self.on_step(row.index, row.canvas, row.trajectory.steps[-1])
         if cache is not None:
             cache.keep(starts_t, store_counts)
+
+    def _answer_complete(self, row: _Row) -> bool:
+        """True when the generated canvas holds an EOS and no mask before the first one."""
+        if self.eos_id is None:
+            return False
+        generated = row.canvas[row.prompt_length:]
+        eos_at = (generated == self.eos_id).nonzero()
+        return len(eos_at) > 0 and not (generated[:int(eos_at[0])] == self.mask_id).any()
 
     # ------------------------------------------------------------------ the update rules
     def _apply_block_step(self, row: _Row, tok: torch.Tensor, cf: torch.Tensor, kind: str) -> int:
@@ -292,7 +308,10 @@ class _Decoder:
                 commit = confident
             else:
                 k = min(cfg.num_to_transfer, n_masks)
-                top = cf.masked_fill(~is_mask, float("-inf")).topk(k).indices
+                if cfg.left_to_right:
+                    top = is_mask.nonzero().flatten()[:k]
+                else:
+                    top = cf.masked_fill(~is_mask, float("-inf")).topk(k).indices
                 commit[top] = True
         edit = ~is_mask & ~protected & (tok != current) & (cf > cfg.editing_threshold)
         record = self._record(row, kind)
@@ -364,6 +383,9 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
         raise ValueError(f"DecodeConfig.mbe_window must be >= 0, got {cfg.mbe_window}")
     if cfg.max_batch_size is not None and cfg.max_batch_size < 1:
         raise ValueError(f"DecodeConfig.max_batch_size must be >= 1 or None, got {cfg.max_batch_size}")
+    if cfg.stop_at_answer_end and (cfg.editing_threshold <= 1.0 or cfg.mbe_window):
+        raise ValueError("DecodeConfig.stop_at_answer_end needs editing off (editing_threshold > 1, mbe_window 0): "
+                         "it ends a row before later edits could revise its answer")
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
     limit = lm.config.max_position_embeddings

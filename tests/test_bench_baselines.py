@@ -56,15 +56,37 @@ def test_reference_loop_equals_our_decoder_on_other_weights(random_lm):
 
 
 def test_autoregressive_baseline_spends_one_forward_per_token(random_lm):
-    base = DecodeConfig(gen_length=24, block_length=8, threshold=0.3, editing_threshold=0.6, max_post_steps=4)
+    base = DecodeConfig(gen_length=24, block_length=8, threshold=0.3, editing_threshold=0.6, max_post_steps=4,
+                        eos_early_stop=True)
     cfg = autoregressive_config(base)
-    res = generate(random_lm, [[3, 4, 5], list(range(10, 21))], cfg)
+    prompts = [[3, 4, 5], list(range(10, 21)), [7, 7, 2, 9]]
+    # a random network rarely emits its EOS id: call "EOS" the token it drafts most often instead
+    drafted = [t for s in generate(random_lm, prompts, cfg).sequences for t in s]
+    cfg = dataclasses.replace(cfg, eos_id=max(set(drafted), key=drafted.count))
+    res = generate(random_lm, prompts, dataclasses.replace(cfg, record_trajectory=True))
     assert res.commits == res.forwards  # exactly one commit per forward
-    assert res.edits == [0, 0]
-    generated = [-(-(p + 24) // 8) * 8 - p for p in (3, 11)]  # canvas positions after the prompt
-    assert res.forwards == generated  # every generated position of every processed block, no post steps
-    assert res.tokens_per_forward <= 1.0
+    assert res.edits == [0] * len(prompts)
     assert cfg.block_length == base.block_length and cfg.gen_length == base.gen_length
+    eos = cfg.eos_id
+    for seq, traj, forwards in zip(res.sequences, res.trajectories, res.forwards):
+        committed = [pos for step in traj.steps for pos, _ in step.m2t]
+        assert committed == list(range(traj.prompt_length, traj.prompt_length + forwards))  # left to right
+        # an AR model's cost: one forward per answer token, EOS included; no EOS: the whole canvas
+        canvas_left = len(traj.initial_canvas) - traj.prompt_length
+        assert forwards == (len(seq) if seq[-1] == eos else canvas_left)
+    assert [generate(random_lm, [p], cfg).forwards[0] for p in prompts] == res.forwards  # batching changes nothing
+    # the block-end EOS stop of the reference pays for the masked positions after the EOS as well
+    block_end = generate(random_lm, prompts, dataclasses.replace(cfg, stop_at_answer_end=False))
+    assert block_end.sequences == res.sequences
+    assert all(a <= b for a, b in zip(res.forwards, block_end.forwards))
+    assert sum(res.forwards) < sum(block_end.forwards)
+    assert any(s[-1] == eos for s in res.sequences)
+
+
+def test_stop_at_answer_end_refuses_editing(random_lm):
+    cfg = DecodeConfig(gen_length=8, block_length=4, editing_threshold=0.9, stop_at_answer_end=True)
+    with pytest.raises(ValueError, match="stop_at_answer_end needs editing off"):
+        generate(random_lm, [[1, 2]], cfg)
 
 
 def test_reference_loop_refuses_what_it_does_not_have(random_lm):

@@ -66,7 +66,7 @@ def test_every_rl_config_loads():
     ("optim.ema_decay=1.0", "rl.optim.ema_decay: must be in \\[0, 1\\)"),
     ("optim.schedule=linear", "rl.optim.schedule: must be one of"),
     ("checkpoint_every_steps=-1", "rl.checkpoint_every_steps: must be >= 0"),
-    ("estimator.edit_weight=1.0", "rl.estimator.edit_rate: must be > 0 when rl.estimator.edit_weight > 0"),
+    ("estimator.edit_rate=0", "rl.estimator.edit_rate: must be > 0 when rl.estimator.edit_weight > 0"),
     ("estimator.edit_rate=1.0", "rl.estimator.edit_rate: must be in \\[0, 1\\)"),
 ])
 def test_bad_config_values_name_the_key(override, message):
@@ -142,7 +142,7 @@ def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
     assert sorted(calls) == sorted([e.id for e in examples] * 4)
 
 
-@pytest.mark.parametrize("estimator", [[], ["estimator.edit_weight=1.0", "estimator.edit_rate=0.2"]],
+@pytest.mark.parametrize("estimator", [["estimator.edit_weight=0", "estimator.edit_rate=0"], []],
                          ids=["eq5", "edit_terms"])
 def test_run_rl_end_to_end(tiny_model_dir, tmp_path, estimator):
     out = tmp_path / "rl"
