@@ -21,8 +21,8 @@ mask id) and then loop forever, we take the best non-mask token, as our decoder 
 exactly one token per forward, left to right (threshold 1 can never be exceeded, so the fallback
 commits the leftmost mask each step; editing and post steps off), ending a prompt on the forward that
 writes its EOS. That is what an AR model of the same size spends: one forward per answer token. (In
-confidence order the model fills the EOS padding after the answer first, so a block-end stop paid
-for every padded position: TPF 0.51 on sort16 before stop 29.)
+confidence order the model fills the EOS padding after the answer first, and a block-end stop pays
+for every padded position: about half the true AR throughput.)
 """
 
 from __future__ import annotations
