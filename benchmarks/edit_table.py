@@ -5,13 +5,15 @@ editing on and off (tau_edit > 1), and with `--mbe W` also S and Q with Multi-Bl
 blocks. Every cell reports score, TPF, TPS, the forwards split per sample (drafting / edit rounds /
 verification / MBE passes, components.edits.forward_split) and every edit classified against the
 reference answer (components.edits): fixes, breaks, neutral, oscillations and edit precision =
-fixes / (fixes + breaks). Families with many valid answers judge edits against the final output when
-it is valid. A summary follows: per model, S against Q (TPF ratio, score change), and every model
+fixes / (fixes + breaks). Where a puzzle has several valid answers, edits are judged against the
+final output when it is valid and left unjudged when it is not (components.tasks.has_unique_answer). A summary follows: per model, S against Q (TPF ratio, score change), and every model
 against the first one in S mode.
 
   python benchmarks/edit_table.py --model A=outputs/.../model --model B=outputs/.../model \
       --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--mbe 1] \
       [--json out.json] [--mlflow-experiment speed-table]
+  # models trained on different tasks in one table: LABEL@families=folder
+  python benchmarks/edit_table.py --model pipeline@sort,sudoku4=A --model latin@latin=B --families sort sudoku4 latin
 
 Several `--model` entries with the same label (e.g. three seeds) are reported as mean ± spread
 (half the max - min range) per cell. TPS is measured with the trajectory recorded (the edit
@@ -57,7 +59,7 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
     from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits
     from components.rl.rollouts import encode_prompt
     from components.tasks import get_family
-    from components.tasks.synthetic import MULTI_ANSWER_FAMILIES
+    from components.tasks import has_unique_answer
     from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 
@@ -82,7 +84,7 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
                 text = tok.decode(seq, skip_special_tokens=True).strip()
                 correct = bool(family.score(text, e))
                 ok += correct
-                reference = tok.encode(e.answer) if fam not in MULTI_ANSWER_FAMILIES else None
+                reference = tok.encode(e.answer) if has_unique_answer(e) else None
                 stats = stats + judge_edits(traj, seq, tok.eos_id, correct=correct, reference=reference)
             out[(fam, name)] = {"score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward,
                                 "tps": res.num_tokens / res.wall_seconds if res.wall_seconds else float("nan"),
@@ -132,7 +134,7 @@ def summary_lines(cells: dict) -> list[str]:
                          f"{spread_cell([a['score'] - b['score'] for a, b in zip(s, s_off)], '+.1f')} |")
     if len(labels) > 1:
         base = labels[0]
-        lines += ["", f"| model vs {base} (S mode) | family | score difference | TPF ratio |", "|---|---|---|---|"]
+        rows = []
         for label in labels[1:]:
             for fam in families:
                 mine = cells.get((label, fam, "S edit"))
@@ -144,9 +146,11 @@ def summary_lines(cells: dict) -> list[str]:
                                                    statistics.mean(r["tpf"] for r in runs)))
                 m_score = [r["score"] for r in mine]
                 b_score = [r["score"] for r in best]
-                lines.append(f"| {label} | {fam} | {statistics.mean(m_score) - statistics.mean(b_score):+.1f} "
-                             f"({spread_cell(m_score, '.1f')} vs {spread_cell(b_score, '.1f')}) | "
-                             f"{statistics.mean(r['tpf'] for r in mine) / statistics.mean(r['tpf'] for r in best):.2f} |")
+                rows.append(f"| {label} | {fam} | {statistics.mean(m_score) - statistics.mean(b_score):+.1f} "
+                            f"({spread_cell(m_score, '.1f')} vs {spread_cell(b_score, '.1f')}) | "
+                            f"{statistics.mean(r['tpf'] for r in mine) / statistics.mean(r['tpf'] for r in best):.2f} |")
+        if rows:  # models decoded on different families (LABEL@...) have nothing to compare
+            lines += ["", f"| model vs {base} (S mode) | family | score difference | TPF ratio |", "|---|---|---|---|", *rows]
     return lines
 
 
@@ -195,7 +199,9 @@ def log_to_mlflow(experiment: str, tracking_uri: str | None, cells: dict, text: 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="LABEL=checkpoint folder (repeat; same label = seeds)")
+    p.add_argument("--model", action="append", required=True,
+                   help="LABEL=checkpoint folder (repeat; same label = seeds); LABEL@fam1,fam2=folder decodes that "
+                        "checkpoint on those of --families only (models trained on different tasks, one table)")
     p.add_argument("--families", nargs="+", default=["sort"])
     p.add_argument("--family-params", default="{}")
     p.add_argument("--n", type=int, default=200)
@@ -207,10 +213,16 @@ def main(argv=None) -> int:
     p.add_argument("--mlflow-experiment", default=None, help="log the table to this MLflow experiment")
     p.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
+    models = []  # (label, checkpoint folder, families it is decoded on)
     for item in args.model:
-        label, sep, path = item.partition("=")
+        spec, sep, path = item.partition("=")
+        label, at, only = spec.partition("@")
+        families = only.split(",") if at else args.families
         if not sep or not label or not (Path(path) / "config.json").is_file():
             p.error(f"--model {item!r}: expected LABEL=<checkpoint folder with config.json>")
+        if not set(families) <= set(args.families):
+            p.error(f"--model {item!r}: families {sorted(set(families) - set(args.families))} are not in --families")
+        models.append((label, path, families))
     if any(w < 1 for w in args.mbe):
         p.error(f"--mbe {args.mbe}: windows are whole blocks, >= 1")
     try:
@@ -219,9 +231,8 @@ def main(argv=None) -> int:
         p.error(f"--family-params: not JSON ({exc}); expected e.g. '{{\"sort\": {{\"max_value\": 9}}}}'")
     torch.set_num_threads(args.threads)
     cells: dict = defaultdict(list)  # (label, fam, setting) -> [result per seed]
-    for item in args.model:
-        label, _, path = item.partition("=")
-        for key, res in evaluate_checkpoint(path, args.families, params, args.n, args.gen_length,
+    for label, path, families in models:
+        for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length,
                                             args.block_length, args.mbe).items():
             cells[(label, *key)].append(res)
     text = "\n".join([*table_lines(cells), "", *summary_lines(cells)])

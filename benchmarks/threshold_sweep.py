@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits  # noqa: E402
 from components.rl.rollouts import encode_prompt  # noqa: E402
-from components.tasks import get_family  # noqa: E402
-from components.tasks.synthetic import MULTI_ANSWER_FAMILIES  # noqa: E402
+from components.tasks import get_family, has_unique_answer  # noqa: E402
 from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 
@@ -73,11 +72,11 @@ def decode_and_score(lm, tok, family, examples, prompts, cfg: DecodeConfig):
 
 def classify(tok, family, examples, res) -> EditStats:
     """Every edit of a recorded decode, judged as the evaluation judges it: against the reference
-    answer (families with one valid answer) or, for a correct output, against that output."""
+    answer where it is the one valid answer, or, for a correct output, against that output."""
     stats = EditStats()
     for e, seq, trajectory in zip(examples, res.sequences, res.trajectories):
         correct = bool(family.score(tok.decode(seq, skip_special_tokens=True).strip(), e))
-        reference = None if family.name in MULTI_ANSWER_FAMILIES else tok.encode(e.answer)
+        reference = tok.encode(e.answer) if has_unique_answer(e) else None
         stats = stats + judge_edits(trajectory, seq, tok.eos_id, correct=correct, reference=reference)
     return stats
 

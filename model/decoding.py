@@ -12,7 +12,8 @@ One decoding step of a row (prompt) in block b:
   * M2T: masks whose confidence exceeds `threshold` are filled; if fewer than `num_to_transfer`
     qualify, the `num_to_transfer` most confident masks are filled instead;
   * T2T: non-mask, non-prompt positions whose arg-max differs and whose confidence exceeds
-    `editing_threshold` are replaced (tokens filled in this very step excepted);
+    `editing_threshold` are replaced (tokens filled in this very step excepted; with `max_reverts`
+    set, not to a token the position held before once it has reverted that many times);
   * a step that starts with no mask counts as a "post" step; more than `max_post_steps` of them
     end the block before the forward, and a post step without edits ends it after the forward.
 
@@ -73,6 +74,11 @@ class DecodeConfig:
     # end, so that one token per forward costs one forward per answer token, as an AR model would.
     left_to_right: bool = False
     stop_at_answer_end: bool = False
+    # A guard against edit ping-pong (issue 22; the reference has none, so None = off): a position may
+    # put back a token it already held in this decode (a revert) at most `max_reverts` times. Two
+    # clashing tokens that the model swaps at every post step then stop flipping, and the block ends
+    # instead of spending every post step up to `max_post_steps`.
+    max_reverts: int | None = None
 
 
 @dataclass
@@ -131,6 +137,9 @@ class _Row:
         self.done = False
         self.forwards = self.edits = self.commits = 0
         self.trajectory = None
+        # for `max_reverts` (None when it is off): the tokens each position has held, and its reverts
+        self.held: dict[int, set[int]] | None = {} if cfg.max_reverts is not None else None
+        self.reverts: dict[int, int] = {}
 
 
 class _Decoder:
@@ -314,12 +323,14 @@ class _Decoder:
                     top = cf.masked_fill(~is_mask, float("-inf")).topk(k).indices
                 commit[top] = True
         edit = ~is_mask & ~protected & (tok != current) & (cf > cfg.editing_threshold)
+        edit = self._limit_reverts(row, positions, tok, edit)
         record = self._record(row, kind)
         if record is not None:
             record.m2t = [(int(p), int(t)) for p, t in zip(positions[commit], tok[commit])]
             record.t2t = [(int(p), int(o), int(t)) for p, o, t in zip(positions[edit], current[edit], tok[edit])]
         update = commit | edit
         current[update] = tok[update]
+        self._remember(row, positions, tok, update)
         n_edits = int(edit.sum())
         row.commits += int(commit.sum())
         row.edits += n_edits
@@ -331,13 +342,36 @@ class _Decoder:
         positions = torch.arange(window.start, window.stop)
         edit = (positions >= row.prompt_length) & (current != self.mask_id) & (tok != current) & (
             cf > self.cfg.editing_threshold)
+        edit = self._limit_reverts(row, positions, tok, edit)
         record = self._record(row, kind)
         if record is not None:
             record.t2t = [(int(p), int(o), int(t)) for p, o, t in zip(positions[edit], current[edit], tok[edit])]
         current[edit] = tok[edit]
+        self._remember(row, positions, tok, edit)
         n_edits = int(edit.sum())
         row.edits += n_edits
         return n_edits
+
+    def _limit_reverts(self, row: _Row, positions: torch.Tensor, tok: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+        """`edit` without the reverts (a token the position held before) past `max_reverts` per position;
+        the reverts kept are counted."""
+        if row.held is None or not bool(edit.any()):
+            return edit
+        edit = edit.clone()
+        for i in edit.nonzero().flatten().tolist():
+            p = int(positions[i])
+            if int(tok[i]) in row.held.get(p, ()):
+                if row.reverts.get(p, 0) >= self.cfg.max_reverts:
+                    edit[i] = False
+                else:
+                    row.reverts[p] = row.reverts.get(p, 0) + 1
+        return edit
+
+    @staticmethod
+    def _remember(row: _Row, positions: torch.Tensor, tok: torch.Tensor, written: torch.Tensor) -> None:
+        if row.held is not None:
+            for p, t in zip(positions[written].tolist(), tok[written].tolist()):
+                row.held.setdefault(p, set()).add(t)
 
     def _record(self, row: _Row, kind: str) -> StepRecord | None:
         if row.trajectory is None:
@@ -381,6 +415,8 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
         raise ValueError(f"DecodeConfig.top_p must be in (0, 1] or None, got {cfg.top_p}")
     if cfg.mbe_window < 0:
         raise ValueError(f"DecodeConfig.mbe_window must be >= 0, got {cfg.mbe_window}")
+    if cfg.max_reverts is not None and (not isinstance(cfg.max_reverts, int) or cfg.max_reverts < 0):
+        raise ValueError(f"DecodeConfig.max_reverts must be a non-negative integer or None (off), got {cfg.max_reverts!r}")
     if cfg.max_batch_size is not None and cfg.max_batch_size < 1:
         raise ValueError(f"DecodeConfig.max_batch_size must be >= 1 or None, got {cfg.max_batch_size}")
     if cfg.stop_at_answer_end and (cfg.editing_threshold <= 1.0 or cfg.mbe_window):

@@ -238,6 +238,40 @@ def test_editing_threshold_above_one_disables_edits(lm):
 
 
 @pytest.mark.parametrize("extra", [{"speculative_verify": True}, {"mbe_window": 1}], ids=["speculative", "mbe"])
+def test_max_reverts_caps_how_often_a_position_puts_back_an_earlier_token(lm, extra):
+    """tau_edit 0 makes the random golden model edit back and forth; the guard caps the reverts per
+    position (0: never, 1: once) in every pass (drafting, post steps, MBE), and a batch decodes as
+    its rows one by one."""
+    from components.edits import classify_edits
+
+    prompts = _random_prompts(4, seed=3)
+    base = dict(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.0, record_trajectory=True, **extra)
+
+    def reverts_per_position(trajectory):
+        held, reverts = {}, collections.Counter()
+        for step in trajectory.steps:
+            for pos, tok in step.m2t:
+                held.setdefault(pos, set()).add(tok)
+            for pos, _, new in step.t2t:
+                reverts[pos] += new in held.setdefault(pos, set())
+                held[pos].add(new)
+        return reverts
+
+    free = generate(lm, prompts, DecodeConfig(**base))
+    assert max(max(reverts_per_position(t).values(), default=0) for t in free.trajectories) > 1
+    for cap in (0, 1):
+        capped = generate(lm, prompts, DecodeConfig(**base, max_reverts=cap))
+        for trajectory in capped.trajectories:
+            assert max(reverts_per_position(trajectory).values(), default=0) <= cap
+        assert sum(classify_edits(t, None, None).oscillations for t in capped.trajectories) < sum(
+            classify_edits(t, None, None).oscillations for t in free.trajectories)
+        one_by_one = [generate(lm, [p], DecodeConfig(**base, max_reverts=cap)).sequences[0] for p in prompts]
+        assert capped.sequences == one_by_one
+    with pytest.raises(ValueError, match="max_reverts"):
+        generate(lm, prompts, DecodeConfig(block_length=8, gen_length=16, max_reverts=-1))
+
+
+@pytest.mark.parametrize("extra", [{"speculative_verify": True}, {"mbe_window": 1}], ids=["speculative", "mbe"])
 def test_forward_split_adds_up_to_the_decoders_forwards(lm, extra):
     """The benchmark's drafting / edit-round / verification / MBE accounting covers every forward."""
     from components.edits import forward_split

@@ -9,10 +9,12 @@ import pytest
 from components.tasks import SPLITS, SYNTHETIC_FAMILIES, Example, SyntheticFamily, get_family, split_of
 from components.tasks.synthetic import (
     AdditionFamily,
+    LatinFamily,
     PermutationFamily,
     Sudoku4Family,
     SumFamily,
     _all_sudoku4,
+    _latin_completions,
     _sudoku4_valid,
 )
 
@@ -220,6 +222,55 @@ def test_sudoku_rejects_invalid_grids():
         assert not fam.score(bad, e), bad
 
 
+# ---------------------------------------------------------------- latin
+
+
+@pytest.mark.parametrize("size", [3, 4, 5, 7])
+def test_latin_references_are_latin_squares_that_keep_their_clues(size):
+    fam = LatinFamily(size=size, min_clues=size, max_clues=2 * size)
+    for e in fam.make("train", 40, seed=2):
+        rows = e.answer.split()
+        assert len(rows) == size and all(len(r) == size for r in rows)
+        grid = [int(c) for c in "".join(rows)]
+        assert all(sorted(grid[size * i : size * i + size]) == list(range(1, size + 1)) for i in range(size))
+        assert all(sorted(grid[size * r + i] for r in range(size)) == list(range(1, size + 1)) for i in range(size))
+        clues = [(i, int(p)) for i, p in enumerate(e.meta["puzzle"]) if p != "0"]
+        assert size <= len(clues) <= 2 * size and all(grid[i] == v for i, v in clues)
+        assert e.prompt == "latin: " + " ".join(e.meta["puzzle"][size * r : size * r + size] for r in range(size))
+
+
+def test_latin_accepts_every_completion_and_default_puzzles_are_often_ambiguous():
+    fam = get_family("latin")
+    several = 0
+    for e in fam.make("heldout", 40, seed=1):
+        completions = _latin_completions(e.meta["puzzle"], fam.size)
+        assert completions  # the reference at least
+        for g in completions:
+            assert fam.score(" ".join("".join(map(str, g[5 * r : 5 * r + 5])) for r in range(5)), e)
+        several += len(completions) > 1
+    assert several >= 5  # about a third of the default puzzles have more than one solution
+
+
+def test_latin_rejects_invalid_squares():
+    fam = get_family("latin", size=4)
+    e = _ex(fam, {"puzzle": "1000" + "0" * 12, "size": 4})
+    assert fam.score("1234 2143 3412 4321", e)
+    assert fam.score("1234 2341 3412 4123", e)  # a latin square that is not a sudoku: no boxes here
+    for bad in [
+        "2134 1243 3412 4321",  # clue 1 at (0,0) not kept
+        "1234 2143 3412 4312",  # last row breaks columns
+        "1234 1234 1234 1234",  # columns repeat
+        "1234 2143 3412",  # 3 rows
+        "1234214334124321",  # no row separators
+        "1235 2143 3412 4321",  # digit out of range for size 4
+    ]:
+        assert not fam.score(bad, e), bad
+    with pytest.raises(ValueError, match="size must be in 2..9"):
+        LatinFamily(size=10)
+    with pytest.raises(ValueError, match="max_clues <= size"):
+        LatinFamily(size=3, max_clues=10)
+
+
 # ---------------------------------------------------------------- deterministic controls
 
 
@@ -257,3 +308,20 @@ def test_get_family_with_parameters():
         get_family("sudoku4", clues=3)
     with pytest.raises(ValueError, match="max_clues"):
         get_family("sudoku4", max_clues=20)  # the family's own validation still runs
+
+
+def test_has_unique_answer_counts_the_completions_of_puzzles():
+    from components.tasks import has_unique_answer
+
+    sudoku = get_family("sudoku4").make("heldout", 60, seed=0)
+    fits = lambda e: sum(all(p == "0" or int(p) == v for p, v in zip(e.meta["puzzle"], g)) for g in _all_sudoku4())  # noqa: E731
+    assert [has_unique_answer(e) for e in sudoku] == [fits(e) == 1 for e in sudoku]
+    latin = get_family("latin").make("heldout", 60, seed=0)
+    assert [has_unique_answer(e) for e in latin] == [len(_latin_completions(e.meta["puzzle"], 5)) == 1 for e in latin]
+    for examples in (sudoku, latin):  # both kinds occur, so the judge really depends on the puzzle
+        assert 0 < sum(map(has_unique_answer, examples)) < len(examples)
+    assert all(has_unique_answer(e) for e in get_family("sort").make("heldout", 5, seed=0))
+    assert not any(has_unique_answer(e) for e in get_family("permutation").make("heldout", 5, seed=0))
+    damaged = dataclasses.replace(latin[0], meta={"puzzle": latin[0].meta["puzzle"]})  # no size
+    assert not has_unique_answer(damaged)
+    assert not has_unique_answer(dataclasses.replace(latin[0], family="chess"))

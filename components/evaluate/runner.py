@@ -36,6 +36,7 @@ from components.evaluate.prompts import render
 from components.evaluate.scorers import SandboxUnavailableError, as_judgement, preflight, resolve_scorer, task_dir
 from components.evaluate.sources import Sample, load_samples
 from components.edits import EditStats, judge_edits
+from components.tasks import Example, has_unique_answer
 
 log = logging.getLogger(__name__)
 TaskLike = TaskConfig | str | os.PathLike
@@ -142,9 +143,13 @@ def _generate_batch(lm, jobs: list[_Job], decode, tokenizer, drop: set[int]) -> 
 
 
 def answer_ids(task: TaskConfig, sample: Sample, tokenizer) -> Optional[list[int]]:
-    """The token ids wrong outputs' edits are judged against: the sample's reference answer when the
-    task has a unique one (`unique_answer`), else None (shared with the benchmark)."""
-    if task.unique_answer and sample.reference is not None:
+    """The token ids wrong outputs' edits are judged against: the sample's reference answer when it is
+    the one valid answer -- for every sample of a `unique_answer` task, and for the synthetic puzzles
+    whose clues fix the answer (components.tasks.has_unique_answer) -- else None (shared with the
+    benchmark)."""
+    if sample.reference is None:
+        return None
+    if task.unique_answer or (isinstance(sample.data, Example) and has_unique_answer(sample.data)):
         return tokenizer.encode(sample.reference)
     return None
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from components.edits import EditStats, judge_edits
-from components.tasks import Example, get_family
-from components.tasks.synthetic import MULTI_ANSWER_FAMILIES, SYNTHETIC_FAMILIES
+from components.tasks import Example, get_family, has_unique_answer
 from model import DecodeConfig, GenerationResult, generate
 from model.decoding import Trajectory
 
@@ -179,12 +178,10 @@ def score_rollouts(batch: RolloutBatch, reward: CombinedReward, workers: int = 1
 
 def judge_rollout_edits(batch: RolloutBatch, tokenizer) -> EditStats:
     """Every T2T edit of the batch's (recorded) decodes as fix / break / neutral (components.edits).
-    Wrong answers are judged against the reference only for synthetic families with one valid answer."""
+    Wrong answers are judged against the reference only where it is the one valid answer."""
     stats = EditStats()
     for r in batch.rollouts:
-        family = r.example.family
-        unique = family in SYNTHETIC_FAMILIES and family not in MULTI_ANSWER_FAMILIES
-        reference = tokenizer.encode(r.example.answer) if unique else None
+        reference = tokenizer.encode(r.example.answer) if has_unique_answer(r.example) else None
         stats = stats + judge_edits(r.trajectory, r.sequence, tokenizer.eos_id, correct=bool(r.score.correct),
                                     reference=reference)
     return stats

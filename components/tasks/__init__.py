@@ -7,6 +7,7 @@ from components.tasks.synthetic import (
     Example,
     SyntheticFamily,
     get_family,
+    has_unique_answer,
     split_of,
     to_messages,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Example",
     "SyntheticFamily",
     "get_family",
+    "has_unique_answer",
     "split_of",
     "to_messages",
 ]

@@ -302,6 +302,110 @@ class Sudoku4Family:
 
 
 # --------------------------------------------------------------------------------------------------
+# latin: complete an n x n latin square from some clues (a third of the default puzzles have several)
+# --------------------------------------------------------------------------------------------------
+
+
+def _random_latin_square(n: int, rng: random.Random) -> tuple[int, ...]:
+    """A random n x n latin square over 1..n (row-major): cell-by-cell backtracking in shuffled
+    digit order. Not uniform over all squares, but covers far more than the isotopes of one square."""
+    grid = [0] * (n * n)
+
+    def fill(i: int) -> bool:
+        if i == n * n:
+            return True
+        r, c = divmod(i, n)
+        used = set(grid[r * n : r * n + c]) | {grid[q * n + c] for q in range(r)}
+        options = [v for v in range(1, n + 1) if v not in used]
+        rng.shuffle(options)
+        for v in options:
+            grid[i] = v
+            if fill(i + 1):
+                return True
+        grid[i] = 0
+        return False
+
+    fill(0)
+    return tuple(grid)
+
+
+def _latin_completions(puzzle: str, n: int, limit: int | None = None) -> list[list[int]]:
+    """The latin squares over 1..n that keep the clues of `puzzle` (row-major, ``0`` = empty), by
+    exhaustive search; at most `limit` of them."""
+    grid, out = [int(c) for c in puzzle], []
+
+    def fill(i: int) -> None:
+        if limit is not None and len(out) >= limit:
+            return
+        if i == n * n:
+            out.append(grid[:])
+            return
+        if grid[i]:
+            return fill(i + 1)
+        r, c = divmod(i, n)
+        used = {grid[r * n + k] for k in range(n)} | {grid[q * n + c] for q in range(n)}
+        for v in range(1, n + 1):
+            if v not in used:
+                grid[i] = v
+                fill(i + 1)
+        grid[i] = 0
+
+    fill(0)
+    return out
+
+
+def _latin_valid(g: list[int], n: int) -> bool:
+    full = set(range(1, n + 1))
+    return all(
+        set(g[n * i : n * i + n]) == full and {g[n * r + i] for r in range(n)} == full for i in range(n)
+    )
+
+
+@dataclass(frozen=True)
+class LatinFamily:
+    """Prompt ``latin: 10300 00020 00000 40010 00005`` (n rows of n cells, ``0`` = empty) -> a full
+    latin square over 1..n (each digit once per row and once per column) that keeps every clue, e.g.
+    ``12345 ...``. Like sudoku4 without boxes and larger: digits drafted in parallel clash in a row or
+    column, and the clues of the crossing column tell which copy is wrong -- the context an editor
+    needs to repair a clash (issue 22). Cells are single digits, so one token each."""
+
+    name: str = "latin"
+    size: int = 5
+    min_clues: int = 10
+    max_clues: int = 14
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.size <= 9:
+            raise ValueError(f"{self.name}: size must be in 2..9 (one digit per cell), got {self.size}")
+        if not 0 <= self.min_clues <= self.max_clues <= self.size**2:
+            raise ValueError(f"{self.name}: need 0 <= min_clues <= max_clues <= size**2 = {self.size**2}")
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        n = self.size
+        grid = _random_latin_square(n, rng)
+        shown = set(rng.sample(range(n * n), rng.randint(self.min_clues, self.max_clues)))
+        cells = "".join(str(v) if i in shown else "0" for i, v in enumerate(grid))
+        puzzle = " ".join(cells[n * r : n * r + n] for r in range(n))
+        answer = " ".join("".join(map(str, grid[n * r : n * r + n])) for r in range(n))
+        return f"latin: {puzzle}", answer, {"puzzle": cells, "size": n}
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff n rows of n digits 1..n form a latin square that keeps every clue."""
+        n, puzzle = example.meta["size"], example.meta["puzzle"]
+        rows = completion.split()
+        if len(rows) != n or not all(re.fullmatch(f"[1-{n}]{{{n}}}", r) for r in rows):
+            return False
+        grid = [int(c) for c in "".join(rows)]
+        if len(puzzle) != n * n or any(p != "0" and int(p) != v for p, v in zip(puzzle, grid)):
+            return False
+        return _latin_valid(grid, n)
+
+
+# --------------------------------------------------------------------------------------------------
 # deterministic controls: addition and sorting (exactly one valid answer)
 # --------------------------------------------------------------------------------------------------
 
@@ -367,11 +471,31 @@ class SortFamily:
 
 SYNTHETIC_FAMILIES: dict[str, SyntheticFamily] = {
     f.name: f
-    for f in (PermutationFamily(), SumFamily(), Sudoku4Family(), AdditionFamily(), SortFamily())
+    for f in (PermutationFamily(), SumFamily(), Sudoku4Family(), LatinFamily(), AdditionFamily(), SortFamily())
 }
 
 # Families with many valid answers, where draft-and-edit has something to repair (issue 7, item 4).
-MULTI_ANSWER_FAMILIES = ("permutation", "sum", "sudoku4")
+MULTI_ANSWER_FAMILIES = ("permutation", "sum", "sudoku4", "latin")
+
+
+def has_unique_answer(example: Example) -> bool:
+    """Whether `example.answer` is the only valid answer, so that the edits of a wrong output can be
+    judged against it (components.edits): always for the deterministic families; for sudoku4 and
+    latin, for the puzzles whose clues fix the whole grid (counted on demand); never otherwise."""
+    if example.family not in SYNTHETIC_FAMILIES:
+        return False
+    if example.family not in MULTI_ANSWER_FAMILIES:
+        return True
+    try:
+        puzzle = example.meta["puzzle"]
+        if example.family == "sudoku4":
+            fits = (g for g in _all_sudoku4() if all(p == "0" or int(p) == v for p, v in zip(puzzle, g)))
+            return len(list(itertools.islice(fits, 2))) == 1
+        if example.family == "latin":
+            return len(_latin_completions(puzzle, int(example.meta["size"]), limit=2)) == 1
+    except (KeyError, IndexError, TypeError, ValueError):  # damaged meta: nothing to judge against
+        return False
+    return False
 
 
 def to_messages(example: Example, with_answer: bool = False) -> list[dict[str, str]]:
