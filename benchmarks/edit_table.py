@@ -6,8 +6,9 @@ blocks. Every cell reports score, TPF, TPS, the forwards split per sample (draft
 verification / MBE passes, components.edits.forward_split) and every edit classified against the
 reference answer (components.edits): fixes, breaks, neutral, oscillations and edit precision =
 fixes / (fixes + breaks). Where a puzzle has several valid answers, edits are judged against the
-final output when it is valid and left unjudged when it is not (components.tasks.has_unique_answer). A summary follows: per model, S against Q (TPF ratio, score change), and every model
-against the first one in S mode.
+final output when it is valid and left unjudged when it is not (components.tasks.has_unique_answer).
+A summary follows: per model, S against Q (TPF ratio, score change), and every model against the
+first one in S mode.
 
   python benchmarks/edit_table.py --model A=outputs/.../model --model B=outputs/.../model \
       --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--mbe 1] \
@@ -58,8 +59,7 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
     from components.decoding import load_decode_config
     from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits
     from components.rl.rollouts import encode_prompt
-    from components.tasks import get_family
-    from components.tasks import has_unique_answer
+    from components.tasks import get_family, has_unique_answer
     from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 
