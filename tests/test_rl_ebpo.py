@@ -11,6 +11,7 @@ import torch
 from components.rl.config import EstimatorConfig, OptimConfig
 from components.rl.ebpo import (
     PreparedBatch,
+    all_failed_fraction,
     clipped_surrogate,
     damp_negative,
     group_advantages,
@@ -41,6 +42,13 @@ def test_group_advantages_closed_form():
     torch.testing.assert_close(plain[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
     r2 = torch.tensor([3.0, 1.0, 2.0])
     torch.testing.assert_close(group_advantages(r2, 3), (r2 - 2.0) / r2.std(unbiased=False), atol=1e-5, rtol=0)
+
+
+def test_all_failed_fraction_counts_the_groups_without_a_correct_response():
+    correct = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    assert all_failed_fraction(correct, 4) == pytest.approx(1 / 3)  # groups: one right, none right, all right
+    assert all_failed_fraction(correct, 2) == pytest.approx(3 / 6)
+    assert all_failed_fraction(torch.ones(4), 4) == 0.0
 
 
 def test_damp_negative_scales_only_negative_advantages():

@@ -268,6 +268,8 @@ def test_weight_average_is_evaluated_and_exported_while_rollouts_use_the_online_
     before = [p.detach().clone() for p in lm.parameters()]
     module.training_step(get_family("sum").make("train", 4, 0), 0)
     assert module.history[-1]["trained_fraction"] > 0
+    # the random model solves no prompt, yet trains: the signal is the format reward, not accuracy
+    assert module.history[-1]["all_failed_fraction"] == 1.0
     assert module.rollout_policy is lm and module.policy is not lm
     moved = False
     for avg, old, new in zip(module.policy.parameters(), before, lm.parameters()):

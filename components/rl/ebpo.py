@@ -39,6 +39,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.view(-1)
 
 
+def all_failed_fraction(correct: torch.Tensor, group_size: int) -> float:
+    """The share of prompts none of whose `group_size` responses is correct. Their advantages are all
+    zero, so RL cannot learn from them: where accuracy plateaus, this says whether the prompts left
+    are ones the sampled policy never solves (issue 19)."""
+    return float((correct.view(-1, group_size).amax(1) <= 0).float().mean())
+
+
 def permute_within_groups(advantages: torch.Tensor, group_size: int, generator: torch.Generator) -> torch.Tensor:
     """Each group's advantages in a random order (the control arm: same magnitudes, no reward signal)."""
     adv = advantages.view(-1, group_size)  # (prompts, G)

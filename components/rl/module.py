@@ -23,6 +23,7 @@ from model.files import atomic_write
 from .config import RLConfig
 from .ebpo import (
     PreparedBatch,
+    all_failed_fraction,
     damp_negative,
     group_advantages,
     optimise_batch,
@@ -283,6 +284,7 @@ class EBPOModule(L.LightningModule):
             "rollout_finished": batch.finished_fraction,
             "reward_errors": float(len(batch.errors)),
             "trained_fraction": len(keep) / len(adv),
+            "all_failed_fraction": all_failed_fraction(batch.correct, c.rollout.group_size),
             "rollout_seconds": t_rollout,
         }
         if len(keep):
