@@ -13,6 +13,7 @@ first one in S mode.
   python benchmarks/edit_table.py --model A=outputs/.../model --model B=outputs/.../model \
       --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--mbe 1] \
       [--json out.json] [--mlflow-experiment speed-table]
+  # any DecodeConfig field for every setting, e.g. the presets' revert guard off: --set max_reverts=null
   # models trained on different tasks in one table: LABEL@families=folder
   python benchmarks/edit_table.py --model pipeline@sort,sudoku4=A --model latin@latin=B --families sort sudoku4 latin
 
@@ -27,6 +28,7 @@ JSON and a score-vs-TPF plot become artifacts (tracking URI from MLFLOW_TRACKING
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -36,6 +38,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from model import DecodeConfig  # noqa: E402
+
+DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)}
 
 
 def settings(block_length: int | None, mbe_windows: list[int] = ()) -> dict[str, dict]:
@@ -55,7 +62,8 @@ def settings(block_length: int | None, mbe_windows: list[int] = ()) -> dict[str,
 
 
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
-                        block_length: int | None, mbe_windows: list[int] = ()) -> dict:
+                        block_length: int | None, mbe_windows: list[int] = (), decode_overrides: dict | None = None
+                        ) -> dict:
     from components.decoding import load_decode_config
     from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits
     from components.rl.rollouts import encode_prompt
@@ -71,7 +79,7 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
         examples = family.make("heldout", n, seed=123)
         prompts = [encode_prompt(tok, e.prompt, "chat") for e in examples]
         for name, s in settings(block_length, mbe_windows).items():
-            fields = {k: v for k, v in s.items() if k != "preset"}
+            fields = {**(decode_overrides or {}), **{k: v for k, v in s.items() if k != "preset"}}
             cfg = load_decode_config(s["preset"], gen_length=gen_length, eos_id=tok.eos_id, mask_id=tok.mask_id,
                                      record_trajectory=True, max_batch_size=64, **fields)
             with torch.no_grad():
@@ -203,6 +211,8 @@ def main(argv=None) -> int:
                    help="LABEL=checkpoint folder (repeat; same label = seeds); LABEL@fam1,fam2=folder decodes that "
                         "checkpoint on those of --families only (models trained on different tasks, one table)")
     p.add_argument("--families", nargs="+", default=["sort"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a DecodeConfig field for every setting, e.g. --set max_reverts=null (the presets' guard off)")
     p.add_argument("--family-params", default="{}")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--gen-length", type=int, default=32)
@@ -223,6 +233,14 @@ def main(argv=None) -> int:
         if not set(families) <= set(args.families):
             p.error(f"--model {item!r}: families {sorted(set(families) - set(args.families))} are not in --families")
         models.append((label, path, families))
+    decode_overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set {item!r}: expected KEY=VALUE, e.g. max_reverts=null")
+        if key not in DECODE_FIELDS:
+            p.error(f"--set {item!r}: {key!r} is not a DecodeConfig field; known: {sorted(DECODE_FIELDS)}")
+        decode_overrides[key] = yaml.safe_load(value)
     if any(w < 1 for w in args.mbe):
         p.error(f"--mbe {args.mbe}: windows are whole blocks, >= 1")
     try:
@@ -233,7 +251,7 @@ def main(argv=None) -> int:
     cells: dict = defaultdict(list)  # (label, fam, setting) -> [result per seed]
     for label, path, families in models:
         for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length,
-                                            args.block_length, args.mbe).items():
+                                            args.block_length, args.mbe, decode_overrides).items():
             cells[(label, *key)].append(res)
     text = "\n".join([*table_lines(cells), "", *summary_lines(cells)])
     print(text)

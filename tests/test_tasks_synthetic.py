@@ -316,6 +316,7 @@ def test_has_unique_answer_counts_the_completions_of_puzzles():
     sudoku = get_family("sudoku4").make("heldout", 60, seed=0)
     fits = lambda e: sum(all(p == "0" or int(p) == v for p, v in zip(e.meta["puzzle"], g)) for g in _all_sudoku4())  # noqa: E731
     assert [has_unique_answer(e) for e in sudoku] == [fits(e) == 1 for e in sudoku]
+    assert all(get_family("sudoku4").count_solutions(e) == fits(e) for e in sudoku)
     latin = get_family("latin").make("heldout", 60, seed=0)
     assert [has_unique_answer(e) for e in latin] == [len(_latin_completions(e.meta["puzzle"], 5)) == 1 for e in latin]
     for examples in (sudoku, latin):  # both kinds occur, so the judge really depends on the puzzle

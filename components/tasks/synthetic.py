@@ -250,6 +250,12 @@ def _all_sudoku4() -> tuple[tuple[int, ...], ...]:
     return tuple(grids)
 
 
+def _sudoku4_completions(puzzle: str, limit: int | None = None) -> list[tuple[int, ...]]:
+    """The valid grids that keep the clues of `puzzle` (row-major, ``0`` = empty); at most `limit`."""
+    fits = (g for g in _all_sudoku4() if all(p == "0" or int(p) == v for p, v in zip(puzzle, g)))
+    return list(itertools.islice(fits, limit))
+
+
 def _sudoku4_valid(g: tuple[int, ...] | list[int]) -> bool:
     full = {1, 2, 3, 4}
     for i in range(4):
@@ -299,6 +305,10 @@ class Sudoku4Family:
         if len(puzzle) != 16 or any(p != "0" and int(p) != v for p, v in zip(puzzle, grid)):
             return False
         return _sudoku4_valid(grid)
+
+    def count_solutions(self, example: Example, limit: int | None = None) -> int:
+        """How many valid grids keep the example's clues (at most `limit`)."""
+        return len(_sudoku4_completions(example.meta["puzzle"], limit))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,6 +414,10 @@ class LatinFamily:
             return False
         return _latin_valid(grid, n)
 
+    def count_solutions(self, example: Example, limit: int | None = None) -> int:
+        """How many latin squares keep the example's clues (at most `limit`)."""
+        return len(_latin_completions(example.meta["puzzle"], int(example.meta["size"]), limit))
+
 
 # --------------------------------------------------------------------------------------------------
 # deterministic controls: addition and sorting (exactly one valid answer)
@@ -478,24 +492,24 @@ SYNTHETIC_FAMILIES: dict[str, SyntheticFamily] = {
 MULTI_ANSWER_FAMILIES = ("permutation", "sum", "sudoku4", "latin")
 
 
+@lru_cache(maxsize=4096)  # evaluations judge the same held-out prompts again and again
 def has_unique_answer(example: Example) -> bool:
     """Whether `example.answer` is the only valid answer, so that the edits of a wrong output can be
-    judged against it (components.edits): always for the deterministic families; for sudoku4 and
-    latin, for the puzzles whose clues fix the whole grid (counted on demand); never otherwise."""
-    if example.family not in SYNTHETIC_FAMILIES:
+    judged against it (components.edits): always for the deterministic families; for a many-answer
+    family that can count its solutions (`count_solutions`: sudoku4, latin), for the puzzles whose
+    clues fix the whole grid; never otherwise."""
+    family = SYNTHETIC_FAMILIES.get(example.family)
+    if family is None:
         return False
     if example.family not in MULTI_ANSWER_FAMILIES:
         return True
+    count_solutions = getattr(family, "count_solutions", None)
+    if count_solutions is None:
+        return False
     try:
-        puzzle = example.meta["puzzle"]
-        if example.family == "sudoku4":
-            fits = (g for g in _all_sudoku4() if all(p == "0" or int(p) == v for p, v in zip(puzzle, g)))
-            return len(list(itertools.islice(fits, 2))) == 1
-        if example.family == "latin":
-            return len(_latin_completions(puzzle, int(example.meta["size"]), limit=2)) == 1
+        return count_solutions(example, limit=2) == 1
     except (KeyError, IndexError, TypeError, ValueError):  # damaged meta: nothing to judge against
         return False
-    return False
 
 
 def to_messages(example: Example, with_answer: bool = False) -> list[dict[str, str]]:
