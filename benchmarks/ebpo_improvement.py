@@ -16,9 +16,10 @@ trainer.num_threads=1), so on two cores each arm has one core for the whole budg
 whatever `eval.*` asks for: greedy by default, the sampled policy EBPO trains with
 `eval.temperature=1.0 eval.samples_per_prompt=K`.
 
-`--permute-advantages` is a control: each group's advantages are shuffled among its responses, so
-the updates keep their size and statistics but no longer depend on the reward. A real run must beat
-it; when it does not, the update noise, not the reward signal, sets the outcome.
+`--permute-advantages` is a control (`optim.permute_advantages=true`): each group's advantages are
+shuffled among its responses, so the updates keep their size and statistics but no longer depend on
+the reward. A real run must beat it; when it does not, the update noise, not the reward signal, sets
+the outcome.
 """
 
 from __future__ import annotations
@@ -33,23 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.rl.run import DEFAULT_CONFIG, run_rl  # noqa: E402
 
 
-def permute_advantages_within_groups(seed: int = 0) -> None:
-    """Make every EBPO step use its group's advantages in a random order (the control run)."""
-    import torch
-
-    import components.rl.module as rl_module
-
-    true_advantages = rl_module.group_advantages
-    generator = torch.Generator().manual_seed(seed)
-
-    def permuted(rewards, group_size, scale=True, eps=1e-6):
-        adv = true_advantages(rewards, group_size, scale, eps).view(-1, group_size)
-        order = torch.stack([torch.randperm(group_size, generator=generator) for _ in range(adv.shape[0])])
-        return adv.gather(1, order).view(-1)
-
-    rl_module.group_advantages = permuted
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="starting checkpoint (e.g. the tiny SFT model)")
@@ -61,14 +45,14 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true", help="run the arms side by side, one process each")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = ap.parse_args()
-    if args.permute_advantages:
-        permute_advantages_within_groups()
 
     jobs = {}
     for n in args.levels:
         out = args.out / f"levels_{n}"
         overrides = list(args.overrides) + [f"estimator.num_levels={n}", f"max_minutes={args.minutes}",
                                             "max_steps=100000"]
+        if args.permute_advantages:
+            overrides.append("optim.permute_advantages=true")
         print(f"=== N = {n} noise level(s): run_rl {args.model} -> {out}\n    overrides: {' '.join(overrides)}",
               flush=True)
         jobs[n] = (out, overrides)
@@ -76,9 +60,7 @@ def main() -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=permute_advantages_within_groups if args.permute_advantages else None
-                                 ) as pool:
+        with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {n: pool.submit(run_rl, args.config, args.model, out, overrides=o) for n, (out, o) in jobs.items()}
             summaries = {n: f.result() for n, f in futures.items()}
     else:
