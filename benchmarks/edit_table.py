@@ -100,14 +100,15 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
     return out
 
 
-def spread_cell(values: list[float], spec: str) -> str:
-    """`mean ± half-range` over seeds (NaNs dropped); one value as is; none as '-'."""
+def spread_cell(values: list[float], spec: str, spread: str = "half-range") -> str:
+    """`mean ± half-range` (or `± sd`) over seeds (NaNs dropped); one value as is; none as '-'."""
     values = [v for v in values if v == v]
     if not values:
         return "-"
     if len(values) == 1:
         return format(values[0], spec)
-    return f"{format(statistics.mean(values), spec)} ± {format((max(values) - min(values)) / 2, spec.lstrip('+'))}"
+    width = statistics.stdev(values) if spread == "sd" else (max(values) - min(values)) / 2
+    return f"{format(statistics.mean(values), spec)} ± {format(width, spec.lstrip('+'))}"
 
 
 def table_lines(cells: dict) -> list[str]:

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edit_table import spread_cell  # noqa: E402
 
 
 def load_run(folder: Path) -> dict:
@@ -29,10 +32,13 @@ def load_run(folder: Path) -> dict:
     for f in (summary, curve_file):
         if not f.is_file():
             raise SystemExit(f"rl_table: {f} not found (is {folder} the --out of a finished `draftedit rl` run?)")
-    curve = json.loads(curve_file.read_text())
-    if len(curve) < 2:
-        raise SystemExit(f"rl_table: {curve_file} has {len(curve)} held-out evaluations; need the start and one more")
-    return {"folder": str(folder), "curve": curve, "metrics": json.loads(summary.read_text())["metrics"]}
+    try:
+        curve, metrics = json.loads(curve_file.read_text()), json.loads(summary.read_text()).get("metrics", {})
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"rl_table: {folder}: a results file is not valid JSON ({e})") from None
+    if not isinstance(curve, list) or len(curve) < 2:
+        raise SystemExit(f"rl_table: {curve_file} needs a list of at least two held-out evaluations (the start and one more)")
+    return {"folder": str(folder), "curve": curve, "metrics": metrics}
 
 
 def run_row(run: dict) -> dict:
@@ -48,15 +54,6 @@ def run_row(run: dict) -> dict:
             "tpf_ratio": run["metrics"].get("rl_eval/tpf_ratio", float("nan")),
             "edits_per_sample": final.get("edits_per_sample", float("nan")),
             "fixes": final.get("edit_fixes", float("nan")), "breaks": final.get("edit_breaks", float("nan"))}
-
-
-def mean_sd(values: list[float], spec: str = "+.1f") -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec.lstrip('+'))}"
 
 
 def main() -> None:
@@ -86,7 +83,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, runs in arms.items():
         rows = [r["row"] for r in runs]
-        col = lambda k, spec="+.1f": mean_sd([r[k] for r in rows], spec)  # noqa: E731
+        col = lambda k, spec="+.1f": spread_cell([r[k] for r in rows], spec, spread="sd")  # noqa: E731
         per_seed = " / ".join(f"{r['gain']:+.1f}" for r in rows)
         print(f"| {label} | {len(rows)} | {col('start', '.1f')} | {col('final', '.1f')} | {per_seed} | {col('gain')} | "
               f"{col('peak', '.1f')} | {col('last_third_change')} | {col('steps', '.0f')} | {col('minutes', '.1f')} | "
