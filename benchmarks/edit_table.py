@@ -8,7 +8,9 @@ reference answer (components.edits): fixes, breaks, neutral, oscillations and ed
 fixes / (fixes + breaks). Where a puzzle has several valid answers, edits are judged against the
 final output when it is valid and left unjudged when it is not (components.tasks.has_unique_answer).
 A summary follows: per model, S against Q (TPF ratio, score change), and every model against the
-first one in S mode.
+first one in S mode; with `--mbe`, each MBE setting against the same preset without it (the paper's
+Table 4: score change, TPF, the extra forwards, and the MBE passes' edits in earlier blocks -- what
+only MBE can repair -- and in the block just ended).
 
   python benchmarks/edit_table.py --model A=outputs/.../model --model B=outputs/.../model \
       --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--mbe 1] \
@@ -65,9 +67,9 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
                         block_length: int | None, mbe_windows: list[int] = (), decode_overrides: dict | None = None
                         ) -> dict:
     from components.decoding import load_decode_config
-    from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits
+    from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_example_edits
     from components.rl.rollouts import encode_prompt
-    from components.tasks import get_family, has_unique_answer
+    from components.tasks import get_family
     from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 
@@ -85,6 +87,8 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
             with torch.no_grad():
                 res = generate(lm, prompts, cfg)
             stats, ok = EditStats(), 0
+            where = mbe_edit_filters(cfg.block_length) if cfg.mbe_window else {}
+            mbe_stats = dict.fromkeys(where, EditStats())
             split = dict.fromkeys(FORWARD_KINDS, 0)
             for e, seq, traj in zip(examples, res.sequences, res.trajectories):
                 for kind, count in forward_split(traj).items():
@@ -92,12 +96,24 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
                 text = tok.decode(seq, skip_special_tokens=True).strip()
                 correct = bool(family.score(text, e))
                 ok += correct
-                reference = tok.encode(e.answer) if has_unique_answer(e) else None
-                stats = stats + judge_edits(traj, seq, tok.eos_id, correct=correct, reference=reference)
+                stats = stats + judge_example_edits(traj, seq, tok, e, correct=correct)
+                for part, select in where.items():
+                    mbe_stats[part] = mbe_stats[part] + judge_example_edits(traj, seq, tok, e, correct=correct,
+                                                                            select=select)
             out[(fam, name)] = {"score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward,
                                 "tps": res.num_tokens / res.wall_seconds if res.wall_seconds else float("nan"),
-                                **{f"fw_{k}": v / len(examples) for k, v in split.items()}, **stats.as_dict()}
+                                **{f"fw_{k}": v / len(examples) for k, v in split.items()}, **stats.as_dict(),
+                                **{f"{part}_{k}": getattr(st, k) for part, st in mbe_stats.items()
+                                   for k in ("edits", "fixes", "breaks")}}
     return out
+
+
+def mbe_edit_filters(block_length: int) -> dict:
+    """The MBE passes' edits, split by where they land: in an earlier block of the window (what only
+    MBE can repair: a later block revealed the error) or in the block that just ended (what its own
+    post steps could have edited too)."""
+    return {"mbe_earlier": lambda step, pos: step.kind == "mbe" and pos // block_length < step.block,
+            "mbe_last": lambda step, pos: step.kind == "mbe" and pos // block_length >= step.block}
 
 
 def spread_cell(values: list[float], spec: str, spread: str = "half-range") -> str:
@@ -161,6 +177,29 @@ def summary_lines(cells: dict) -> list[str]:
         if rows:  # models decoded on different families (LABEL@...) have nothing to compare
             lines += ["", f"| model vs {base} (S mode) | family | score difference | TPF ratio |", "|---|---|---|---|", *rows]
     return lines
+
+
+def mbe_lines(cells: dict) -> list[str]:
+    """The paper's Table 4 per model: each MBE setting against the same preset without MBE, per seed
+    then mean ± spread -- score change, TPF, where the extra forwards go, and where the MBE passes'
+    edits land (fixes / breaks over all answers)."""
+    lines = ["| model | family | decoding | score change | TPF without → with MBE | extra forwards/answer: "
+             "draft / edit / verify / mbe | MBE edits in earlier blocks: fixes / breaks | in the block just ended: "
+             "fixes / breaks |", "|---|---|---|---|---|---|---|---|"]
+    for (label, fam, name), runs in cells.items():
+        mode, _, window = name.partition(" edit MBE")
+        base = cells.get((label, fam, f"{mode} edit"))
+        if not window or not base:
+            continue
+        mean = lambda rs, k: statistics.mean(r[k] for r in rs)  # noqa: E731
+        extra = " / ".join(f"{mean(runs, f'fw_{k}') - mean(base, f'fw_{k}'):+.1f}"
+                           for k in ("draft", "edit", "verify", "mbe"))
+        judged = lambda part: f"{mean(runs, f'{part}_fixes'):.0f} / {mean(runs, f'{part}_breaks'):.0f}"  # noqa: E731
+        lines.append(f"| {label} | {fam} | {name} | "
+                     f"{spread_cell([a['score'] - b['score'] for a, b in zip(runs, base)], '+.1f')} | "
+                     f"{mean(base, 'tpf'):.2f} → {mean(runs, 'tpf'):.2f} | {extra} | "
+                     f"{judged('mbe_earlier')} | {judged('mbe_last')} |")
+    return lines if len(lines) > 2 else []
 
 
 def log_to_mlflow(experiment: str, tracking_uri: str | None, cells: dict, text: str, args) -> str:
@@ -254,7 +293,8 @@ def main(argv=None) -> int:
         for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length,
                                             args.block_length, args.mbe, decode_overrides).items():
             cells[(label, *key)].append(res)
-    text = "\n".join([*table_lines(cells), "", *summary_lines(cells)])
+    mbe = mbe_lines(cells)
+    text = "\n".join([*table_lines(cells), "", *summary_lines(cells), *(["", *mbe] if mbe else [])])
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"|".join(k): v for k, v in cells.items()}, indent=2))

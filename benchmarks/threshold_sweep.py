@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_edits  # noqa: E402
+from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_example_edits  # noqa: E402
 from components.rl.rollouts import encode_prompt  # noqa: E402
-from components.tasks import get_family, has_unique_answer  # noqa: E402
+from components.tasks import get_family  # noqa: E402
 from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 
@@ -76,8 +76,7 @@ def classify(tok, family, examples, res) -> EditStats:
     stats = EditStats()
     for e, seq, trajectory in zip(examples, res.sequences, res.trajectories):
         correct = bool(family.score(tok.decode(seq, skip_special_tokens=True).strip(), e))
-        reference = tok.encode(e.answer) if has_unique_answer(e) else None
-        stats = stats + judge_edits(trajectory, seq, tok.eos_id, correct=correct, reference=reference)
+        stats = stats + judge_example_edits(trajectory, seq, tok, e, correct=correct)
     return stats
 
 

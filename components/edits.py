@@ -19,9 +19,14 @@ fix of a wrong draft, which is what that answer needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
-from model.decoding import Trajectory
+from components.tasks import Example, has_unique_answer
+from model.decoding import StepRecord, Trajectory
+
+# Which edits to count: called with the step that made the edit and the edit's canvas position.
+EditFilter = Callable[[StepRecord, int], bool]
 
 
 @dataclass
@@ -75,10 +80,12 @@ class EditStats:
 
 
 def classify_edits(trajectory: Trajectory, reference: list[int] | None, eos_id: int | None,
-                   generated_tokens: int = 0) -> EditStats:
+                   generated_tokens: int = 0, select: EditFilter | None = None) -> EditStats:
     """Classify every T2T edit of one decode against `reference` (completion token ids, no EOS).
 
-    `reference=None` counts edits and oscillations only (the edits are `unjudged`).
+    `reference=None` counts edits and oscillations only (the edits are `unjudged`). With `select`,
+    only the edits it accepts are counted (e.g. a Multi-Block Editing pass's edits of earlier
+    blocks); every edit still enters the history that marks oscillations.
     """
     start = trajectory.prompt_length
     held: dict[int, set[int]] = {}  # position -> every token it has held in this decode
@@ -94,11 +101,13 @@ def classify_edits(trajectory: Trajectory, reference: list[int] | None, eos_id: 
         for position, token in step.m2t:
             held.setdefault(position, set()).add(token)
         for position, old, new in step.t2t:
-            stats.edits += 1
             seen = held.setdefault(position, {old})
-            if new in seen:
-                stats.oscillations += 1
+            returns = new in seen
             seen.add(new)
+            if select is not None and not select(step, position):
+                continue
+            stats.edits += 1
+            stats.oscillations += returns
             want = expected(position)
             if want is None:
                 stats.unjudged += 1
@@ -112,16 +121,17 @@ def classify_edits(trajectory: Trajectory, reference: list[int] | None, eos_id: 
 
 
 def judge_edits(trajectory: Trajectory, sequence: list[int], eos_id: int | None, *, correct: bool,
-                reference: list[int] | None) -> EditStats:
+                reference: list[int] | None, select: EditFilter | None = None) -> EditStats:
     """Classify one decode's edits the way every stage judges them (evaluation, benchmark, sweeps).
 
     `sequence` is the generated token ids (EOS kept), `correct` the task's verdict on it, `reference`
     the reference answer's token ids -- pass it only when the task has a unique answer, else None.
     A correct output is its own reference (the edits that made it are fixes, whichever valid answer it
-    is); a wrong one is judged against `reference`, or left unjudged without one.
+    is); a wrong one is judged against `reference`, or left unjudged without one. `select` as in
+    `classify_edits`.
     """
     target = [t for t in sequence if t != eos_id] if correct else reference
-    return classify_edits(trajectory, target, eos_id, len(sequence))
+    return classify_edits(trajectory, target, eos_id, len(sequence), select)
 
 
 FORWARD_KINDS = ("draft", "edit", "verify", "mbe")
@@ -147,3 +157,11 @@ def forward_split(trajectory: Trajectory) -> dict[str, int]:
         else:
             split[step.kind] += 1
     return split
+
+
+def judge_example_edits(trajectory: Trajectory, sequence: list[int], tokenizer, example: Example, *, correct: bool,
+                        select: EditFilter | None = None) -> EditStats:
+    """`judge_edits` for a synthetic-family example: a wrong output is judged against the example's
+    answer only where its clues make it the one valid answer (components.tasks.has_unique_answer)."""
+    reference = tokenizer.encode(example.answer) if has_unique_answer(example) else None
+    return judge_edits(trajectory, sequence, tokenizer.eos_id, correct=correct, reference=reference, select=select)

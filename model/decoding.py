@@ -25,11 +25,13 @@ edit, at most max(1, max_post_steps) times. The window's cached keys/values are 
 pass and recomputed under the block-causal mask by the next forward, so later blocks always see
 keys/values consistent with the decoding mask.
 
-Speculative verification (speculative_verify=True, greedy or sampled, not with MBE): a post step
-that usually confirms the block unchanged also drafts the next block in the same forward (the next
-block's queries see the current block as it stands). If the step edits nothing, the block ends with
-exactly the contents the next block's first step would have seen, so the speculative draft is that
-first step and one forward is saved; if it edits, the speculative part is discarded.
+Speculative verification (speculative_verify=True, greedy or sampled): a post step that usually
+confirms the block unchanged also drafts the next block in the same forward (the next block's
+queries see the current block as it stands). If the step edits nothing, the block ends with exactly
+the contents the next block's first step would have seen, so the speculative draft is that first
+step and one forward is saved; if it edits, the speculative part is discarded. With MBE the draft
+waits for the window's passes: it is that first step if they edit nothing (the next block then sees
+the same tokens under the same block-causal mask) and is discarded if they edit.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class _Row:
         self.phase = "draft"  # or "mbe"
         self.post_steps = 0
         self.mbe_steps = 0
+        self.held_draft = None  # (tokens, confidences): the next block's speculative draft, waiting on MBE
         self.done = False
         self.forwards = self.edits = self.commits = 0
         self.trajectory = None
@@ -182,6 +185,7 @@ class _Decoder:
         while not row.done:
             if row.phase == "mbe":
                 if row.mbe_steps >= max(1, self.cfg.max_post_steps):
+                    row.held_draft = None  # the last pass edited: the draft saw an older window
                     self._advance(row)
                     continue
                 return "mbe"
@@ -195,8 +199,7 @@ class _Decoder:
         return None
 
     def _speculates(self, row: _Row, kind: str) -> bool:
-        return (self.cfg.speculative_verify and kind == "post" and self.cfg.mbe_window == 0
-                and row.block + 1 < row.num_blocks)
+        return self.cfg.speculative_verify and kind == "post" and row.block + 1 < row.num_blocks
 
     # ------------------------------------------------------------------ one batched forward
     def run(self, rows: list[_Row]) -> None:
@@ -271,8 +274,12 @@ class _Decoder:
                 edits = self._apply_edits(row, window, tok, cf, kind)
                 row.mbe_steps += 1
                 frozen_until = logit_starts[slot]
+                held, row.held_draft = row.held_draft, None
                 if not edits:
+                    block_before = row.block
                     self._advance(row)
+                    if held is not None and not row.done and row.block == block_before + 1:
+                        self._apply_block_step(row, *held, "speculative")
             else:
                 frozen_until = row.block * B
                 spec = speculative[slot]
@@ -283,7 +290,9 @@ class _Decoder:
                     frozen_until = (row.block + 1) * B  # the input was the block's final content
                     block_before = row.block
                     self._end_block(row)
-                    if spec and not row.done and row.block == block_before + 1:
+                    if spec and not row.done and row.phase == "mbe":
+                        row.held_draft = (tok[B:2 * B], cf[B:2 * B])
+                    elif spec and not row.done and row.block == block_before + 1:
                         self._apply_block_step(row, tok[B:2 * B], cf[B:2 * B], "speculative")
             if cfg.stop_at_answer_end and not row.done and self._answer_complete(row):
                 row.done = True

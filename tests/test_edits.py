@@ -61,6 +61,23 @@ def test_forward_split_counts_drafts_edit_rounds_verifications_and_mbe_passes():
     assert forward_split(trajectory(steps)) == {"draft": 3, "edit": 1, "verify": 1, "mbe": 1}
 
 
+def test_select_counts_only_the_chosen_edits_but_remembers_every_token_held():
+    # block length 8, prompt of 2: block 0 holds positions 2..7, block 1 positions 8..15
+    steps = [
+        StepRecord("draft", 0, m2t=[(2, 1), (3, 5)]),
+        StepRecord("post", 0, t2t=[(3, 5, 6)]),            # not an MBE edit: skipped, but 3 has held 5
+        StepRecord("draft", 1, m2t=[(8, 3)]),
+        StepRecord("mbe", 1, t2t=[(3, 6, 5),               # earlier block, back to a held token
+                                  (2, 1, 7),               # earlier block: breaks a right token
+                                  (8, 3, 4)]),             # the block just ended: not selected
+    ]
+    earlier = lambda step, pos: step.kind == "mbe" and pos // 8 < step.block  # noqa: E731
+    stats = classify_edits(trajectory(steps), [1, 2, 3, 4, 5, 6, 3], EOS, select=earlier)
+    assert (stats.edits, stats.fixes, stats.breaks, stats.neutral, stats.oscillations) == (2, 0, 1, 1, 1)
+    everything = classify_edits(trajectory(steps), [1, 2, 3, 4, 5, 6, 3], EOS)
+    assert (everything.edits, everything.breaks) == (4, 2)
+
+
 def test_edit_stats_add_up_over_samples():
     a = EditStats(edits=2, fixes=1, breaks=1, tokens=10, samples=1)
     b = EditStats(edits=1, fixes=1, tokens=10, samples=1)
@@ -250,3 +267,23 @@ def test_wrong_outputs_are_judged_against_the_reference_only_where_it_is_the_one
     assert all(r == [ord(c) for c in s.reference] for r, s in zip(refs, samples) if r is not None)
     sort = load_task("sort", ["source.num_examples=5"])
     assert all(answer_ids(sort, s, Chars()) is not None for s in load_samples(sort))
+
+
+def test_example_edits_of_a_wrong_output_are_judged_only_where_the_answer_is_unique():
+    from components.edits import judge_example_edits
+    from components.tasks import get_family, has_unique_answer
+
+    class Chars:
+        eos_id = EOS
+
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    examples = get_family("sudoku4").make("heldout", 40, seed=0)
+    unique = next(e for e in examples if has_unique_answer(e))
+    several = next(e for e in examples if not has_unique_answer(e))
+    for example, judged in ((unique, True), (several, False)):
+        right = ord(example.answer[0])
+        steps = [StepRecord("draft", 0, m2t=[(2, right)]), StepRecord("post", 0, t2t=[(2, right, right + 1)])]
+        stats = judge_example_edits(trajectory(steps), [right + 1, EOS], Chars(), example, correct=False)
+        assert (stats.breaks, stats.unjudged) == ((1, 0) if judged else (0, 1))

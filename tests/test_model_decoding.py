@@ -106,6 +106,23 @@ def test_speculative_verify_batched_and_uncached(lm):
         assert sum(fast.forwards) < sum(plain.forwards)
 
 
+def test_speculative_verify_with_mbe_is_token_identical_and_saves_forwards(lm):
+    """With MBE the next block's speculative draft waits for the window's passes: used when they edit
+    nothing, discarded when they edit. Outputs equal MBE without speculation, cached or not."""
+    prompts = _random_prompts(6, seed=5)
+    base = DecodeConfig(block_length=8, gen_length=32, threshold=0.6, editing_threshold=0.95, mbe_window=1,
+                        record_trajectory=True)
+    plain = generate(lm, prompts, base)
+    for use_cache in (True, False):
+        fast = generate(lm, prompts, DecodeConfig(**{**base.__dict__, "speculative_verify": True, "use_cache": use_cache}))
+        assert fast.sequences == plain.sequences and fast.canvases == plain.canvases
+        assert sum(fast.forwards) < sum(plain.forwards)
+        steps = [[(s.kind, bool(s.t2t)) for s in t.steps] for t in fast.trajectories]
+        pairs = [(k[i], k[i + 1]) for k in steps for i in range(len(k) - 1)]
+        assert any(a[0] == "mbe" and b[0] == "speculative" for a, b in pairs)  # kept: the pass edited nothing
+        assert any(a[0] == "post" and b == ("mbe", True) for a, b in pairs)  # discarded: the first pass edited
+
+
 def test_multi_block_editing_revises_an_earlier_block(lm):
     prompt = CASES[0]["prompt"]
     base = DecodeConfig(block_length=8, gen_length=32, threshold=0.5, editing_threshold=0.3, max_post_steps=4)

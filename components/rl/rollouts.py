@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from components.edits import EditStats, judge_edits
-from components.tasks import Example, get_family, has_unique_answer
+from components.edits import EditStats, judge_example_edits
+from components.tasks import Example, get_family
 from model import DecodeConfig, GenerationResult, generate
 from model.decoding import Trajectory
 
@@ -181,9 +181,8 @@ def judge_rollout_edits(batch: RolloutBatch, tokenizer) -> EditStats:
     Wrong answers are judged against the reference only where it is the one valid answer."""
     stats = EditStats()
     for r in batch.rollouts:
-        reference = tokenizer.encode(r.example.answer) if has_unique_answer(r.example) else None
-        stats = stats + judge_edits(r.trajectory, r.sequence, tokenizer.eos_id, correct=bool(r.score.correct),
-                                    reference=reference)
+        stats = stats + judge_example_edits(r.trajectory, r.sequence, tokenizer, r.example,
+                                            correct=bool(r.score.correct))
     return stats
 
 
