@@ -185,7 +185,6 @@ class _Decoder:
         while not row.done:
             if row.phase == "mbe":
                 if row.mbe_steps >= max(1, self.cfg.max_post_steps):
-                    row.held_draft = None  # the last pass edited: the draft saw an older window
                     self._advance(row)
                     continue
                 return "mbe"
