@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from components.bench.baselines import reference_generate  # noqa: E402
 from components.bench.machine import describe_machine  # noqa: E402
-from components.decoding import load_decode_config  # noqa: E402
+from components.presets import load_decode_config  # noqa: E402
 from model import DiffusionLM, GenerationResult, ModelConfig, generate  # noqa: E402
 from model.files import atomic_write  # noqa: E402
 

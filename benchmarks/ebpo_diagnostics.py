@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.decoding import load_decode_config  # noqa: E402
-from components.tasks import get_family  # noqa: E402
+from components.presets import load_decode_config  # noqa: E402
+from components.families import get_family  # noqa: E402
 from model import DiffusionLM  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 from threshold_sweep import add_heldout_args, decode_and_score, encode_prompts  # noqa: E402  (same folder)

@@ -6,7 +6,7 @@ blocks. Every cell reports score, TPF, TPS, the forwards split per sample (draft
 verification / MBE passes, components.edits.forward_split) and every edit classified against the
 reference answer (components.edits): fixes, breaks, neutral, oscillations and edit precision =
 fixes / (fixes + breaks). Where a puzzle has several valid answers, edits are judged against the
-final output when it is valid and left unjudged when it is not (components.tasks.has_unique_answer).
+final output when it is valid and left unjudged when it is not (components.families.has_unique_answer).
 A summary follows: per model, S against Q (TPF ratio, score change), and every model against the
 first one in S mode; with `--mbe`, each MBE setting against the same preset without it (the paper's
 Table 4: score change, TPF, the extra forwards, and the MBE passes' edits in earlier blocks -- what
@@ -50,7 +50,7 @@ DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)}
 def settings(block_length: int | None, mbe_windows: list[int] = ()) -> dict[str, dict]:
     """Every preset in conf/decode/ (S = speedy, Q = quality, ...), each with editing on and off, and
     with editing on plus Multi-Block Editing over each window in `mbe_windows`."""
-    from components.decoding import EDITING_OFF, preset_names
+    from components.presets import EDITING_OFF, preset_names
 
     over = {} if block_length is None else {"block_length": block_length}
     out = {}
@@ -66,10 +66,10 @@ def settings(block_length: int | None, mbe_windows: list[int] = ()) -> dict[str,
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
                         block_length: int | None, mbe_windows: list[int] = (), decode_overrides: dict | None = None
                         ) -> dict:
-    from components.decoding import load_decode_config
+    from components.presets import load_decode_config
     from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_example_edits
     from components.rl.rollouts import encode_prompt
-    from components.tasks import get_family
+    from components.families import get_family
     from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 

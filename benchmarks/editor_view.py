@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from components.decoding import load_decode_config  # noqa: E402
+from components.presets import load_decode_config  # noqa: E402
 from components.rl.rollouts import encode_prompt  # noqa: E402
-from components.tasks import get_family  # noqa: E402
-from components.tasks.synthetic import MULTI_ANSWER_FAMILIES  # noqa: E402
+from components.families import get_family  # noqa: E402
+from components.families.synthetic import MULTI_ANSWER_FAMILIES  # noqa: E402
 from model import DiffusionLM, generate  # noqa: E402
 from model.masks import block_causal_mask  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.tasks import get_family  # noqa: E402
+from components.families import get_family  # noqa: E402
 from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 import decode_speed  # noqa: E402
 from components.bench.machine import describe_machine  # noqa: E402
-from components.decoding import load_decode_config  # noqa: E402
+from components.presets import load_decode_config  # noqa: E402
 from model import generate  # noqa: E402
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_example_edits  # noqa: E402
 from components.rl.rollouts import encode_prompt  # noqa: E402
-from components.tasks import get_family  # noqa: E402
+from components.families import get_family  # noqa: E402
 from model import DecodeConfig, DiffusionLM, generate  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 

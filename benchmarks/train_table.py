@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from components.decoding import EDITING_OFF, load_decode_config  # noqa: E402
+from components.presets import EDITING_OFF, load_decode_config  # noqa: E402
 from model.files import atomic_write  # noqa: E402
 
 # The variants measured before issue 22 keep its per-stream visible losses and no editing-stream
@@ -136,7 +136,7 @@ def train_variant(variant: str, out: Path, args) -> Path:
 
 def evaluate(checkpoint: Path, args) -> dict:
     from components.rl.rollouts import encode_prompt
-    from components.tasks import get_family
+    from components.families import get_family
     from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
-from components.tasks import Example, has_unique_answer
+from components.families import Example, has_unique_answer
 from model.decoding import StepRecord, Trajectory
 
 # Which edits to count: called with the step that made the edit and the edit's canvas position.
@@ -162,6 +162,6 @@ def forward_split(trajectory: Trajectory) -> dict[str, int]:
 def judge_example_edits(trajectory: Trajectory, sequence: list[int], tokenizer, example: Example, *, correct: bool,
                         select: EditFilter | None = None) -> EditStats:
     """`judge_edits` for a synthetic-family example: a wrong output is judged against the example's
-    answer only where its clues make it the one valid answer (components.tasks.has_unique_answer)."""
+    answer only where its clues make it the one valid answer (components.families.has_unique_answer)."""
     reference = tokenizer.encode(example.answer) if has_unique_answer(example) else None
     return judge_edits(trajectory, sequence, tokenizer.eos_id, correct=correct, reference=reference, select=select)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .cli_errors import UsageError, config_errors
-from .decoding import load_decode_config, preset_names
+from .presets import load_decode_config, preset_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -164,14 +164,14 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     """
     import torch
 
-    from components.decoding import EDITING_OFF
+    from components.presets import EDITING_OFF
     from components.evaluate import evaluate_suite
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lm, tokenizer = load_checkpoint(inputs["checkpoint"], device)
     harness = None
     if cfg.lm_eval.tasks:  # lm-evaluation-harness tasks (eval/<task>/<metric>), checked before anything decodes
-        from components.evaluate.harness import prepare_harness
+        from components.evaluate.lm_eval_model import prepare_harness
 
         harness = prepare_harness(lm, tokenizer, cfg.lm_eval, cfg.tasks)
 
@@ -190,7 +190,7 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
         if cfg.editing_ablation:
             metrics.update(suite_metrics(suite(mode, noedit, out_dir / f"{mode}_noedit"), f"eval/{mode}_noedit"))
     if harness is not None:
-        from components.evaluate.harness import run_harness
+        from components.evaluate.lm_eval_model import run_harness
 
         metrics.update(run_harness(*harness, cfg.lm_eval, out_dir / "lm_eval"))
     return {"metrics": metrics}

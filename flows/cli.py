@@ -195,7 +195,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("components.cli_errors", "UsageError"),
     ("components.config", "ConfigError"),
     ("components.tracking.store", "TrackingError"),
-    ("flows.registry", "StageError"),
+    ("flows.stages", "StageError"),
     ("flows.deploy", "DeployError"),
     ("model.checkpoint", "CheckpointError"),
     ("model.tokenizer", "TokenizerError"),

@@ -115,8 +115,8 @@ NOEDIT = "_noedit"  # the evaluate stage's suffix for a mode re-run with T2T edi
 def decoding_arms(metrics) -> list[tuple[str, str]]:
     """(metric key, label) of every decoding mode the evaluation reported, `eval/<preset>/score` and
     `eval/<preset>_noedit/score`, presets in conf/decode/ order, editing on before off. The presets
-    are discovered (components.decoding.preset_names), never listed here."""
-    from components.decoding import preset_names
+    are discovered (components.presets.preset_names), never listed here."""
+    from components.presets import preset_names
 
     arms = []
     for preset in preset_names():

@@ -141,7 +141,7 @@ def run_stage_on_pool(stage: str, pool: str, params: dict[str, Any], client, exp
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from .registry import StageError
+    from .stages import StageError
     from .runner import sweep_dead_owners
 
     name = deployment_name(stage, pool)

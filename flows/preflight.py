@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import REPO_ROOT, ConfigError, fail
-from components.decoding import check_preset, load_decode_config
+from components.presets import check_preset, load_decode_config
 from components.tracking import TrackingError, resolve_uri
 
 from .config import STAGE_ORDER, PipelineConfig, stage_config_path

@@ -4,7 +4,7 @@
 config with the component's schema, resolves the input URIs to local folders, opens the MLflow run
 (nested under the pipeline's run when given), calls the component in a Prefect task that retries
 transient failures, logs metrics and outputs, and returns the outputs as URIs that the next stage
-(or a later pipeline) starts from. The stage table it reads is flows/registry.py.
+(or a later pipeline) starts from. The stage table it reads is flows/stages.py.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from components.tracking import (
 )
 
 from .config import config_hash
-from .registry import StageError, entry_name, stage_spec
+from .stages import StageError, entry_name, stage_spec
 
 
 TAG_REGISTRATION = "draftedit.registration"  # evaluate's Registration as JSON: a pipeline on another host reads it

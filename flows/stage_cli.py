@@ -2,7 +2,7 @@
 
 E.g. re-running RL from a given SFT run:
     draftedit run rl --input checkpoint=runs:/<sft_run_id>/checkpoint
-The stage table is flows/registry.py, the stage body flows/runner.py, the flows flows/stage_flows.py.
+The stage table is flows/stages.py, the stage body flows/runner.py, the flows flows/stage_flows.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from components.tracking import TrackingError, resolve_tracking_uri, run_outputs
 
 from .config import STAGE_ORDER
 from .prefect_server import start_ephemeral_server
-from .registry import COMPONENTS, StageError
+from .stages import COMPONENTS, StageError
 from .runner import load_stage_config, tracking_client
 from .stage_flows import STAGE_FLOWS
 

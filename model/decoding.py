@@ -50,7 +50,7 @@ from .sampling import choose_tokens
 class DecodeConfig:
     """The decoder's settings. The defaults are the authors' reference `generate()` signature (parity
     API, design.md); the project's presets (S, Q) are `conf/decode/*.yaml`, loaded by
-    `components.decoding.load_decode_config`."""
+    `components.presets.load_decode_config`."""
 
     block_length: int = 32
     gen_length: int = 256

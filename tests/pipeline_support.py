@@ -109,8 +109,8 @@ def fake_evaluate(cfg: FakeEvalConfig, out_dir: Path, inputs: dict) -> dict:
 
 
 def install_fakes(monkeypatch) -> None:
-    """Point every stage of flows.registry.COMPONENTS at the stand-ins above."""
-    from flows.registry import COMPONENTS
+    """Point every stage of flows.stages.COMPONENTS at the stand-ins above."""
+    from flows.stages import COMPONENTS
 
     fakes = {
         "data_prep": (FakeDataConfig, fake_prepare),

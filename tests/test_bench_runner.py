@@ -13,7 +13,7 @@ from components.bench.prompts import load_prompt_set
 from components.config import CONF_DIR, ConfigError, load_config
 from components.data.bpe import train_bpe_tokenizer
 from components.quantize import QuantizeConfig, load_model
-from components.tasks import get_family
+from components.families import get_family
 from model import DiffusionLM, ModelConfig
 
 

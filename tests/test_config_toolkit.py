@@ -9,7 +9,7 @@ import os
 import pytest
 
 from components.config import CONF_DIR, ConfigError, conf_defaults, conf_names, resolve_conf
-from components.decoding import load_decode_config
+from components.presets import load_decode_config
 from model.files import atomic_write, atomic_writer
 
 SCHEMA_MODULES = ["components.training.config", "components.data.config", "components.bench.config",

@@ -21,7 +21,7 @@ import pytest
 
 from components.tracking import ALIAS_CHAMPION, ALIAS_LATEST, TAG_FAILURE, TAG_INTERRUPTED, TAG_STAGE
 from components.tracking.liveness import TAG_RESUMED
-from test_train_support import REPO, TINY_MODEL, prepare_tiny_data
+from train_support import REPO, TINY_MODEL, prepare_tiny_data
 
 WRAPPER = r"""
 import os, pathlib, sys, time

@@ -21,7 +21,7 @@ from components.data import (
     load_prepared,
     prepare_data,
 )
-from components.tasks import get_family, split_of
+from components.families import get_family, split_of
 from model.tokenizer import TokenizerError
 
 CONF_DATA = Path(__file__).resolve().parent.parent / "conf" / "data"
@@ -308,7 +308,7 @@ def test_cli_prepares_and_reports(tmp_path, capsys):
 def test_evaluation_prompt_tokens_equal_the_sft_prompt_tokens(prepared):
     """Evaluation builds prompts with to_messages + apply_chat_template; SFT rows must start with
     exactly those ids, followed by the reply in the loss."""
-    from components.tasks import to_messages
+    from components.families import to_messages
 
     tok = prepared.tokenizer
     examples = [e for f in ("permutation", "sum", "sudoku4", "addition") for e in get_family(f).make("train", 60, 1)]

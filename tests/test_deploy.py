@@ -78,7 +78,7 @@ def test_cli_errors_are_one_line(capsys, monkeypatch):
 
 
 def test_a_stage_placed_on_a_pool_without_its_deployment_fails_naming_the_fix(prefect_harness):
-    from flows.registry import StageError
+    from flows.stages import StageError
 
     with pytest.raises(StageError, match=r"stage cpt is placed on pool 'nowhere'.*draftedit deploy apply --pool nowhere"):
         run_stage_on_pool("cpt", "nowhere", {"config_path": "train/cpt.yaml"}, client=None, experiment_id="0")

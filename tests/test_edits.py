@@ -253,7 +253,7 @@ def test_wrong_outputs_are_judged_against_the_reference_only_where_it_is_the_one
     from components.evaluate import load_task
     from components.evaluate.runner import answer_ids
     from components.evaluate.sources import load_samples
-    from components.tasks import has_unique_answer
+    from components.families import has_unique_answer
 
     class Chars:  # answer_ids only encodes the reference
         def encode(self, text):
@@ -271,7 +271,7 @@ def test_wrong_outputs_are_judged_against_the_reference_only_where_it_is_the_one
 
 def test_example_edits_of_a_wrong_output_are_judged_only_where_the_answer_is_unique():
     from components.edits import judge_example_edits
-    from components.tasks import get_family, has_unique_answer
+    from components.families import get_family, has_unique_answer
 
     class Chars:
         eos_id = EOS

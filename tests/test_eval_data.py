@@ -287,7 +287,7 @@ def test_reference_scorers_need_an_answer_column_others_do_not(tmp_path):
 
 
 def test_shipped_csv_example_verifier_accepts_any_valid_solution(tmp_path):
-    from components.tasks.synthetic import _all_sudoku4
+    from components.families.synthetic import _all_sudoku4
 
     cfg = load_task(EXAMPLE / "task.yaml")
     check_source(cfg)

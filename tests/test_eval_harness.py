@@ -19,7 +19,7 @@ from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from components import generate_cli  # noqa: E402
-from components.evaluate.harness import DraftEditLM  # noqa: E402
+from components.evaluate.lm_eval_model import DraftEditLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "lm_eval"
@@ -180,7 +180,7 @@ def test_local_tasks_through_simple_evaluate(checkpoint, monkeypatch):
 
 
 def test_metric_names_are_stable():
-    from components.evaluate.harness import harness_metrics
+    from components.evaluate.lm_eval_model import harness_metrics
 
     results = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.25},
                "gsm8k": {"exact_match,strict-match": 0.125, "exact_match_stderr,strict-match": "N/A"}}
@@ -242,7 +242,7 @@ def test_checkpoint_from_a_run_or_a_registered_pyfunc_layout(checkpoint, mlflow_
 
     import mlflow
 
-    from components.evaluate.harness import resolve_checkpoint
+    from components.evaluate.lm_eval_model import resolve_checkpoint
     from components.tracking.store import TrackingError
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_uri)

@@ -28,7 +28,7 @@ from components.evaluate import (
     render_prompt,
 )
 from components.evaluate import cli
-from components.tasks import get_family
+from components.families import get_family
 from model import DiffusionLM, GenerationResult, ModelConfig
 
 SHORT = ["decode.overrides.gen_length=16"]
@@ -188,7 +188,7 @@ def test_failing_batch_is_retried_per_sample_and_only_the_culprit_fails(lm, tok,
 def test_csv_task_with_a_verifier_and_a_recorded_failed_row(lm, tok, tmp_path, monkeypatch):
     """The README's own-CSV example: any valid grid is right, a row without a puzzle is one failed
     record (source.on_missing=fail_sample) that is never decoded."""
-    from components.tasks.synthetic import _all_sudoku4
+    from components.families.synthetic import _all_sudoku4
 
     example = Path(__file__).resolve().parent / "data" / "sudoku_csv"
     shutil.copytree(example, tmp_path / "task")

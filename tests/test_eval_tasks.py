@@ -20,7 +20,7 @@ from components.evaluate.config import EVAL_DIR, TASK_DIR, TaskConfig
 from components.evaluate.extractors import gsm8k, last_number, python_completion, resolve_extractor
 from components.evaluate.scorers import SCORERS
 from components.evaluate.sources import Sample
-from components.tasks import get_family, split_of
+from components.families import get_family, split_of
 
 SYNTHETIC = ["permutation", "sum", "sudoku4", "addition", "sort"]
 

@@ -25,7 +25,7 @@ from components.tracking import (
 from flows.config import STAGE_ORDER
 from flows.deploy import stage_result
 from flows.pipeline import TAG_FAILED_STAGE, pipeline_flow, summary_rows
-from flows.registry import StageError
+from flows.stages import StageError
 from flows.runner import is_transient
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -15,7 +15,7 @@ from components.rl.rewards import (
     build_reward,
     last_number,
 )
-from components.tasks import Example, get_family
+from components.families import Example, get_family
 
 
 def ex(answer: str = "", meta: dict | None = None, prompt: str = "q", family: str = "jsonl") -> Example:

@@ -16,7 +16,7 @@ from components.rl.module import EBPOModule
 from components.rl.rewards import CombinedReward
 from components.rl.rollouts import decode_config, evaluate_policy, generate_rollouts, load_prompts, score_rollouts
 from components.rl.run import DEFAULT_CONFIG, RLInputError, run_rl
-from components.tasks import get_family
+from components.families import get_family
 from model import DiffusionLM, ModelConfig
 from model.tokenizer import load_tokenizer
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from components.tasks import SPLITS, SYNTHETIC_FAMILIES, Example, SyntheticFamily, get_family, split_of
-from components.tasks.synthetic import (
+from components.families import SPLITS, SYNTHETIC_FAMILIES, Example, SyntheticFamily, get_family, split_of
+from components.families.synthetic import (
     AdditionFamily,
     LatinFamily,
     PermutationFamily,
@@ -291,7 +291,7 @@ def test_sort_is_exact():
 
 
 def test_to_messages_is_the_shared_chat_form():
-    from components.tasks import to_messages
+    from components.families import to_messages
 
     e = get_family("addition").make("train", 1, seed=0)[0]
     assert to_messages(e) == [{"role": "user", "content": e.prompt}]
@@ -311,7 +311,7 @@ def test_get_family_with_parameters():
 
 
 def test_has_unique_answer_counts_the_completions_of_puzzles():
-    from components.tasks import has_unique_answer
+    from components.families import has_unique_answer
 
     sudoku = get_family("sudoku4").make("heldout", 60, seed=0)
     fits = lambda e: sum(all(p == "0" or int(p) == v for p, v in zip(e.meta["puzzle"], g)) for g in _all_sudoku4())  # noqa: E731

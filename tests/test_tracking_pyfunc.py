@@ -44,7 +44,7 @@ def logged(mlflow_uri, tmp_path, checkpoint):
 
 
 def direct_decode(checkpoint, prompts, preset, **overrides):
-    from components.decoding import load_decode_config
+    from components.presets import load_decode_config
     from model import DiffusionLM, generate
     from model.tokenizer import load_tokenizer
 

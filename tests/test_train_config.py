@@ -9,7 +9,7 @@ import pytest
 
 from components.config import ConfigError
 from components.training import TrainingInputError, load_train_config, run_training
-from test_train_support import REPO, data_overrides, prepare_tiny_data, train_overrides
+from train_support import REPO, data_overrides, prepare_tiny_data, train_overrides
 
 CONFIGS = sorted((REPO / "conf" / "train").glob("*.yaml"))
 

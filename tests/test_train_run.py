@@ -12,7 +12,7 @@ from components.training import load_train_config, run_training
 from components.training.averaging import average_checkpoints
 from model import DecodeConfig, DiffusionLM, generate
 from model.tokenizer import load_tokenizer
-from test_train_support import REPO, cli_command, prepare_tiny_data, read_weights, run_cli, train_overrides
+from train_support import REPO, cli_command, prepare_tiny_data, read_weights, run_cli, train_overrides
 
 
 @pytest.fixture(scope="module")

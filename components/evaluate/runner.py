@@ -36,7 +36,7 @@ from components.evaluate.prompts import render
 from components.evaluate.scorers import SandboxUnavailableError, as_judgement, preflight, resolve_scorer, task_dir
 from components.evaluate.sources import Sample, load_samples
 from components.edits import EditStats, judge_edits
-from components.tasks import Example, has_unique_answer
+from components.families import Example, has_unique_answer
 
 log = logging.getLogger(__name__)
 TaskLike = TaskConfig | str | os.PathLike
@@ -73,7 +73,7 @@ def resolve_task(task: TaskLike, overrides: Sequence[str] = ()) -> TaskConfig:
 def build_decode_config(task: TaskConfig, mode: Optional[str] = None):
     """The task's decoding preset (or `mode`, a preset in conf/decode/ that replaces it) with the task's
     overrides applied; an unknown preset or a bad value fails here with the known presets named."""
-    from components.decoding import load_decode_config
+    from components.presets import load_decode_config
 
     return load_decode_config(mode or task.decode.preset, overrides=dict(task.decode.overrides))
 
@@ -145,7 +145,7 @@ def _generate_batch(lm, jobs: list[_Job], decode, tokenizer, drop: set[int]) -> 
 def answer_ids(task: TaskConfig, sample: Sample, tokenizer) -> Optional[list[int]]:
     """The token ids wrong outputs' edits are judged against: the sample's reference answer when it is
     the one valid answer -- for every sample of a `unique_answer` task, and for the synthetic puzzles
-    whose clues fix the answer (components.tasks.has_unique_answer) -- else None (shared with the
+    whose clues fix the answer (components.families.has_unique_answer) -- else None (shared with the
     benchmark)."""
     if sample.reference is None:
         return None

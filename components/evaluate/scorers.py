@@ -92,7 +92,7 @@ def numeric(answer: Optional[str], sample: "Sample", task: "TaskConfig") -> Judg
 @register_scorer("synthetic")
 def synthetic(answer: Optional[str], sample: "Sample", task: "TaskConfig") -> Judgement:
     """The family's own verifier (accepts any valid answer, not only the reference)."""
-    from components.tasks import get_family
+    from components.families import get_family
 
     if answer is None:
         return Judgement(False, "no answer extracted")

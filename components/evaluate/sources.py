@@ -76,7 +76,7 @@ def _where(cfg: TaskConfig) -> str:
 
 
 def _synthetic(cfg: TaskConfig) -> list[Sample]:
-    from components.tasks import get_family
+    from components.families import get_family
 
     family = get_family(cfg.source.name, **dict(cfg.source.params))
     split = cfg.source.split or _DEFAULT_SPLIT["synthetic"]

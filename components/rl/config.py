@@ -23,7 +23,7 @@ LR_SCHEDULES = ("constant", "cosine")
 class PromptsConfig:
     """Where RL prompts and their verifiable answers come from.
 
-    synthetic: `family` from components.tasks (train split for rollouts, `eval_split` for the curve).
+    synthetic: `family` from components.families (train split for rollouts, `eval_split` for the curve).
     jsonl: records {"id", "prompt", "answer", "meta"} in `train_path` / `eval_path` (meta may carry
     e.g. "test" and "entry_point" for code rewards).
     """
@@ -52,7 +52,7 @@ class PromptsConfig:
         if self.eval_size < 0:
             fail("rl.prompts.eval_size", f"must be >= 0, got {self.eval_size!r}")
         if self.source == "synthetic":
-            from components.tasks import SYNTHETIC_FAMILIES, get_family
+            from components.families import SYNTHETIC_FAMILIES, get_family
 
             if self.family not in SYNTHETIC_FAMILIES:
                 fail("rl.prompts.family", f"unknown family {self.family!r}; known: {sorted(SYNTHETIC_FAMILIES)}")
@@ -86,7 +86,7 @@ class RolloutConfig:
     max_batch_size: int | None
 
     def validate(self) -> None:
-        from components.decoding import check_preset
+        from components.presets import check_preset
 
         check_preset("rl.rollout.mode", self.mode)
         if self.group_size < 2:

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from components.tasks import Example
+from components.families import Example
 from components.training.schedule import cosine_factor
 from model.files import atomic_write
 

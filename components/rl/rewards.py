@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from components.tasks import SYNTHETIC_FAMILIES, Example, get_family
+from components.families import SYNTHETIC_FAMILIES, Example, get_family
 
 log = logging.getLogger(__name__)
 

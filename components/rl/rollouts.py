@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from components.edits import EditStats, judge_example_edits
-from components.tasks import Example, get_family
+from components.families import Example, get_family
 from model import DecodeConfig, GenerationResult, generate
 from model.decoding import Trajectory
 
@@ -83,7 +83,7 @@ def encode_prompt(tokenizer, text: str, template: str) -> list[int]:
 def decode_config(cfg: RolloutConfig, tokenizer, *, temperature: float, seed: int | None,
                   max_batch_size: int | None = None) -> DecodeConfig:
     """The mode's preset (S = speedy, Q = quality) with the rollout's overrides."""
-    from components.decoding import load_decode_config
+    from components.presets import load_decode_config
 
     fields = dict(gen_length=cfg.gen_length, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                   eos_early_stop=cfg.eos_early_stop, seed=seed, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id,

@@ -121,7 +121,7 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
 
     def decode_config(self, params: dict[str, Any] | None):
         from components.config import ConfigError
-        from components.decoding import load_decode_config
+        from components.presets import load_decode_config
 
         params = check_params(params)
         params.pop("chat", None)

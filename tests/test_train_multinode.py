@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_support import REPO, prepare_tiny_data, train_overrides
+from train_support import REPO, prepare_tiny_data, train_overrides
 
 pytestmark = pytest.mark.slow
 

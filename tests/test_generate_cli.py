@@ -5,7 +5,7 @@ import re
 import pytest
 
 from components import generate_cli, visualize
-from components.decoding import load_decode_config
+from components.presets import load_decode_config
 from golden import load_cases, require_golden
 from model import DecodeConfig, DiffusionLM, generate
 

@@ -86,7 +86,7 @@ class DraftEditLM(TemplateLM):
                  seed: Optional[int] = None, greedy_check: bool = True, max_length: Optional[int] = None,
                  lm=None, tokenizer=None, **decode_fields: Any) -> None:
         super().__init__()
-        from components.decoding import load_decode_config
+        from components.presets import load_decode_config
         from components.rl.config import EstimatorConfig
         from model import DecodeConfig
 

@@ -1,6 +1,6 @@
 """Task families: seeded, verifiable synthetic problems shared by data preparation and evaluation."""
 
-from components.tasks.synthetic import (
+from components.families.synthetic import (
     MULTI_ANSWER_FAMILIES,
     SPLITS,
     SYNTHETIC_FAMILIES,
