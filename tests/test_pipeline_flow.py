@@ -14,6 +14,7 @@ import pipeline_support as ps
 from components.config import ConfigError
 from components.tracking import (
     TAG_CHECKPOINT,
+    TAG_FAILED_STAGE,
     TAG_PARENT,
     TAG_STAGE,
     TrackingError,
@@ -23,7 +24,8 @@ from components.tracking import (
     run_outputs,
 )
 from flows.config import STAGE_ORDER
-from flows.pipeline import TAG_FAILED_STAGE, pipeline_flow, summary_rows
+from flows.pipeline import pipeline_flow
+from flows.report import summary_rows
 from flows.stages import StageError
 from flows.runner import StageRequest, is_transient, stage_result_from_run
 
