@@ -87,7 +87,8 @@ def mlflow_uri(_mlflow_template_db, tmp_path) -> str:
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
-    matmuls on two busy cores shared by several processes run ~20x faster single-threaded."""
+    matmuls on a few busy cores shared by several processes run much faster single-threaded, as the
+    threads no longer wait on each other."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
