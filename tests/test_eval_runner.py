@@ -186,7 +186,7 @@ def test_failing_batch_is_retried_per_sample_and_only_the_culprit_fails(lm, tok,
 
 
 def test_csv_task_with_a_verifier_and_a_recorded_failed_row(lm, tok, tmp_path, monkeypatch):
-    """The README's own-CSV example: any valid grid is right, a row without a puzzle is one failed
+    """The own-CSV example of docs/evaluation.md: any valid grid is right, a row without a puzzle is one failed
     record (source.on_missing=fail_sample) that is never decoded."""
     from components.families.synthetic import _all_sudoku4
 
