@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from flows import cli
-from flows.compare import RunView, plot, plot_stages, table_rows
-from flows.pipeline import final_model_rows, rl_line, summary_rows
+from flows.compare import RunView, plot, table_rows
+from flows.report import final_model_rows, plot_stages, rl_line, summary_rows
 
 
 def test_compare_rows_put_runs_side_by_side_per_mode(tmp_path):
