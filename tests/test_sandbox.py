@@ -404,3 +404,32 @@ def test_unprivileged_evaluator_is_contained_through_user_namespaces():
     if report["protections"].get("user_namespace") == "on":
         assert report["protections"]["network_namespace"] == "on"
         assert report["protections"]["readonly_fs"] == "on"
+
+
+# What a checkout needs to run this file: the sandbox package, the shared fixtures and the pytest settings.
+CHECKOUT_FILES = ("pyproject.toml", "components/__init__.py", "components/sandbox/__init__.py",
+                  "components/sandbox/boot.py", "tests/conftest.py", "tests/test_sandbox.py")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/tmp"), reason="no /tmp to hold the checkout")
+def test_sandbox_tests_pass_from_a_private_checkout_under_tmp():
+    """A user's clone may sit in a private folder (mode 700, as `mktemp -d` makes) under /tmp, where the
+    sandbox's private /tmp hides it and `nobody` cannot read it: the sandbox tests there still pass, and
+    what that place rules out is skipped with its reason, never failed."""
+    checkout = Path(tempfile.mkdtemp(prefix="draftedit-checkout-", dir="/tmp"))
+    try:
+        assert os.stat(checkout).st_mode & 0o777 == 0o700
+        for name in CHECKOUT_FILES:
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO / name, checkout / name)
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        env.pop("PYTEST_ADDOPTS", None)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_sandbox.py"], cwd=checkout,
+                              env=env, capture_output=True, text=True, timeout=540)
+    finally:
+        shutil.rmtree(checkout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all(line.split(": ", 1)[-1].strip() for line in skipped), skipped
+    assert any("the checkout lies under /tmp" in line for line in skipped), proc.stdout[-3000:]
