@@ -74,11 +74,12 @@ def _init(args: argparse.Namespace) -> dict:
 
 def check_folder(path: str) -> dict:
     """The checkpoint and its tokenizer, as a reader would find them; one error line for the first problem."""
+    from model import DiffusionLM
     from model.checkpoint import CheckpointError, check_pretrained
     from model.config import ModelConfig
     from model.tokenizer import load_tokenizer
 
-    summary = check_pretrained(path)
+    summary = check_pretrained(DiffusionLM, path)
     config = ModelConfig.from_pretrained(path)
     tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size > config.vocab_size:

@@ -150,6 +150,7 @@ def write_standin(cfg: StandinConfig, shape: dict[str, int], out: str | os.PathL
     complete) and check it as a reader would. Returns a summary."""
     import torch
 
+    from model import DiffusionLM
     from model.checkpoint import check_pretrained, save_random_pretrained
     from model.files import atomic_dir
     from model.tokenizer import load_tokenizer
@@ -159,11 +160,11 @@ def write_standin(cfg: StandinConfig, shape: dict[str, int], out: str | os.PathL
     config.pad_token_id = tokenizer.pad_id
     out = Path(out)
     with atomic_dir(out) as tmp:
-        written = save_random_pretrained(config, tmp, dtype=getattr(torch, cfg.dtype),
+        written = save_random_pretrained(DiffusionLM, config, tmp, dtype=getattr(torch, cfg.dtype),
                                          seed=cfg.seed if seed is None else seed,
                                          max_shard_bytes=cfg.shard_bytes if shard_bytes is None else shard_bytes)
         tokenizer.save(tmp)
-    checked = check_pretrained(out)
+    checked = check_pretrained(DiffusionLM, out)
     reread = load_tokenizer(out)
     return {"out": str(out), "parameters": checked["elements"], "tensors": checked["tensors"],
             "shards": written["shards"], "bytes": written["bytes"], "dtype": checked["dtype"],

@@ -115,16 +115,14 @@ def expected_shapes(lm) -> dict[str, torch.Size]:
     return shapes
 
 
-def config_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+def config_shapes(cls, config: ModelConfig) -> dict[str, torch.Size]:
     """Every tensor a checkpoint of `config` holds, by its released key name; nothing is allocated
-    (the network is built on the meta device)."""
-    from .network import DiffusionLM
-
+    (the network class `cls` is built on the meta device)."""
     with torch.device("meta"):
-        return expected_shapes(DiffusionLM(config))
+        return expected_shapes(cls(config))
 
 
-def check_pretrained(path: str | os.PathLike) -> dict:
+def check_pretrained(cls, path: str | os.PathLike) -> dict:
     """Check a checkpoint folder against its config.json from the headers alone: the config parses,
     every shard exists, every tensor is there with the shape the config gives, one dtype throughout.
     Returns a summary (tensors, elements, dtype, shard files)."""
@@ -133,7 +131,7 @@ def check_pretrained(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"model folder {path} does not exist")
     config = ModelConfig.from_pretrained(path)
     found = read_shapes(path)
-    expected = config_shapes(config)
+    expected = config_shapes(cls, config)
     if config.extra.get("quantization_config") is None:
         check_shapes(expected, {k: shape for k, (shape, _) in found.items()}, str(path))
     dtypes = sorted({dtype for _, dtype in found.values()})
@@ -226,10 +224,10 @@ def save_pretrained(lm, path, max_shard_bytes: int | None = None) -> None:
     config.save_pretrained(path)
 
 
-def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0):
+def random_model(cls, config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0):
     """The network of `config` with the random weights `save_random_pretrained` writes for the same
     seed and dtype (each module drawn from its own seed, so the values do not depend on sharding)."""
-    lm = _meta_model(config, dtype)
+    lm = _meta_model(cls, config, dtype)
     for name in _owners(lm):
         _init_module(lm, name, seed)
     if config.tie_word_embeddings:
@@ -237,13 +235,13 @@ def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: 
     return lm.eval()
 
 
-def save_random_pretrained(config: ModelConfig, path, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+def save_random_pretrained(cls, config: ModelConfig, path, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
                            max_shard_bytes: int = 5_000_000_000) -> dict:
     """Write a random-initialised checkpoint of `config` as shards + index, holding one shard in memory
     at a time (the full LLaDA2.1-mini shape is 32 GB in bf16). Returns the index's figures."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lm = _meta_model(config, dtype)
+    lm = _meta_model(cls, config, dtype)
     owners = _owners(lm)
     groups = _plan_shards({name: sum(t.numel() * t.element_size() for t in tensors)
                            for name, tensors in owners.items()}, max_shard_bytes)
@@ -265,11 +263,9 @@ def save_random_pretrained(config: ModelConfig, path, *, dtype: torch.dtype = to
     return {"tensors": len(weight_map), "bytes": total, "shards": len(groups)}
 
 
-def _meta_model(config: ModelConfig, dtype: torch.dtype):
-    from .network import DiffusionLM
-
+def _meta_model(cls, config: ModelConfig, dtype: torch.dtype):
     with torch.device("meta"):
-        return DiffusionLM(config).to(dtype)
+        return cls(config).to(dtype)
 
 
 def _direct_tensors(module) -> dict[str, torch.Tensor]:
