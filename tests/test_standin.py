@@ -166,3 +166,29 @@ def test_existing_folder_is_kept_without_force(standin, capsys):
     line = _one_line_error(capsys, "checkpoint", "init", "--like", "llada2.1-mini", "--shape", "cpu",
                            "--out", str(standin))
     assert "exists and is not empty; pass --force" in line and sorted(p.name for p in standin.iterdir()) == before
+
+
+def test_writer_holds_one_shard_at_a_time(tmp_path, monkeypatch):
+    """At every shard write, the weights in memory are that shard's and no more (the full shape is 32 GB)."""
+    import model.checkpoint as checkpoint
+
+    seen: dict = {}
+    init, write = checkpoint._init_module, checkpoint._write_shard
+
+    def remember_network(lm, name, seed):
+        seen["lm"] = lm
+        return init(lm, name, seed)
+
+    def measure(path, i, n, shard):
+        live = sum(t.numel() * t.element_size() for t in seen["lm"].state_dict().values() if not t.is_meta)
+        seen.setdefault("live", []).append((live, sum(t.numel() * t.element_size() for t in shard.values())))
+        return write(path, i, n, shard)
+
+    monkeypatch.setattr(checkpoint, "_init_module", remember_network)
+    monkeypatch.setattr(checkpoint, "_write_shard", measure)
+    config = model_config(load_standin("llada2.1-mini"), {"layers": 3, "experts": 8, "groups": 4, "topk_groups": 2,
+                                                          "experts_per_token": 2, "hidden": 64, "heads": 4,
+                                                          "kv_heads": 2, "head_dim": 16, "vocab": 512})
+    summary = checkpoint.save_random_pretrained(DiffusionLM, config, tmp_path, max_shard_bytes=100_000)
+    assert summary["shards"] == len(seen["live"]) > 3
+    assert all(live == shard for live, shard in seen["live"])
