@@ -86,6 +86,18 @@ def test_standin_tokenizer_has_the_release_tokens_and_chat_markup(standin):
     ids, is_reply = tok.encode_chat(chat)
     assert tok.decode([i for i, r in zip(ids, is_reply) if r]) == "return a + b<|role_end|>"
     assert tok.token_to_id("<role>") in tok.special_ids
+    system = [{"role": "system", "content": "be brief"}, *chat[:1]]
+    assert tok.apply_chat_template(system).startswith("<role>SYSTEM</role>be brief\ndetailed thinking off<|role_end|>"
+                                                      "<role>HUMAN</role>")
+    with pytest.raises(ValueError, match="unknown chat role: tool"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_generate_runs_on_the_standin(standin, capsys):
+    code, out, err = _cli(capsys, "generate", "--model", str(standin), "--prompt", "def add(a, b):", "--chat",
+                          "--gen-length", "16", "--block-length", "8", "--no-live")
+    assert code == 0, err
+    assert "forwards" in out
 
 
 def test_check_reports_a_sound_folder(standin, capsys):
