@@ -82,6 +82,43 @@ class DecodeConfig:
     # instead of spending every post step up to `max_post_steps`.
     max_reverts: int | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Reject values the decoder would misread rather than refuse (a threshold of 1.5 fills no mask
+        by confidence and silently decodes one token per forward). One line, the field first, so a
+        config loader can add where the value came from."""
+        def bad(name: str, expected: str) -> None:
+            raise ValueError(f"DecodeConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("block_length", "gen_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                bad(name, "a positive integer")
+        if not 0.0 <= self.threshold <= 1.0:
+            bad("threshold", "in [0, 1] (tau_mask)")
+        if self.editing_threshold < 0.0:
+            bad("editing_threshold", ">= 0 (tau_edit; above 1 disables editing)")
+        if self.num_to_transfer < 1:
+            bad("num_to_transfer", ">= 1")
+        if self.max_post_steps < 0:
+            bad("max_post_steps", ">= 0")
+        if self.temperature < 0:
+            bad("temperature", ">= 0")
+        if self.top_k is not None and self.top_k < 1:
+            bad("top_k", ">= 1 or None")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            bad("top_p", "in (0, 1] or None")
+        if self.mbe_window < 0:
+            bad("mbe_window", ">= 0")
+        if self.max_reverts is not None and (not isinstance(self.max_reverts, int) or self.max_reverts < 0):
+            bad("max_reverts", "a non-negative integer or None (off)")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            bad("max_batch_size", ">= 1 or None")
+        if self.stop_at_answer_end and (self.editing_threshold <= 1.0 or self.mbe_window):
+            raise ValueError("DecodeConfig.stop_at_answer_end needs editing off (editing_threshold > 1, mbe_window 0): "
+                             "it ends a row before later edits could revise its answer")
+
 
 @dataclass
 class StepRecord:
@@ -402,34 +439,7 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
         raise ValueError(f"DecodeConfig.eos_id={eos_id} is outside the vocabulary [0, {vocab})")
     if eos_id is not None and eos_id == mask_id:
         raise ValueError(f"eos_id and mask_id are both {mask_id}; they must differ")
-    if not isinstance(cfg.block_length, int) or cfg.block_length <= 0:
-        raise ValueError(f"DecodeConfig.block_length must be a positive integer, got {cfg.block_length!r}")
-    if not isinstance(cfg.gen_length, int) or cfg.gen_length <= 0:
-        raise ValueError(f"DecodeConfig.gen_length must be a positive integer, got {cfg.gen_length!r}")
-    if not 0.0 <= cfg.threshold <= 1.0:
-        raise ValueError(f"DecodeConfig.threshold (tau_mask) must be in [0, 1], got {cfg.threshold}")
-    if cfg.editing_threshold < 0.0:
-        raise ValueError(f"DecodeConfig.editing_threshold (tau_edit) must be >= 0 (a value above 1 disables "
-                         f"editing), got {cfg.editing_threshold}")
-    if cfg.num_to_transfer < 1:
-        raise ValueError(f"DecodeConfig.num_to_transfer must be >= 1, got {cfg.num_to_transfer}")
-    if cfg.max_post_steps < 0:
-        raise ValueError(f"DecodeConfig.max_post_steps must be >= 0, got {cfg.max_post_steps}")
-    if cfg.temperature < 0:
-        raise ValueError(f"DecodeConfig.temperature must be >= 0, got {cfg.temperature}")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise ValueError(f"DecodeConfig.top_k must be >= 1 or None, got {cfg.top_k}")
-    if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
-        raise ValueError(f"DecodeConfig.top_p must be in (0, 1] or None, got {cfg.top_p}")
-    if cfg.mbe_window < 0:
-        raise ValueError(f"DecodeConfig.mbe_window must be >= 0, got {cfg.mbe_window}")
-    if cfg.max_reverts is not None and (not isinstance(cfg.max_reverts, int) or cfg.max_reverts < 0):
-        raise ValueError(f"DecodeConfig.max_reverts must be a non-negative integer or None (off), got {cfg.max_reverts!r}")
-    if cfg.max_batch_size is not None and cfg.max_batch_size < 1:
-        raise ValueError(f"DecodeConfig.max_batch_size must be >= 1 or None, got {cfg.max_batch_size}")
-    if cfg.stop_at_answer_end and (cfg.editing_threshold <= 1.0 or cfg.mbe_window):
-        raise ValueError("DecodeConfig.stop_at_answer_end needs editing off (editing_threshold > 1, mbe_window 0): "
-                         "it ends a row before later edits could revise its answer")
+    cfg.check()  # again: a field may have been assigned since construction
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
     limit = lm.config.max_position_embeddings

@@ -84,7 +84,10 @@ def test_autoregressive_baseline_spends_one_forward_per_token(random_lm):
 
 
 def test_stop_at_answer_end_refuses_editing(random_lm):
-    cfg = DecodeConfig(gen_length=8, block_length=4, editing_threshold=0.9, stop_at_answer_end=True)
+    with pytest.raises(ValueError, match="stop_at_answer_end needs editing off"):
+        DecodeConfig(gen_length=8, block_length=4, editing_threshold=0.9, stop_at_answer_end=True)
+    cfg = DecodeConfig(gen_length=8, block_length=4, editing_threshold=1.01, stop_at_answer_end=True)
+    cfg.editing_threshold = 0.9  # assigned after construction: generate checks again before any forward
     with pytest.raises(ValueError, match="stop_at_answer_end needs editing off"):
         generate(random_lm, [[1, 2]], cfg)
 

@@ -79,12 +79,13 @@ def test_presets_are_discovered_from_conf():
 
 
 @pytest.mark.parametrize("fields,needle", [
-    ({"threshold": 1.5}, r"threshold: must be in \[0, 1\], got 1.5"),
-    ({"editing_threshold": -0.1}, r"editing_threshold: must be >= 0"),
-    ({"gen_length": 0}, r"gen_length: must be >= 1"),
-    ({"top_p": 0.0}, r"top_p: must be in \(0, 1\]"),
+    ({"threshold": 1.5}, r"DecodeConfig\.threshold must be in \[0, 1\] \(tau_mask\), got 1\.5 \(override 'threshold=1\.5'\)"),
+    ({"editing_threshold": -0.1}, r"DecodeConfig\.editing_threshold must be >= 0"),
+    ({"gen_length": 0}, r"DecodeConfig\.gen_length must be a positive integer, got 0 \(override"),
+    ({"top_p": 0.0}, r"DecodeConfig\.top_p must be in \(0, 1\]"),
 ])
 def test_decode_values_are_checked_when_loaded(fields, needle):
+    """DecodeConfig checks itself; the loader adds which override set the value, in one line."""
     with pytest.raises(ConfigError, match=needle):
         load_decode_config("quality", **fields)
     assert load_decode_config("quality", editing_threshold=1.01).editing_threshold == 1.01  # editing off is valid
