@@ -26,6 +26,7 @@ from components.config import default_output_dir
 # name -> (module, one-line help). Order is the order shown by `draftedit --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("components.generate_cli", "decode with a checkpoint, showing drafts and edits live"),
+    "checkpoint": ("components.checkpoint_cli", "write a released model's layout with random weights, or check a folder"),
     "data": ("components.data.cli", "prepare (or reuse from cache) the CPT/SFT data and tokenizer"),
     "train": ("components.training.cli", "CPT / SFT training with the M2T + T2T objective"),
     "rl": ("components.rl.cli", "EBPO reinforcement learning from a checkpoint"),
