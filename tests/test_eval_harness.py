@@ -275,3 +275,19 @@ def test_command_reports_a_bad_model_arg_in_one_line(checkpoint, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("draftedit-lm-eval: error: draftedit model_args: unknown argument(s) ['thresold']")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_the_target_delimiter_is_dropped_after_the_reply_marker(checkpoint, harness):
+    """After the chat template's reply marker the model writes its answer at once: lm-eval's ' ' is
+    not scored there; anywhere else lm-eval's own split stands."""
+    chat = harness.apply_chat_template([{"role": "user", "content": FACTS[0]["question"]}])
+    assert harness.reply_marker and chat.endswith(harness.reply_marker)
+    context, continuation = harness._encode_pair(chat, " light blue")
+    assert (context, continuation) == (harness.tok_encode(chat), harness.tok_encode("light blue"))
+    plain = harness._encode_pair(FACTS[0]["question"], " light blue")
+    kept = DraftEditLM(pretrained=str(checkpoint), reply_lstrip="false", greedy_check="false")
+    assert kept.reply_marker is None and kept.greedy_check is False
+    assert kept._encode_pair(chat, " light blue")[1] != continuation
+    assert plain == kept._encode_pair(FACTS[0]["question"], " light blue")
+    with pytest.raises(ValueError, match="reply_lstrip must be true or false"):
+        DraftEditLM(pretrained=str(checkpoint), reply_lstrip="maybe")

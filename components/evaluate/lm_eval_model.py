@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Model args besides the DecodeConfig fields (which are passed to the decoding preset).
 OWN_ARGS = ("pretrained", "preset", "tracking_uri", "device", "dtype", "batch_size", "max_batch_size",
-            "likelihood", "mc_samples", "t_min", "seed", "greedy_check", "max_length")
+            "likelihood", "mc_samples", "t_min", "seed", "greedy_check", "max_length", "reply_lstrip")
 
 
 def resolve_checkpoint(pretrained: str, tracking_uri: Optional[str] = None):
@@ -61,6 +61,25 @@ def resolve_checkpoint(pretrained: str, tracking_uri: Optional[str] = None):
             return candidate
     raise TrackingError(f"draftedit model_args pretrained={pretrained}: {folder} is not a checkpoint folder "
                         "(no config.json, nor artifacts/checkpoint/config.json)")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean model arg (lm-eval passes them as strings from the command line)."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise ModelArgsError(f"draftedit model_args {name} must be true or false, got {value!r}")
+
+
+def _reply_marker(tokenizer) -> Optional[str]:
+    """The text the chat template appends to ask for a reply (e.g. `<|assistant|>`), None without one."""
+    try:
+        turn = [{"role": "user", "content": "x"}]
+        ask, plain = (tokenizer.apply_chat_template(turn, add_generation_prompt=g) for g in (True, False))
+    except Exception:  # no template and no role tokens: plain text models, nothing to strip after
+        return None
+    return ask[len(plain):].strip() or None if ask.startswith(plain) else None
 
 
 class ModelArgsError(ValueError):
@@ -87,6 +106,7 @@ class DraftEditLM(TemplateLM):
                  max_batch_size: Optional[int] = None, likelihood: str = "crn", mc_samples: int = 8,
                  t_min: float = 1e-3,
                  seed: Optional[int] = None, greedy_check: bool = True, max_length: Optional[int] = None,
+                 reply_lstrip: bool = True,
                  lm=None, tokenizer=None, **decode_fields: Any) -> None:
         super().__init__()
         from components.presets import load_decode_config
@@ -109,7 +129,7 @@ class DraftEditLM(TemplateLM):
         except ValueError as exc:
             raise ModelArgsError(f"draftedit model_args likelihood/mc_samples/t_min: {exc}") from exc
         self.likelihood_forwards = 0  # forwards spent on likelihood estimates (their cost)
-        self.greedy_check = bool(greedy_check)
+        self.greedy_check = _flag(greedy_check, "greedy_check")
         if lm is None:
             if not pretrained:
                 raise ModelArgsError("draftedit model_args: pretrained=<checkpoint folder | runs:/... | models:/...> "
@@ -125,6 +145,7 @@ class DraftEditLM(TemplateLM):
         if not 1 < self._max_length <= limit:
             raise ModelArgsError(f"draftedit model_args max_length must be in [2, {limit}] "
                              f"(max_position_embeddings), got {max_length}")
+        self.reply_marker = _reply_marker(tokenizer) if _flag(reply_lstrip, "reply_lstrip") else None
         self.drop = {t for t in (self.decode.eos_id, self.decode.mask_id, tokenizer.pad_id) if t is not None}
         self.failures: list[dict[str, Any]] = []
         self._warned: set[str] = set()
@@ -173,6 +194,14 @@ class DraftEditLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> list[int]:
         return self.tokenizer.encode(string)
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split of context and continuation, except after the chat template's reply marker:
+        there the model writes its answer at once, so the task's target delimiter (' ') is dropped
+        rather than scored as a token the model never writes there (model arg reply_lstrip)."""
+        if self.reply_marker and context.rstrip().endswith(self.reply_marker):
+            return self.tok_encode(context.rstrip()), self.tok_encode(continuation.lstrip())
+        return super()._encode_pair(context, continuation)
 
     def tok_decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t not in self.drop])
