@@ -119,6 +119,10 @@ def test_likelihood_is_seeded(checkpoint):
     a = one.loglikelihood(_requests("loglikelihood", pairs))
     assert a == again.loglikelihood(_requests("loglikelihood", pairs))
     assert a != other.loglikelihood(_requests("loglikelihood", pairs))  # the masks are drawn, not fixed
+    rebatched = DraftEditLM(pretrained=str(checkpoint), batch_size=1, mc_samples=2, seed=5, greedy_check=False)
+    assert [s for s, _ in rebatched.loglikelihood(_requests("loglikelihood", pairs))] == pytest.approx(
+        [s for s, _ in a], abs=1e-4)  # the noise follows each question, not the batch it lands in
+    assert one.likelihood_forwards == 2 and rebatched.likelihood_forwards == 2 * len(pairs)
     assert all(score <= 0 and greedy is False for score, greedy in a)
 
 
@@ -215,28 +219,6 @@ def test_evaluation_stage_runs_lm_eval_tasks_beside_its_own(checkpoint, tmp_path
 
 
 
-def test_monte_carlo_likelihood_is_the_rl_estimate_with_fresh_draws(harness):
-    from components.rl.estimator import (
-        SequenceLayout,
-        draw_masks,
-        monte_carlo_log_likelihood,
-        noise_levels,
-        sequence_log_likelihood,
-    )
-
-    layout = SequenceLayout.from_lists([harness.tok_encode(f["question"]) for f in FACTS],
-                                       [harness.tok_encode(f["answer"]) for f in FACTS], 32)
-    mask_id = harness.decode.mask_id
-    with torch.no_grad():
-        fresh = monte_carlo_log_likelihood(harness.lm, layout, harness.estimator, mask_id,
-                                           torch.Generator().manual_seed(9))
-        g = torch.Generator().manual_seed(9)
-        levels, weights = noise_levels(harness.estimator, g)
-        masks = draw_masks(layout, levels, mask_id, g)
-        expected, _ = sequence_log_likelihood(harness.lm, layout, masks, weights, mask_id)
-    torch.testing.assert_close(fresh, expected)
-
-
 def test_checkpoint_from_a_run_or_a_registered_pyfunc_layout(checkpoint, mlflow_uri, tmp_path):
     import shutil
 
@@ -293,3 +275,19 @@ def test_command_reports_a_bad_model_arg_in_one_line(checkpoint, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("draftedit-lm-eval: error: draftedit model_args: unknown argument(s) ['thresold']")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_the_target_delimiter_is_dropped_after_the_reply_marker(checkpoint, harness):
+    """After the chat template's reply marker the model writes its answer at once: lm-eval's ' ' is
+    not scored there; anywhere else lm-eval's own split stands."""
+    chat = harness.apply_chat_template([{"role": "user", "content": FACTS[0]["question"]}])
+    assert harness.reply_marker and chat.endswith(harness.reply_marker)
+    context, continuation = harness._encode_pair(chat, " light blue")
+    assert (context, continuation) == (harness.tok_encode(chat), harness.tok_encode("light blue"))
+    plain = harness._encode_pair(FACTS[0]["question"], " light blue")
+    kept = DraftEditLM(pretrained=str(checkpoint), reply_lstrip="false", greedy_check="false")
+    assert kept.reply_marker is None and kept.greedy_check is False
+    assert kept._encode_pair(chat, " light blue")[1] != continuation
+    assert plain == kept._encode_pair(FACTS[0]["question"], " light blue")
+    with pytest.raises(ValueError, match="reply_lstrip must be true or false"):
+        DraftEditLM(pretrained=str(checkpoint), reply_lstrip="maybe")

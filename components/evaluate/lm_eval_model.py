@@ -9,11 +9,13 @@ passing a `DraftEditLM` instance to `lm_eval.simple_evaluate`) is enough.
   (`preset=speedy`) with any DecodeConfig field as a model arg; a request's `max_gen_toks` becomes
   `gen_length`, its `until` strings cut the text, `do_sample`/`temperature`/`top_p`/`top_k` map to
   the DecodeConfig fields of the same meaning.
-* loglikelihood(_rolling): the Monte-Carlo ELBO of masked diffusion (LLaDA): per block of the
-  decoder, Σ over masked tokens of log p / t, averaged over `mc_samples` noise levels t drawn
-  stratified in [t_min, 1] -- `components.rl.estimator.monte_carlo_log_likelihood`, the same
-  per-block terms RL uses, one forward per level for a whole batch. `is_greedy` is whether our
-  decoder, greedy, writes exactly the continuation after the context.
+* loglikelihood(_rolling): an estimate of log p(continuation | context) from
+  `components.evaluate.likelihood` (model arg `likelihood`: crn, antithetic, mc, left_to_right or
+  decode_order; `mc_samples` levels for the sampled ones), every block of a batch in one forward per
+  mask pattern. The sampled estimators draw their noise from the context (and the seed), so every
+  choice of one question sees the same levels and masks, whatever the batching. `is_greedy` is
+  whether our decoder, greedy, writes exactly the continuation after the context. The forwards the
+  estimates took are counted in `likelihood_forwards`.
 
 A request that fails (a prompt that does not fit, a decoding error) is logged and kept in
 `failures`; it answers "" (generation) or -inf (likelihood), and the other requests go on.
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Model args besides the DecodeConfig fields (which are passed to the decoding preset).
 OWN_ARGS = ("pretrained", "preset", "tracking_uri", "device", "dtype", "batch_size", "max_batch_size",
-            "mc_samples", "t_min", "seed", "greedy_check", "max_length")
+            "likelihood", "mc_samples", "t_min", "seed", "greedy_check", "max_length", "reply_lstrip")
 
 
 def resolve_checkpoint(pretrained: str, tracking_uri: Optional[str] = None):
@@ -59,6 +61,25 @@ def resolve_checkpoint(pretrained: str, tracking_uri: Optional[str] = None):
             return candidate
     raise TrackingError(f"draftedit model_args pretrained={pretrained}: {folder} is not a checkpoint folder "
                         "(no config.json, nor artifacts/checkpoint/config.json)")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean model arg (lm-eval passes them as strings from the command line)."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise ModelArgsError(f"draftedit model_args {name} must be true or false, got {value!r}")
+
+
+def _reply_marker(tokenizer) -> Optional[str]:
+    """The text the chat template appends to ask for a reply (e.g. `<|assistant|>`), None without one."""
+    try:
+        turn = [{"role": "user", "content": "x"}]
+        ask, plain = (tokenizer.apply_chat_template(turn, add_generation_prompt=g) for g in (True, False))
+    except Exception:  # no template and no role tokens: plain text models, nothing to strip after
+        return None
+    return ask[len(plain):].strip() or None if ask.startswith(plain) else None
 
 
 class ModelArgsError(ValueError):
@@ -82,12 +103,14 @@ class DraftEditLM(TemplateLM):
 
     def __init__(self, pretrained: Optional[str] = None, preset: str = "quality", tracking_uri: Optional[str] = None,
                  device: Optional[str] = None, dtype: str = "float32", batch_size: int | str = 16,
-                 max_batch_size: Optional[int] = None, mc_samples: int = 8, t_min: float = 1e-3,
+                 max_batch_size: Optional[int] = None, likelihood: str = "crn", mc_samples: int = 8,
+                 t_min: float = 1e-3,
                  seed: Optional[int] = None, greedy_check: bool = True, max_length: Optional[int] = None,
+                 reply_lstrip: bool = True,
                  lm=None, tokenizer=None, **decode_fields: Any) -> None:
         super().__init__()
         from components.presets import load_decode_config
-        from components.rl.config import EstimatorConfig
+        from components.evaluate.likelihood import LikelihoodConfig
         from model import DecodeConfig
 
         known = {f.name for f in dataclasses.fields(DecodeConfig)}
@@ -99,14 +122,14 @@ class DraftEditLM(TemplateLM):
         self.decode = load_decode_config(preset, **decode_fields)
         self.preset = preset
         self.batch_size = _batch_size(batch_size)  # max_batch_size only bounds batch_size=auto, which is refused
-        self.estimator = EstimatorConfig(num_levels=int(mc_samples), schedule="stratified", t_min=float(t_min),
-                                         t_max=1.0)
-        try:
-            self.estimator.validate()
-        except ValueError as exc:
-            raise ModelArgsError(f"draftedit model_args mc_samples/t_min: {exc}") from exc
         self.seed = int(seed) if seed is not None else torch.initial_seed() % 2**31  # lm-eval's --seed sets it
-        self.greedy_check = bool(greedy_check)
+        try:
+            self.likelihood = LikelihoodConfig(estimator=str(likelihood), samples=int(mc_samples), t_min=float(t_min),
+                                               threshold=self.decode.threshold, seed=self.seed)
+        except ValueError as exc:
+            raise ModelArgsError(f"draftedit model_args likelihood/mc_samples/t_min: {exc}") from exc
+        self.likelihood_forwards = 0  # forwards spent on likelihood estimates (their cost)
+        self.greedy_check = _flag(greedy_check, "greedy_check")
         if lm is None:
             if not pretrained:
                 raise ModelArgsError("draftedit model_args: pretrained=<checkpoint folder | runs:/... | models:/...> "
@@ -122,6 +145,7 @@ class DraftEditLM(TemplateLM):
         if not 1 < self._max_length <= limit:
             raise ModelArgsError(f"draftedit model_args max_length must be in [2, {limit}] "
                              f"(max_position_embeddings), got {max_length}")
+        self.reply_marker = _reply_marker(tokenizer) if _flag(reply_lstrip, "reply_lstrip") else None
         self.drop = {t for t in (self.decode.eos_id, self.decode.mask_id, tokenizer.pad_id) if t is not None}
         self.failures: list[dict[str, Any]] = []
         self._warned: set[str] = set()
@@ -171,6 +195,14 @@ class DraftEditLM(TemplateLM):
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> list[int]:
         return self.tokenizer.encode(string)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split of context and continuation, except after the chat template's reply marker:
+        there the model writes its answer at once, so the task's target delimiter (' ') is dropped
+        rather than scored as a token the model never writes there (model arg reply_lstrip)."""
+        if self.reply_marker and context.rstrip().endswith(self.reply_marker):
+            return self.tok_encode(context.rstrip()), self.tok_encode(continuation.lstrip())
+        return super()._encode_pair(context, continuation)
+
     def tok_decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t not in self.drop])
 
@@ -212,15 +244,18 @@ class DraftEditLM(TemplateLM):
         keep = self.max_length - len(continuation)
         return context[-keep:], continuation
 
-    def _score(self, pairs: list[tuple[list[int], list[int]]], batch_seed: int) -> list[float]:
-        from components.rl.estimator import SequenceLayout, monte_carlo_log_likelihood
+    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        from components.evaluate.likelihood import continuation_scores
+        from components.rl.estimator import SequenceLayout
 
         pairs = [self._fit(c, x) for c, x in pairs]
-        layout = SequenceLayout.from_lists([c for c, _ in pairs], [x for _, x in pairs], self.decode.block_length,
+        contexts, continuations = [c for c, _ in pairs], [x for _, x in pairs]
+        layout = SequenceLayout.from_lists(contexts, continuations, self.decode.block_length,
                                            pad_id=self.tokenizer.pad_id, device=self.device)
-        generator = torch.Generator().manual_seed(batch_seed)
         with torch.inference_mode():
-            total = monte_carlo_log_likelihood(self.lm, layout, self.estimator, self.decode.mask_id, generator)
+            total, forwards = continuation_scores(self.lm, layout, self.likelihood, self.decode.mask_id, contexts,
+                                                  continuations)
+        self.likelihood_forwards += int(forwards.max())
         return [float(v) for v in total]
 
     def _greedy(self, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
@@ -244,11 +279,9 @@ class DraftEditLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
         index = {id(pair): n for n, pair in enumerate(pairs)}
-        counter = iter(range(len(pairs)))
 
         def run(batch):
-            seed = self.seed + next(counter)  # one draw per batch; the batch's position fixes it
-            scores = self._score(batch, seed)
+            scores = self._score(batch)
             greedy = self._greedy(batch) if self.greedy_check else [False] * len(batch)
             return list(zip(scores, greedy))
 

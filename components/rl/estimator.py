@@ -322,13 +322,3 @@ def sequence_log_likelihood(lm, layout: SequenceLayout, masks: torch.Tensor, wei
     if edit_weight:
         total = total + edit_weight / len(parts) * sum(part.edit_logp.sum(-1) for part in parts)
     return total, parts
-
-
-def monte_carlo_log_likelihood(lm, layout: SequenceLayout, cfg: EstimatorConfig, mask_id: int,
-                               generator: torch.Generator) -> torch.Tensor:
-    """log p(response | prompt) (S,) by the ELBO with fresh noise levels and masks: the likelihood a
-    masked diffusion model reports when nothing needs to share the draw (evaluation, not RL's ratio)."""
-    levels, weights = noise_levels(cfg, generator)
-    masks = draw_masks(layout, levels, mask_id, generator)
-    total, _ = sequence_log_likelihood(lm, layout, masks, weights, mask_id, cfg.keep_weight)
-    return total
