@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import components.bench.measure as measure
 import components.bench.runner as runner
 from components.bench import BenchConfig, BenchmarkError, run_benchmark
 from components.bench.prompts import load_prompt_set
@@ -160,8 +161,8 @@ def test_edits_are_classified_in_one_untimed_pass(model_dir, tmp_path, monkeypat
     cfg = _cfg("prompts.task=sort", "repeats=1", "baselines.reference=false", "baselines.autoregressive=false",
                settings=[{"mode": "speedy", "batch_size": 2, "decode": {"editing_threshold": 0.0}}])
     recorded = []  # record_trajectory of every decode call: warm-up, timed passes, then the accounting pass
-    real = runner._decode_chunk
-    monkeypatch.setattr(runner, "_decode_chunk",
+    real = measure._decode_chunk
+    monkeypatch.setattr(measure, "_decode_chunk",
                         lambda lm, plan, ids: recorded.append(plan.decode.record_trajectory) or real(lm, plan, ids))
     res = run_benchmark(cfg, model_dir, tmp_path)
     assert recorded == [False] * 3 + [True] * 2  # warm-up + 2 timed chunks untraced; 2 traced chunks after them
@@ -236,7 +237,7 @@ def test_out_of_memory_while_running_is_named(model_dir, tmp_path, monkeypatch):
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(runner, "_decode_chunk", oom)
+    monkeypatch.setattr(measure, "_decode_chunk", oom)
     with pytest.raises(BenchmarkError, match=r"setting speedy_b1 \(batch_size 1\) ran out of memory"):
         run_benchmark(_cfg("prompts.task=null", settings=TWO[:1]), model_dir, tmp_path)
 
@@ -322,13 +323,13 @@ def test_cli_bench_tracks_to_mlflow(model_dir, tmp_path, mlflow_uri, capsys):
 
 def test_interleaved_repeats_run_round_robin_and_measure_the_same(model_dir, tmp_path, monkeypatch):
     order = []
-    real = runner.Measurement.one_pass
+    real = measure.Measurement.one_pass
 
     def spy(self):
         order.append(self.plan.name)
         return real(self)
 
-    monkeypatch.setattr(runner.Measurement, "one_pass", spy)
+    monkeypatch.setattr(measure.Measurement, "one_pass", spy)
     base = ["prompts.task=null", "baselines.reference=false", "baselines.autoregressive=false"]
     inter = run_benchmark(_cfg(*base, "interleave=true", settings=TWO), model_dir, tmp_path / "a")
     assert order == ["speedy_b1", "quality_b2_fp8"] * 2
