@@ -1,0 +1,86 @@
+"""Each recipe in benchmarks/ end to end on a tiny random model and tiny data: rows, columns, finite figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.data.bpe import train_bpe_tokenizer
+from components.families import get_family
+from model import DiffusionLM, ModelConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tokenizer trained on a few synthetic examples and a random tiny model, saved as a checkpoint."""
+    texts = [f"{e.prompt}\n{e.answer}" for n in ("sum", "sort") for e in get_family(n).make("train", 30, 0)]
+    tok = train_bpe_tokenizer(texts, vocab_size=320)
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                           mask_token_id=tok.mask_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    path = tmp_path_factory.mktemp("bench_ckpt")
+    DiffusionLM(cfg).save_pretrained(path)
+    tok.save(path)
+    return path
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------------------ edit_table
+def test_edit_table_reports_every_preset_with_editing_on_and_off_and_mbe(checkpoint, tmp_path, capsys):
+    from benchmarks import edit_table
+    from components.presets import preset_names
+
+    out = tmp_path / "cells.json"
+    assert edit_table.main(["--model", f"A={checkpoint}", "--model", f"A={checkpoint}", "--families", "sort",
+                            "--n", "2", "--gen-length", "8", "--block-length", "4", "--mbe", "1", "--threads", "1",
+                            "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())
+    short = {"speedy": "S", "quality": "Q"}
+    expected = {f"A|sort|{short.get(p, p)} {arm}" for p in preset_names() for arm in ("edit", "no-edit", "edit MBE1")}
+    assert set(cells) == expected
+    for runs in cells.values():
+        assert len(runs) == 2  # the same label twice: two seeds of one arm
+        for r in runs:
+            assert 0 <= r["score"] <= 100 and r["tpf"] > 0 and finite(r["tps"])
+            assert {"fw_draft", "fw_edit", "fw_verify", "fw_mbe", "edits_per_sample", "fixes", "breaks"} <= set(r)
+    assert "mbe_earlier_fixes" in cells["A|sort|S edit MBE1"][0]
+    text = capsys.readouterr().out
+    assert "| A | sort | S edit |" in text and "| S/Q TPF (edit on) |" in text
+    assert "MBE edits in earlier blocks" in text
+
+
+def test_edit_table_grid_decodes_every_point_and_names_the_best_and_fastest(checkpoint, tmp_path, capsys):
+    from benchmarks import edit_table
+
+    out = tmp_path / "grid.json"
+    assert edit_table.main(["--model", f"B={checkpoint}", "--families", "sort", "--presets", "quality", "--n", "2",
+                            "--gen-length", "8", "--block-length", "4", "--grid", "threshold=0.5,0.9",
+                            "--grid", "editing_threshold=0.9,1.01", "--threads", "1", "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())
+    assert set(cells) == {f"B|sort|Q threshold={t} editing_threshold={e}" for t in (0.5, 0.9) for e in (0.9, 1.01)}
+    text = capsys.readouterr().out
+    assert "fastest within 3 points" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if "fastest within 3 points" in line)
+    (row,) = [line for line in lines[header + 2:] if line.startswith("| B | sort |")]  # one row per model x family
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[2].startswith("Q threshold=") and cols[5].startswith("Q threshold=")
+    assert all(finite(float(c)) for c in (cols[3], cols[4], cols[6], cols[7], cols[8]))
+
+
+def test_edit_table_rejects_a_field_that_is_not_a_decode_setting(checkpoint, capsys):
+    from benchmarks import edit_table
+
+    with pytest.raises(SystemExit):
+        edit_table.main(["--model", f"A={checkpoint}", "--grid", "nope=1,2"])
+    assert "'nope' is not a DecodeConfig field" in capsys.readouterr().err
