@@ -84,3 +84,72 @@ def test_edit_table_rejects_a_field_that_is_not_a_decode_setting(checkpoint, cap
     with pytest.raises(SystemExit):
         edit_table.main(["--model", f"A={checkpoint}", "--grid", "nope=1,2"])
     assert "'nope' is not a DecodeConfig field" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ speed
+TINY_RANDOM = ["--vocab", "64", "--hidden", "32", "--intermediate", "64", "--layers", "2", "--heads", "2",
+               "--kv-heads", "1", "--head-dim", "16"]
+SHORT_DECODE = ["--gen-length", "8", "--block-length", "4", "--prompts", "3", "--min-prompt", "3", "--max-prompt", "6",
+                "--batch", "2"]
+
+
+def _run_speed(tmp_path, *argv) -> dict:
+    from benchmarks import speed
+
+    out = tmp_path / f"{argv[0]}.json"
+    code = speed.main([*argv, "--json", str(out)])
+    record = json.loads(out.read_text())
+    record["code"] = code
+    return record
+
+
+def test_speed_decode_compares_every_variant_token_for_token(tmp_path):
+    res = _run_speed(tmp_path, "decode", *TINY_RANDOM, *SHORT_DECODE, "--repeats", "2", "--floor-repeats", "2")
+    assert res["code"] == 0 and res["all_identical"] and res["reference_forwards_equal"]
+    assert [r["variant"] for r in res["rows"]] == ["(a) reference loop", "(b0) cache, batch 1, no spec",
+                                                   "(b) cache, batch 1", "(c0) cache, batch 2, no spec",
+                                                   "(c) cache, batch 2"]
+    for r in res["rows"]:
+        assert r["tokens"] > 0 and r["forwards"] > 0 and finite(r["tps"]) and len(r["wall_s_all"]) in (1, 2)
+    assert all(finite(v) and v > 0 for v in res["roofline"].values())
+
+
+def test_speed_profile_splits_network_time_from_decoder_time(tmp_path):
+    res = _run_speed(tmp_path, "profile", *TINY_RANDOM, *SHORT_DECODE)
+    assert [r["variant"] for r in res["rows"]] == [f"batch {b}, speculative {s}" for b in (1, 2) for s in ("off", "on")]
+    for r in res["rows"]:
+        assert 0 < r["network_s"] <= r["wall_s"] and r["network_calls"] > 0 and r["computed_per_generated"] >= 1
+
+
+def test_speed_forward_times_every_precision(tmp_path):
+    res = _run_speed(tmp_path, "forward", *TINY_RANDOM, "--block-length", "4", "--batch", "2", "--window", "16",
+                     "--repeats", "1", "--int8", "int8_dynamic_fbgemm")
+    assert [r["precision"] for r in res["rows"]] == ["fp32", "bf16", "fp8 (dequantized, fp32 kernels)",
+                                                     "int8_dynamic_fbgemm"]
+    fp32 = res["rows"][0]
+    assert fp32["max_logit_diff"] == 0.0 and fp32["x_fp32"] == [1.0, 1.0]
+    for r in res["rows"]:
+        assert set(r["ms"]) == {"1x4", "2x4", "1x16"} and all(finite(v) for v in r["ms"].values())
+        assert finite(r["max_logit_diff"])
+
+
+def test_speed_train_reports_every_objective_variant(tmp_path):
+    from train_support import TINY_MODEL, data_overrides
+
+    data = [f"--data-set={o}" for o in data_overrides(tmp_path / "data")[1:]]
+    sets = [f"--set={o}" for o in [*TINY_MODEL, "trainer.batch_size=4", "trainer.block_length=8"]]
+    res = _run_speed(tmp_path, "train", "--steps", "2", "--data-cache", str(tmp_path / "data"), *data, *sets)
+    assert [r["variant"] for r in res["rows"]] == ["m2t", "m2t+t2t", "m2t+t2t+mtf(every step)"]
+    assert res["rows"][0]["cost_vs_m2t"] == 1.0
+    assert all(finite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 for r in res["rows"])
+
+
+def test_speed_estimator_gives_the_same_likelihoods_three_ways(tmp_path):
+    res = _run_speed(tmp_path, "estimator", "--blocks", "2", "3", "--block-length", "4", "--batch", "2",
+                     "--prompt-length", "5", "--repeats", "1", "--loop-repeats", "1", "--hidden", "32", "--layers", "1",
+                     "--vocab", "64")
+    assert [r["blocks"] for r in res["rows"]] == [2, 3]
+    for r in res["rows"]:
+        assert r["max_abs_diff"] < 1e-3
+        assert all(finite(r[k]) for k in ("loop_over_vector", "blocks_over_vector", "train_blocks_over_vector",
+                                          "train_edit_over_vector"))

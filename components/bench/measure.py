@@ -46,7 +46,8 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -112,10 +113,10 @@ class Measurement:
         with PeakMemory(self.device) as mem:
             sequences, forwards, edits, calls, total = [], [], [], 0, 0.0
             for chunk in self.chunks:
-                _sync(self.device)
+                sync_device(self.device)
                 start = time.perf_counter()
                 res = self._guard(lambda: _decode_chunk(self.lm, self.plan, [self.ids[i] for i in chunk]))
-                _sync(self.device)
+                sync_device(self.device)
                 wall = time.perf_counter() - start
                 total += wall
                 for i in chunk:
