@@ -336,3 +336,36 @@ def test_interleaved_repeats_run_round_robin_and_measure_the_same(model_dir, tmp
     seq = run_benchmark(_cfg(*base, settings=TWO), model_dir, tmp_path / "b")
     for a, b in zip(inter["records"], seq["records"]):
         assert (a["name"], a["tokens"], a["forwards"], a["repeats"]) == (b["name"], b["tokens"], b["forwards"], 2)
+
+
+def test_cli_bench_random_model_reports_fp8_size_and_reuses_the_model(tmp_path, capsys):
+    from flows.cli import main
+
+    sizes = ["vocab=64", "hidden=32", "intermediate=64", "layers=2", "heads=2", "kv_heads=1", "head_dim=16"]
+    sets = [*FAST, "baselines.reference=false", "baselines.autoregressive=false",
+            "settings=[{mode: speedy}, {mode: speedy, quant: fp8}]"]
+    args = ["bench", "--config", "table3", "--random-model", *sizes, "--out", str(tmp_path)]
+    args += [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "FP8 checkpoint:" in printed and "speedy_b1_fp8" in printed
+    fp8 = json.loads((tmp_path / "fp8_checkpoint.json").read_text())
+    assert 0 < fp8["bytes_out"] < fp8["bytes_in"]  # one byte per weight instead of four
+    assert json.loads((tmp_path / "random_model" / "config.json").read_text())["hidden_size"] == 32
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["speedy_b1", "speedy_b1_fp8"]
+    assert all(r["score"] is None and r["tps"] > 0 for r in records)  # random ids: speed only
+    assert (tmp_path / "table3.md").is_file()
+    stamp = (tmp_path / "random_model" / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "random_model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("item, needle", [("hidden", "expected SIZE=VALUE"), ("width=3", "expected SIZE=VALUE"),
+                                          ("init=flat", "must be one of")])
+def test_cli_bench_random_model_names_a_bad_size(item, needle, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["bench", "--random-model", item, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--random-model {item}" in err and needle in err

@@ -60,3 +60,36 @@ def save_random_model(folder: str | os.PathLike, **sizes) -> Path:
         build_random_model(**sizes).save_pretrained(folder)
         atomic_write(marker, spec)
     return folder
+
+
+def random_model_sizes(items: list[str]) -> dict:
+    """`SIZE=VALUE` items (`draftedit bench --random-model hidden=256 ...`) -> build_random_model keywords."""
+    import inspect
+
+    import yaml
+
+    from components.config import fail
+
+    known = [k for k in inspect.signature(build_random_model).parameters if k != "max_positions"]
+    sizes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            fail(f"--random-model {item}", f"expected SIZE=VALUE with SIZE one of {known}")
+        sizes[key] = yaml.safe_load(value)
+    if "init" in sizes and sizes["init"] not in INITS:
+        fail(f"--random-model init={sizes['init']}", f"must be one of {INITS}")
+    return sizes
+
+
+def prepare_random_model(out_dir: str | os.PathLike, sizes: dict) -> tuple[Path, dict]:
+    """The random model in `<out_dir>/random_model` and its FP8 checkpoint in `<out_dir>/fp8_model`;
+    returns (model folder, the FP8 summary of components.quantize.run_quantize: bytes in and out,
+    largest relative weight error), the summary also kept as `<out_dir>/fp8_checkpoint.json`."""
+    from components.quantize import QuantizeConfig, run_quantize
+
+    out_dir = Path(out_dir)
+    model_dir = save_random_model(out_dir / "random_model", **sizes)
+    fp8 = run_quantize(QuantizeConfig(method="fp8"), model_dir, out_dir / "fp8_model")
+    atomic_write(out_dir / "fp8_checkpoint.json", json.dumps(fp8, indent=2, default=str) + "\n")
+    return model_dir, fp8
