@@ -13,7 +13,7 @@
 #     -e PREFECT_API_URL=http://<prefect-server>:4200/api \
 #     draftedit-worker:0.1.0
 #   # other pool: append  --pool <name>  (arguments after the image go to `prefect worker start`)
-# Deploy the pipeline and its stages to the pool, then trigger runs there (README, "GPU workers"):
+# Deploy the pipeline and its stages to the pool, then trigger runs there (docs/workers.md):
 #   draftedit deploy apply --pool draftedit-gpu tracking.uri=http://<mlflow-server>:5000
 # Lint: .venv/bin/hadolint Dockerfile
 

@@ -24,6 +24,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 
 
+def default_output_dir() -> Path:
+    """Where runs write by default: $DRAFTEDIT_OUTPUT_DIR or ./outputs."""
+    return Path(os.environ.get("DRAFTEDIT_OUTPUT_DIR", "outputs")).resolve()
+
+
 class ConfigError(ValueError):
     """A config file or override does not match its schema (message names the key and the source)."""
 

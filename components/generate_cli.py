@@ -147,9 +147,10 @@ def check_prompt(lm, prompt: list[int], cfg, option: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import main as draftedit
+    """`python -m components.generate_cli`: the same command as `draftedit generate`."""
+    from .cli_errors import component_main
 
-    return draftedit(["generate", *(sys.argv[1:] if argv is None else argv)])
+    return component_main("generate", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The presets (S = speedy, Q = quality, and whatever a user adds) are the files in `conf/decode/`:
 code never lists them. `model.DecodeConfig`'s own field defaults mirror the authors' reference
-`generate()` signature (the parity API of design.md); everything in the project decodes from a preset.
+`generate()` signature (the parity API of docs/design.md); everything in the project decodes from a preset.
 """
 
 from __future__ import annotations

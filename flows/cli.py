@@ -5,8 +5,8 @@ Modules are imported only when their subcommand is used, so `draftedit generate`
 Prefect or MLflow imports, and a component that fails to import cannot break the other commands.
 Each command parses its options and `key=value` overrides in any order (`parse_intermixed_args`).
 
-`main` is the one place where errors meet the user: a user error (see USER_ERRORS; a bad config,
-option, input or checkpoint) is printed as one line and exits with code 2; any other exception is a
+`main` is where errors meet the user (components.cli_errors.run_guarded): a user error (see
+components.cli_errors.USER_ERRORS; a bad config, option, input or checkpoint) is printed as one line and exits with code 2; any other exception is a
 bug and keeps its traceback. `--debug` (or DRAFTEDIT_DEBUG=1) shows the traceback of user errors too.
 """
 
@@ -18,12 +18,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from components.cli_errors import run_guarded, user_errors
+from components.config import default_output_dir
 
 # name -> (module, one-line help). Order is the order shown by `draftedit --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("components.generate_cli", "decode with a checkpoint, showing drafts and edits live"),
+    "checkpoint": ("components.checkpoint_cli", "write a released model's layout with random weights, or check a folder"),
     "data": ("components.data.cli", "prepare (or reuse from cache) the CPT/SFT data and tokenizer"),
     "train": ("components.training.cli", "CPT / SFT training with the M2T + T2T objective"),
     "rl": ("components.rl.cli", "EBPO reinforcement learning from a checkpoint"),
@@ -41,11 +44,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 class SubcommandUnavailable(RuntimeError):
     """The module implementing a subcommand is not present in this installation."""
-
-
-def default_output_dir() -> Path:
-    """Where runs write by default: $DRAFTEDIT_OUTPUT_DIR or ./outputs."""
-    return Path(os.environ.get("DRAFTEDIT_OUTPUT_DIR", "outputs")).resolve()
 
 
 def configure_environment() -> None:
@@ -150,9 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_intermixed_args(argv[index + 1:])
     if "--debug" in argv[:index] or getattr(args, "debug", False):
         os.environ["DRAFTEDIT_DEBUG"] = "1"  # components that quiet their libraries keep them verbose too
-    debug = bool(os.environ.get("DRAFTEDIT_DEBUG"))
     quiet = _QuietUserErrors()
-    if not debug:
+    if not os.environ.get("DRAFTEDIT_DEBUG"):
         for logger_name in PREFECT_RUN_LOGGERS:
             logging.getLogger(logger_name).addFilter(quiet)
     try:
@@ -160,17 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .processes import guard_process_tree  # SIGTERM = Ctrl-C; no child outlives the command
 
             with guard_process_tree():
-                return int(args._run(args) or 0)
-        return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if debug or not isinstance(exc, user_errors()):
-            raise
-        from components.cli_errors import one_line
-
-        print(f"draftedit {name}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+                return run_guarded(name, lambda: args._run(args))
+        return run_guarded(name, lambda: args._run(args))
     finally:
         for logger_name in PREFECT_RUN_LOGGERS:
             logging.getLogger(logger_name).removeFilter(quiet)
@@ -187,34 +175,6 @@ class _QuietUserErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return exc is None or not isinstance(exc, user_errors())
-
-
-# (module, class): errors that describe bad input, not a bug. Looked up only when their module is
-# already imported (a command that raised one has imported it), so this imports nothing heavy.
-USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("components.cli_errors", "UsageError"),
-    ("components.config", "ConfigError"),
-    ("components.tracking.store", "TrackingError"),
-    ("flows.stages", "StageError"),
-    ("flows.deploy", "DeployError"),
-    ("model.checkpoint", "CheckpointError"),
-    ("model.tokenizer", "TokenizerError"),
-    ("components.rl.run", "RLInputError"),
-    ("components.bench.config", "BenchmarkError"),
-    ("components.data.sources", "DataError"),
-    ("components.evaluate.sources", "TaskDataError"),
-    ("components.evaluate.scorers", "SandboxUnavailableError"),
-)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception classes shown as one line with exit code 2 (plus FileNotFoundError)."""
-    errors: list[type[BaseException]] = [FileNotFoundError]
-    for module_name, attr in USER_ERRORS:
-        cls = getattr(sys.modules.get(module_name), attr, None)
-        if isinstance(cls, type):
-            errors.append(cls)
-    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_PRESET
+from .report import save_figure
 
 QUANTITIES = ("score", "tpf", "tps")
 
@@ -106,68 +107,7 @@ def plot(views: list[RunView], path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     if ax.collections:
         ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
-
-
-NOEDIT = "_noedit"  # the evaluate stage's suffix for a mode re-run with T2T editing off
-
-
-def decoding_arms(metrics) -> list[tuple[str, str]]:
-    """(metric key, label) of every decoding mode the evaluation reported, `eval/<preset>/score` and
-    `eval/<preset>_noedit/score`, presets in conf/decode/ order, editing on before off. The presets
-    are discovered (components.presets.preset_names), never listed here."""
-    from components.presets import preset_names
-
-    arms = []
-    for preset in preset_names():
-        for key, label in ((preset, f"{preset}, editing on"), (preset + NOEDIT, f"{preset}, editing off")):
-            if f"eval/{key}/score" in metrics:
-                arms.append((key, label))
-    return arms
-
-
-def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
-    """Score and TPF of every evaluated stage (probes and the final evaluation) per decoding mode:
-    what each stage adds. `rows` are the pipeline's summary rows; None when no stage has eval metrics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stages = [r for r in rows if r.get("run_id") and decoding_arms(r["metrics"])]
-    if not stages:
-        return None
-    arms = list(dict.fromkeys(arm for r in stages for arm in decoding_arms(r["metrics"])))
-    fig, (ax_score, ax_tpf) = plt.subplots(1, 2, figsize=(10, 4))
-    x = list(range(len(stages)))
-    for mode, label in arms:
-        for ax, quantity in ((ax_score, "score"), (ax_tpf, "tpf")):
-            ys = [r["metrics"].get(f"eval/{mode}/{quantity}", float("nan")) for r in stages]
-            if any(y == y for y in ys):
-                ax.plot(x, ys, marker="o", label=label)
-    for ax, title in ((ax_score, "held-out score"), (ax_tpf, "tokens per forward (TPF)")):
-        ax.set_xticks(x, [r["stage"] for r in stages])
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    fig.suptitle("draftedit pipeline: what each stage adds")
-    return _save(fig, path)
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    """Write a figure atomically and close it. The format comes from `path`'s suffix (png without one):
-    the temporary file's own suffix says nothing."""
-    import matplotlib.pyplot as plt
-
-    from model.files import atomic_path  # imported here: `model` pulls in torch, the CLI should not
-
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

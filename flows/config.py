@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from components.config import CONF_DIR, check_min, conf_defaults, fail, load_config, resolve_conf, to_container
+from components.config import CONF_DIR, check_choice, check_min, conf_defaults, fail, load_config, resolve_conf, to_container
 
-PIPELINE_CONF_DIR = CONF_DIR / "pipeline"
 DEFAULT_PRESET = "tiny"
-STAGE_ORDER = ("data_prep", "cpt", "sft", "rl", "quantize", "benchmark", "evaluate")
 MODEL_STAGES = ("cpt", "sft", "rl")  # stages whose output is the next model
 
 
@@ -46,6 +44,9 @@ class StageConfig:
 @dataclass
 @conf_defaults("pipeline/defaults/pipeline.yaml", "stages")
 class StagesConfig:
+    """One field per stage, in pipeline order: the stages of flows.stages.COMPONENTS (which imports the
+    components, too heavy for reading a config; tests/test_stage_table.py keeps the two equal)."""
+
     data_prep: StageConfig
     cpt: StageConfig
     sft: StageConfig
@@ -53,6 +54,9 @@ class StagesConfig:
     quantize: StageConfig
     benchmark: StageConfig
     evaluate: StageConfig
+
+
+STAGE_ORDER = tuple(f.name for f in fields(StagesConfig))
 
 
 @dataclass
@@ -66,10 +70,8 @@ class ProbeConfig:
     stages: list[str]
 
     def __post_init__(self) -> None:
-        probed = (*MODEL_STAGES, "quantize")
         for i, stage in enumerate(self.stages):
-            if stage not in probed:
-                fail(f"probe.stages[{i}]", f"must be one of {list(probed)} (the stages that output a model), got {stage!r}")
+            check_choice(f"probe.stages[{i}]", stage, (*MODEL_STAGES, "quantize"))
 
 
 @dataclass
@@ -126,6 +128,7 @@ class PipelineConfig:
             fail("init_data", f"stages {needs_data} need prepared data but data_prep is disabled and init_data is not set")
 
     def stage(self, name: str) -> StageConfig:
+        """The config of stage `name`; KeyError naming the stages otherwise."""
         if name not in STAGE_ORDER:
             raise KeyError(f"unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
         return getattr(self.stages, name)

@@ -7,7 +7,7 @@
 `apply` registers, on one work pool, the pipeline flow (`pipeline/<pool>`, the preset and overrides
 as its default parameters) and every stage flow (`cpt/<pool>`, `evaluate/<pool>`, ...). A pipeline
 config places a stage with `stages.<stage>.pool: <pool>`: the pipeline then runs that stage as the
-deployment `<stage flow>/<pool>` (`run_stage_on_pool`), a subflow run of its own flow run that some
+deployment `<stage flow>/<pool>` (flows/pools.py), a subflow run of its own flow run that some
 worker of the pool picks up, and waits for it; a stage without a pool runs in the pipeline's process.
 
 Workers share nothing but the two servers: the Prefect API (PREFECT_API_URL) and an MLflow server
@@ -26,14 +26,14 @@ import urllib.request
 from typing import Any, Callable
 
 from components.config import ConfigError
+from components.tracking import TAG_FLOW_RUN, TAG_STAGE
 
-from .config import DEFAULT_PRESET, STAGE_ORDER
+from .config import DEFAULT_PRESET
+from .pools import deployment_name, flow_run_state
 
 PIPELINE_ENTRYPOINT = "flows.pipeline.pipeline_flow"
 REEVAL_ENTRYPOINT = "flows.reeval.reevaluate_flow"
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-SWEEP_EVERY_S = 10.0  # how often a pipeline waiting on a placed stage looks for runs of dead workers
-TAG_FLOW_RUN = "prefect.flow_run_id"  # set on every pipeline and stage MLflow run by the flow that opened it
 
 
 class DeployError(RuntimeError):
@@ -42,14 +42,6 @@ class DeployError(RuntimeError):
 
 def stage_entrypoint(stage: str) -> str:
     return f"flows.stage_flows.{stage}_flow"
-
-
-def deployment_name(stage: str, pool: str) -> str:
-    """`<flow name>/<pool>`: the deployment of `stage` (or of `pipeline`) on `pool`."""
-    from .stage_flows import STAGE_FLOWS
-
-    flow_name = "pipeline" if stage == "pipeline" else STAGE_FLOWS[stage].name
-    return f"{flow_name}/{pool}"
 
 
 # ---------------------------------------------------------------- the Prefect server
@@ -101,8 +93,8 @@ def pool_deployments(pool: str, preset: str = DEFAULT_PRESET, overrides: list[st
     )
     pipeline.entrypoint = PIPELINE_ENTRYPOINT
     deployments = [pipeline]
-    for stage in STAGE_ORDER:
-        deployment = STAGE_FLOWS[stage].to_deployment(
+    for stage, stage_flow in STAGE_FLOWS.items():
+        deployment = stage_flow.to_deployment(
             name=pool, work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH,
             description=f"The {stage} stage on pool {pool} (placed by stages.{stage}.pool={pool})",
             tags=["draftedit", "stage"],
@@ -132,62 +124,6 @@ def apply(pool: str, preset: str = DEFAULT_PRESET, overrides: list[str] | None =
         deployment.apply(work_pool_name=pool)
         names.append(deployment.full_name)
     return names
-
-
-def run_stage_on_pool(stage: str, pool: str, params: dict[str, Any], client, experiment_id: str,
-                      poll_s: float = 2.0) -> dict:
-    """Run `stage` as its deployment on `pool` (a subflow run of the calling flow run), wait for it, and
-    return run_stage's result, read back from the stage's MLflow run (workers share no result storage)."""
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
-    from .stages import StageError
-    from .runner import sweep_dead_owners
-
-    name = deployment_name(stage, pool)
-    try:
-        flow_run = run_deployment(name, parameters=params, timeout=0, as_subflow=True)
-    except ObjectNotFound:
-        raise StageError(f"stage {stage} is placed on pool {pool!r} (stages.{stage}.pool) but deployment "
-                         f"{name!r} does not exist; create it: draftedit deploy apply --pool {pool}") from None
-    last_sweep = time.monotonic()
-    while (state := _flow_run_state(flow_run.id)) is None or not state.is_final():
-        time.sleep(poll_s)
-        if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-            # A worker that died mid-stage cannot end its runs: this marks its MLflow run FAILED and its
-            # flow run Crashed (components.tracking.liveness), which ends this wait.
-            sweep_dead_owners(client, experiment_id)
-            last_sweep = time.monotonic()
-    if state.type.value != "COMPLETED":
-        raise StageError(f"stage {stage}: flow run {flow_run.id} of {name} ended {state.name}: "
-                         f"{state.message or 'see the flow run logs'}")
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_FLOW_RUN}` = '{flow_run.id}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise StageError(f"stage {stage}: flow run {flow_run.id} of {name} completed but logged no MLflow run "
-                         f"in experiment {experiment_id}")
-    return stage_result(stage, runs[0])
-
-
-def stage_result(stage: str, run) -> dict:
-    """run_stage's result, rebuilt from the stage's finished MLflow run (what a worker on another host left)."""
-    import json
-
-    from components.tracking import run_outputs
-
-    from .runner import TAG_REGISTRATION
-
-    end = run.info.end_time or run.info.start_time
-    registration = run.data.tags.get(TAG_REGISTRATION)
-    return {
-        "stage": stage,
-        "run_id": run.info.run_id,
-        "outputs": run_outputs(run),
-        "metrics": dict(run.data.metrics),
-        "cached": "draftedit.cache_hit" in run.data.tags,
-        "seconds": (end - run.info.start_time) / 1000,
-        "registration": json.loads(registration) if registration else None,
-    }
 
 
 # ---------------------------------------------------------------- trigger and watch
@@ -242,13 +178,6 @@ def trigger(pool: str, preset: str | None, overrides: list[str], resume_run_id: 
     return str(flow_run.id), parent
 
 
-def _flow_run_state(flow_run_id: str):
-    from prefect import get_client
-
-    with get_client(sync_client=True) as pc:
-        return pc.read_flow_run(flow_run_id).state
-
-
 def _wait_for_parent(client, experiment: str, flow_run_id: str, timeout: float) -> str:
     """The MLflow run the pipeline flow run `flow_run_id` opened (it does so after its preflight)."""
     deadline = time.monotonic() + timeout
@@ -257,10 +186,10 @@ def _wait_for_parent(client, experiment: str, flow_run_id: str, timeout: float) 
         if exp is not None:
             runs = client.search_runs([exp.experiment_id], max_results=1,
                                       filter_string=f"tags.`{TAG_FLOW_RUN}` = '{flow_run_id}' and "
-                                                    f"tags.`draftedit.stage` = 'pipeline'")
+                                                    f"tags.`{TAG_STAGE}` = 'pipeline'")
             if runs:
                 return runs[0].info.run_id
-        state = _flow_run_state(flow_run_id)
+        state = flow_run_state(flow_run_id)
         if state is not None and state.type.value in FINAL_STATES:
             raise DeployError(f"flow run {flow_run_id} ended {state.name} before opening its MLflow run: "
                               f"{state.message or 'see its logs in the Prefect UI'}")

@@ -13,7 +13,6 @@ its own run from its last checkpoint (flows.runner.run_stage reopens it).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +22,12 @@ from prefect import flow
 
 from components.config import ConfigError, load_config
 from components.tracking import (
+    TAG_FAILED_STAGE,
     TAG_FAILURE,
+    TAG_GIT,
     TAG_INTERRUPTED,
     TAG_PIPELINE,
+    TAG_RESUMED_AT,
     TAG_STAGE,
     Heartbeat,
     TrackingError,
@@ -43,21 +45,18 @@ from components.tracking import (
 from .config import (
     DEFAULT_PRESET,
     MODEL_STAGES,
-    STAGE_ORDER,
     PipelineConfig,
     load_pipeline_config,
     preset_path,
     stage_config_path,
 )
 from .preflight import check_pipeline
-from .prefect_server import start_ephemeral_server
-from .compare import decoding_arms
-from .runner import tracking_client
+from .pools import run_stage_on_pool
+from .prefect_server import exit_forks_cleanly, start_ephemeral_server
+from .report import plot_stages, print_summary
+from .runner import RegistrationSpec, StageRequest, flow_run_tag, tracking_client
 from .stage_flows import STAGE_FLOWS
-
-TAG_FAILED_STAGE = "draftedit.failed_stage"
-SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "S score", "S TPF", "S edits", "val acc", "seconds")
-FINAL_COLUMNS = ("decoding", "score", "TPF", "TPS", "edits/sample", "edit precision")
+from .stages import COMPONENTS
 
 
 def _probe_overrides(cfg: PipelineConfig) -> list[str]:
@@ -90,14 +89,9 @@ def _open_parent(client, experiment_id: str, cfg: PipelineConfig, resume_run_id:
     if resume_run_id:
         parent = _pipeline_run(client, resume_run_id)
         reopen_run(client, resume_run_id)  # RUNNING again, owned by this process
-        client.set_tag(resume_run_id, "draftedit.resumed", str(int(time.time())))
+        client.set_tag(resume_run_id, TAG_RESUMED_AT, str(int(time.time())))
         return parent
-    tags = {TAG_STAGE: "pipeline", TAG_PIPELINE: cfg.name, "mlflow.source.git.commit": git_commit(), **owner_tags()}
-    from .runner import _prefect_flow_run_id
-
-    flow_run_id = _prefect_flow_run_id()
-    if flow_run_id:
-        tags["prefect.flow_run_id"] = flow_run_id
+    tags = {TAG_STAGE: "pipeline", TAG_PIPELINE: cfg.name, TAG_GIT: git_commit(), **owner_tags(), **flow_run_tag()}
     parent = client.create_run(experiment_id, run_name=f"pipeline-{cfg.name}", tags=tags)
     log_config(client, parent.info.run_id, cfg)
     return parent
@@ -108,22 +102,15 @@ def _finished_children(client, parent_run_id: str) -> dict[str, Any]:
     done: dict[str, Any] = {}
     for run in child_runs(client, parent_run_id):
         stage = run.data.tags.get(TAG_STAGE)
-        if stage in STAGE_ORDER and run.info.status == "FINISHED":
+        if stage in COMPONENTS and run.info.status == "FINISHED":
             done[stage] = run  # oldest first, so the latest wins
     return done
 
 
 def _stage_inputs(stage: str, state: dict[str, str | None]) -> dict[str, str]:
-    wanted = {
-        "data_prep": ("checkpoint",),  # the initial checkpoint's tokenizer, when there is one
-        "cpt": ("data", "checkpoint"),
-        "sft": ("data", "checkpoint"),
-        "rl": ("checkpoint", "data"),
-        "quantize": ("checkpoint",),
-        "benchmark": ("checkpoint",),
-        "evaluate": ("checkpoint",),
-    }[stage]
-    return {name: state[name] for name in wanted if state.get(name)}
+    """The stage's inputs (required and optional, flows.stages.COMPONENTS) that the pipeline has so far."""
+    spec = COMPONENTS[stage]
+    return {name: state[name] for name in spec.inputs + spec.optional if state.get(name)}
 
 
 def _advance(stage: str, outputs: dict[str, str], state: dict[str, str | None]) -> None:
@@ -148,6 +135,7 @@ def pipeline_flow(
     from_stage: str | None = None,
 ) -> dict:
     """Run every enabled stage in order; return the parent run id and one summary row per stage."""
+    exit_forks_cleanly()
     overrides = list(overrides or [])
     cfg = load_pipeline_config(config, overrides)
     output_dir = str(Path(cfg.output_dir).resolve())
@@ -158,8 +146,8 @@ def pipeline_flow(
         _pipeline_run(client, resume_run_id)
         cfg = _stored_config(client, resume_run_id, tracking_uri, overrides)
         output_dir = str(Path(cfg.output_dir).resolve())
-    if from_stage is not None and from_stage not in STAGE_ORDER:
-        raise ConfigError(f"--from-stage {from_stage!r}: stages are {', '.join(STAGE_ORDER)}")
+    if from_stage is not None and from_stage not in COMPONENTS:
+        raise ConfigError(f"--from-stage {from_stage!r}: stages are {', '.join(COMPONENTS)}")
     if from_stage is not None and not resume_run_id:
         raise ConfigError("--from-stage needs --resume <pipeline run id> (the run whose earlier outputs to reuse)")
     check_pipeline(cfg, tracking_uri)  # every config, task, preset, input and cross-stage value, before any work
@@ -175,7 +163,8 @@ def pipeline_flow(
     parent_id = parent.info.run_id
     _progress(f"pipeline run {parent_id} (if interrupted, continue it with: draftedit pipeline --resume {parent_id})")
     reusable = _finished_children(client, parent_id) if resume_run_id else {}
-    stop_reuse_at = STAGE_ORDER.index(from_stage) if from_stage else len(STAGE_ORDER)
+    stages = list(COMPONENTS)
+    stop_reuse_at = stages.index(from_stage) if from_stage else len(stages)
     probe_config = (
         str(stage_config_path(cfg.stages.evaluate))
         if cfg.probe.enabled and cfg.stages.evaluate.config else None
@@ -185,7 +174,7 @@ def pipeline_flow(
     current = None
     beat = Heartbeat(client, parent_id).start()  # a killed pipeline's parent run is found and marked FAILED
     try:
-        for index, stage in enumerate(STAGE_ORDER):
+        for index, stage in enumerate(stages):
             current = stage
             sc = cfg.stage(stage)
             if not sc.enabled:
@@ -198,39 +187,10 @@ def pipeline_flow(
                              "metrics": dict(prior.data.metrics), "seconds": 0.0})
                 continue
             rerun = True
-            enabled = [s for s in STAGE_ORDER if cfg.stage(s).enabled]
-            _progress(f"stage {enabled.index(stage) + 1}/{len(enabled)}: {stage} ({cfg.stage(stage).config})")
-            registry = None
-            if stage == "evaluate":
-                registry = {
-                    "name": cfg.tracking.registered_model,
-                    "metric": cfg.tracking.champion_metric,
-                    "greater_is_better": cfg.tracking.greater_is_better,
-                    "preset": cfg.serve_preset,
-                    "copy": cfg.tracking.log_checkpoints,
-                }
-            params = dict(
-                config_path=str(stage_config_path(sc)),
-                overrides=list(sc.overrides),
-                inputs=_stage_inputs(stage, state),
-                output_dir=cfg.output_dir if sc.pool else output_dir,  # a worker writes under its own folder
-                tracking_uri=tracking_uri,
-                experiment=cfg.tracking.experiment,
-                parent_run_id=parent_id,
-                pipeline=cfg.name,
-                retries=cfg.retries,
-                retry_delay_seconds=cfg.retry_delay_seconds,
-                probe_config=probe_config if stage in cfg.probe.stages else None,
-                probe_overrides=_probe_overrides(cfg),
-                registry=registry,
-                log_checkpoints=cfg.tracking.log_checkpoints,
-            )
-            if sc.pool:  # its deployment on that work pool, a subflow run that a worker there picks up
-                from .deploy import run_stage_on_pool
-
-                result = run_stage_on_pool(stage, sc.pool, params, client, experiment_id)
-            else:
-                result = STAGE_FLOWS[stage](**params)
+            enabled = [s for s in stages if cfg.stage(s).enabled]
+            _progress(f"stage {enabled.index(stage) + 1}/{len(enabled)}: {stage} ({sc.config})")
+            request = _stage_request(cfg, stage, state, parent_id, tracking_uri, output_dir, probe_config)
+            result = _run_one_stage(stage, sc.pool, request, client, experiment_id)
             _advance(stage, result["outputs"], state)
             rows.append({"stage": stage, "status": "cached" if result["cached"] else "ran",
                          "run_id": result["run_id"], "metrics": result["metrics"],
@@ -264,107 +224,48 @@ def pipeline_flow(
     }
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
+def registration_spec(cfg: PipelineConfig) -> RegistrationSpec:
+    """How the evaluate stage registers the final model (the config's tracking section)."""
+    return RegistrationSpec(name=cfg.tracking.registered_model, preset=cfg.serve_preset,
+                            metric=cfg.tracking.champion_metric, greater_is_better=cfg.tracking.greater_is_better,
+                            copy=cfg.tracking.log_checkpoints)
+
+
+def _stage_request(cfg: PipelineConfig, stage: str, state: dict[str, str | None], parent_id: str,
+                   tracking_uri: str, output_dir: str, probe_config: str | None) -> StageRequest:
+    sc = cfg.stage(stage)
+    return StageRequest(
+        config_path=str(stage_config_path(sc)),
+        overrides=list(sc.overrides),
+        inputs=_stage_inputs(stage, state),
+        output_dir=cfg.output_dir if sc.pool else output_dir,  # a worker writes under its own folder
+        tracking_uri=tracking_uri,
+        experiment=cfg.tracking.experiment,
+        parent_run_id=parent_id,
+        pipeline=cfg.name,
+        retries=cfg.retries,
+        retry_delay_seconds=cfg.retry_delay_seconds,
+        probe_config=probe_config if stage in cfg.probe.stages else None,
+        probe_overrides=_probe_overrides(cfg),
+        register=registration_spec(cfg) if stage == "evaluate" else None,
+        log_checkpoints=cfg.tracking.log_checkpoints,
+    )
+
+
+def _run_one_stage(stage: str, pool: str | None, request: StageRequest, client, experiment_id: str) -> dict:
+    """The stage's flow in this process, or its deployment on `pool` (a subflow run a worker there picks up)."""
+    if pool:
+        return run_stage_on_pool(stage, pool, request, client, experiment_id)
+    return STAGE_FLOWS[stage](request=request)
 
 
 def _log_stage_plot(client, parent_id: str, rows: list[dict], output_dir: str) -> str | None:
     """The parent run's `stages.png`: score and TPF per stage and decoding mode (None when nothing was probed)."""
-    from .compare import plot_stages
-
     path = Path(output_dir) / "pipelines" / parent_id / "stages.png"
     if plot_stages(rows, path) is None:
         return None
     client.log_artifact(parent_id, str(path))
     return str(path)
-
-
-def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
-    """Table rows (see SUMMARY_COLUMNS); the benchmark adds one row per decoding setting.
-
-    score / TPF / TPS are the stage's evaluation in its tasks' own preset (Q mode); the S columns are
-    the same suite in S mode (`eval/speedy/*`), with the T2T edits per sample. `val acc` is a training
-    stage's masked-token accuracy on its own held-out data (`val/acc_masked`): what CPT, which cannot
-    answer the chat tasks yet, adds.
-    """
-    out = []
-    for row in rows:
-        m = row["metrics"]
-        run = (row["run_id"] or "-")[:8]
-        out.append((row["stage"], row["status"], run, _fmt(m.get("eval/score")), _fmt(m.get("eval/tpf"), ".2f"),
-                    _fmt(m.get("eval/tps"), ".1f"), _fmt(m.get("eval/speedy/score")),
-                    _fmt(m.get("eval/speedy/tpf"), ".2f"), _fmt(m.get("eval/speedy/edits_per_sample"), ".2f"),
-                    _fmt(m.get("val/acc_masked")), _fmt(row["seconds"], ".1f")))
-        if row["stage"] == "benchmark":
-            names = sorted({k.split("/")[1] for k in m if k.startswith("bench/") and k.count("/") == 2})
-            # `bench/<mode>/*` repeats the first unquantized setting of that mode (`<mode>_b1`): skip it.
-            aliases = {n for n in names if any(other.startswith(n + "_b") for other in names)}
-            for name in (n for n in names if n not in aliases):
-                out.append((f"  {name}", "", "", _fmt(m.get(f"bench/{name}/score")),
-                            _fmt(m.get(f"bench/{name}/tpf"), ".2f"), _fmt(m.get(f"bench/{name}/tps"), ".1f"),
-                            "", "", "", "", ""))
-    return out
-
-
-def final_model_rows(rows: list[dict]) -> list[tuple[str, ...]]:
-    """The evaluate stage's suite per decoding mode, editing on and off (score, TPF, TPS, edits, precision)."""
-    final = next((r for r in reversed(rows) if r["stage"] == "evaluate" and r["run_id"]), None)
-    if final is None:
-        return []
-    m = final["metrics"]
-    out = []
-    for key, label in decoding_arms(m):
-        out.append((label, _fmt(m.get(f"eval/{key}/score")), _fmt(m.get(f"eval/{key}/tpf"), ".2f"),
-                    _fmt(m.get(f"eval/{key}/tps"), ".1f"), _fmt(m.get(f"eval/{key}/edits_per_sample"), ".2f"),
-                    _fmt(m.get(f"eval/{key}/edit_precision"), ".2f")))
-    return out
-
-
-def rl_line(rows: list[dict]) -> str | None:
-    """What RL did to its held-out accuracy (its own curve, in its rollout mode)."""
-    rl = next((r for r in rows if r["stage"] == "rl" and r["run_id"]), None)
-    if rl is None or "rl_eval/initial_accuracy" not in rl["metrics"]:
-        return None
-    m = rl["metrics"]
-    first, last = 100 * m["rl_eval/initial_accuracy"], 100 * m["rl_eval/accuracy"]
-    return (f"RL: held-out accuracy {first:.1f}% -> {last:.1f}% ({last - first:+.1f} points) in "
-            f"{int(m.get('rl/steps', 0))} steps")
-
-
-def print_summary(result: dict, wall_seconds: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets the whole table
-    table = Table(title=f"draftedit pipeline — parent run {result['parent_run_id']}")
-    for col in SUMMARY_COLUMNS:
-        table.add_column(col, justify="left" if col in ("stage", "status", "run") else "right", no_wrap=True)
-    for row in summary_rows(result["rows"]):
-        table.add_row(*row)
-    console.print(table)
-    final = final_model_rows(result["rows"])
-    if final:
-        ftable = Table(title="final model (evaluate stage): decoding modes, T2T editing on and off")
-        for col in FINAL_COLUMNS:
-            ftable.add_column(col, justify="left" if col == "decoding" else "right", no_wrap=True)
-        for row in final:
-            ftable.add_row(*row)
-        console.print(ftable)
-    line = rl_line(result["rows"])
-    if line:
-        console.print(line)
-    reg = result.get("registration")
-    if reg:
-        champ = "now champion" if reg["champion"] else f"champion stays version {reg['previous_champion']}"
-        console.print(f"Registered model [bold]{reg['name']}[/] version {reg['version']} "
-                      f"(score {reg['score']:.4g}; models:/{reg['name']}/latest; {champ})")
-    if result.get("plot"):
-        console.print(f"Plot (score and TPF per stage and mode): {result['plot']}")
-    console.print(f"Wall time: {wall_seconds:.0f} s")
-    console.print(f"Tracking: {result['tracking_uri']}  (experiment '{result['experiment']}')")
-    console.print(f"Outputs:  {result['output_dir']}")
-    console.print("Look at it: [bold]draftedit ui[/] (MLflow UI http://127.0.0.1:5000, Prefect UI http://127.0.0.1:4200)")
-    console.print(f"Compare its stages: [bold]draftedit compare --parent {result['parent_run_id']}[/]")
 
 
 # ---------------------------------------------------------------- `draftedit pipeline`
@@ -374,7 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pipeline preset name in conf/pipeline/ (tiny, small, llada2.1-mini) or a YAML path")
     parser.add_argument("--resume", metavar="RUN_ID",
                         help="continue the pipeline run RUN_ID from its first unfinished stage")
-    parser.add_argument("--from-stage", choices=STAGE_ORDER,
+    parser.add_argument("--from-stage", choices=list(COMPONENTS),
                         help="with --resume: re-run from this stage on (earlier stages' outputs are reused)")
     parser.add_argument("--dry-run", action="store_true", help="validate every config and print the plan, run nothing")
 
@@ -390,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri = resolve_tracking_uri(cfg.tracking.uri, output_dir)
         check_pipeline(cfg, tracking_uri)
         print(f"pipeline {cfg.name}: every check passed; tracking {tracking_uri}, outputs {output_dir}")
-        for stage in STAGE_ORDER:
+        for stage in COMPONENTS:
             sc = cfg.stage(stage)
             state = f"{sc.config} {' '.join(sc.overrides)}".strip() if sc.enabled else "disabled"
             state += f"  (on work pool {sc.pool})" if sc.enabled and sc.pool else ""

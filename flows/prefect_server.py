@@ -37,7 +37,15 @@ def _drop_prefect_exit_hooks() -> None:
                     if not getattr(getattr(hook, "func", hook), "__module__", "").startswith("prefect.")]
 
 
-os.register_at_fork(after_in_child=_drop_prefect_exit_hooks)
+_forks_registered = False
+
+
+def exit_forks_cleanly() -> None:
+    """From now on, forked children drop Prefect's exit hooks (see `_drop_prefect_exit_hooks`); once per process."""
+    global _forks_registered
+    if not _forks_registered:
+        os.register_at_fork(after_in_child=_drop_prefect_exit_hooks)
+        _forks_registered = True
 
 
 def _die_with_parent() -> None:

@@ -16,7 +16,7 @@ Each failure is one `ConfigError` line that names the stage and the key.
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +24,43 @@ from components.config import REPO_ROOT, ConfigError, fail
 from components.presets import check_preset, load_decode_config
 from components.tracking import TrackingError, resolve_uri
 
-from .config import STAGE_ORDER, PipelineConfig, stage_config_path
-from .runner import load_stage_config
+from .config import MODEL_STAGES, PipelineConfig, stage_config_path
+from .stages import COMPONENTS, load_stage_config
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 DEFAULT_SPECIAL_IDS = {"pad": 0, "eos": 1, "mask": 2}  # our BPE tokenizer's order (model/tokenizer.py)
 
 
-@dataclass
-class Plan:
-    """What the preflight resolved: each enabled stage's config (and the probe's)."""
+def check_pipeline(cfg: PipelineConfig, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Every check of this module over the whole pipeline; returns each enabled stage's loaded config.
 
-    configs: dict[str, Any] = field(default_factory=dict)
-    probe: Any = None
-
-
-def check_pipeline(cfg: PipelineConfig, tracking_uri: str | None = None) -> Plan:
-    """Every check of this module over the whole pipeline; returns the loaded configs."""
-    plan = Plan()
-    for stage in STAGE_ORDER:
+    Each stage loads its config again when it runs (stage flows take paths, so a deployment on a
+    work pool can run them); what is returned serves the checks and the callers' messages.
+    """
+    configs: dict[str, Any] = {}
+    for stage in COMPONENTS:
         sc = cfg.stage(stage)
         if sc.enabled:
-            plan.configs[stage] = load_stage_config(stage, stage_config_path(sc), sc.overrides)
+            configs[stage] = load_stage_config(stage, stage_config_path(sc), sc.overrides)
+    probe = None
     if cfg.probe.enabled and cfg.stages.evaluate.config:
         overrides = list(cfg.stages.evaluate.overrides) + list(cfg.probe.overrides)
         with _context("probe"):
-            plan.probe = load_stage_config("evaluate", stage_config_path(cfg.stages.evaluate), overrides)
+            probe = load_stage_config("evaluate", stage_config_path(cfg.stages.evaluate), overrides)
     check_preset("serve_preset", cfg.serve_preset)
     receives_checkpoint = bool(cfg.init_checkpoint)
-    for stage, stage_cfg in plan.configs.items():
+    for stage, stage_cfg in configs.items():
         check_stage_config(stage, stage_cfg, receives_checkpoint=receives_checkpoint)
-        receives_checkpoint = receives_checkpoint or stage in ("cpt", "sft", "rl")
-    if plan.probe is not None:
+        receives_checkpoint = receives_checkpoint or stage in MODEL_STAGES
+    if probe is not None:
         with _context("probe"):
-            check_stage_config("evaluate", plan.probe, receives_checkpoint=True)
+            check_stage_config("evaluate", probe, receives_checkpoint=True)
     for key in ("init_checkpoint", "init_data"):
         uri = getattr(cfg, key)
         if uri:
             check_input(key, uri, tracking_uri)
-    check_agreement(plan.configs, init_checkpoint=_local_folder(cfg.init_checkpoint))
-    return plan
+    check_agreement(configs, init_checkpoint=_local_folder(cfg.init_checkpoint))
+    return configs
 
 
 def check_stage(stage: str, cfg: Any, inputs: dict[str, str], tracking_uri: str | None) -> None:

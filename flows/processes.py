@@ -1,8 +1,8 @@
 """Child processes of long-running commands, and stopping every one of them on SIGTERM or Ctrl-C.
 
 Why: `mlflow ui`, `prefect server start`, uvicorn and Prefect's flow runners start workers of their
-own, some in new sessions. A plain SIGTERM used to kill only the draftedit process; its children,
-re-parented to init, kept running. `guard_process_tree` (wrapped around every command by
+own, some in new sessions. A plain SIGTERM kills only the draftedit process; its children,
+re-parented to init, keep running. `guard_process_tree` (wrapped around every command by
 `flows.cli.main`) makes this process the *subreaper* of whatever it starts, so orphaned
 descendants are re-parented to it instead of init; turns SIGTERM and SIGHUP into KeyboardInterrupt,
 so every `finally` and Prefect's own clean-up (atexit) run as on Ctrl-C; and on the way out stops

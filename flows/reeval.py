@@ -21,12 +21,13 @@ from components.tracking import (
 )
 
 from .config import DEFAULT_PRESET, load_pipeline_config, preset_path, stage_config_path
-from .runner import tracking_client
-from .stage_flows import evaluate_flow
+from .runner import StageRequest, tracking_client
+from .stage_flows import STAGE_FLOWS
 
 FLOW_NAME = "reevaluate-champion"
 TAG_MODEL_NAME = "draftedit.model_name"
 TAG_MODEL_VERSION = "draftedit.model_version"
+TAG_MODEL_ALIAS = "draftedit.model_alias"
 TAG_LAST_REEVAL = "draftedit.last_reeval_run"
 
 
@@ -48,7 +49,7 @@ def reevaluate_flow(config: str = DEFAULT_PRESET, overrides: list[str] | None = 
     evaluate = cfg.stages.evaluate
     if not evaluate.config:
         raise TrackingError("stages.evaluate.config is empty: nothing to re-evaluate with")
-    result = evaluate_flow(
+    result = STAGE_FLOWS["evaluate"](request=StageRequest(
         config_path=str(stage_config_path(evaluate)),
         overrides=list(evaluate.overrides) + list(cfg.reeval.overrides),
         inputs={"checkpoint": checkpoint_uri},
@@ -58,8 +59,8 @@ def reevaluate_flow(config: str = DEFAULT_PRESET, overrides: list[str] | None = 
         pipeline=f"reeval-{cfg.name}",
         retries=cfg.retries,
         retry_delay_seconds=cfg.retry_delay_seconds,
-        extra_tags={TAG_MODEL_NAME: name, TAG_MODEL_VERSION: str(version.version), "draftedit.model_alias": alias},
-    )
+        extra_tags={TAG_MODEL_NAME: name, TAG_MODEL_VERSION: str(version.version), TAG_MODEL_ALIAS: alias},
+    ))
     client.set_model_version_tag(name, str(version.version), TAG_LAST_REEVAL, result["run_id"])
     return {"model": name, "version": str(version.version), "alias": alias, **result}
 

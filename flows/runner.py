@@ -9,23 +9,29 @@ transient failures, logs metrics and outputs, and returns the outputs as URIs th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.cli_errors import config_errors
-from components.config import load_config, to_container
+from components.config import to_container
 from components.tracking import (
+    TAG_CACHE_HIT,
     TAG_CONFIG_HASH,
     TAG_FAILURE,
+    TAG_FLOW_RUN,
+    TAG_FOLDER,
+    TAG_INPUT,
     TAG_OUTPUT,
     TAG_PIPELINE,
+    TAG_REGISTERED_VERSION,
+    TAG_REGISTRATION,
     TAG_STAGE,
     TrackingError,
     artifact_root_for,
@@ -45,10 +51,48 @@ from components.tracking import (
 )
 
 from .config import config_hash
-from .stages import StageError, entry_name, stage_spec
+from .prefect_server import exit_forks_cleanly
+from .stages import StageError, entry_name, load_stage_config, stage_spec
 
 
-TAG_REGISTRATION = "draftedit.registration"  # evaluate's Registration as JSON: a pipeline on another host reads it
+@dataclass
+class RegistrationSpec:
+    """How the evaluate stage registers the model it evaluated (see PipelineConfig.tracking)."""
+
+    name: str
+    preset: str  # decoding preset of the registered pyfunc model
+    metric: str = "eval/score"  # the evaluate run's metric that ranks registered models
+    greater_is_better: bool = True
+    copy: bool = True  # copy the checkpoint into the model's artifacts (false: record its path)
+
+
+@dataclass
+class StageRequest:
+    """Everything one stage run needs besides the stage's name: the parameters of every stage flow.
+
+    Plain values only (paths and URIs as strings), so Prefect can validate it and a deployment on a
+    work pool can pass it to a worker as JSON (`to_params`).
+    """
+
+    config_path: str
+    overrides: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> URI
+    output_dir: str = "outputs"
+    tracking_uri: str | None = None
+    experiment: str = "draftedit"
+    parent_run_id: str | None = None  # the pipeline's run: this stage's run nests under it
+    pipeline: str | None = None
+    retries: int = 2
+    retry_delay_seconds: float = 5.0
+    probe_config: str | None = None  # evaluate config that probes a model stage's checkpoint
+    probe_overrides: list[str] = field(default_factory=list)
+    register: RegistrationSpec | None = None  # evaluate only
+    log_checkpoints: bool = True
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def to_params(self) -> dict:
+        """The request as JSON-safe flow parameters."""
+        return dataclasses.asdict(self)
 
 
 class TransientError(RuntimeError):
@@ -73,13 +117,6 @@ def _retry_condition(task_, task_run, state) -> bool:
     except BaseException as exc:  # noqa: BLE001 - we classify whatever the component raised
         return is_transient(exc)
     return False
-
-
-def load_stage_config(stage: str, config_path: str | os.PathLike, overrides: list[str] | None = None):
-    """The stage's config as its component's dataclass; errors name the stage and the key."""
-    schema = stage_spec(stage).schema
-    with config_errors(config_path, overrides, context=f"stage {stage}"):
-        return load_config(schema, config_path, overrides or [])
 
 
 @task(name="component", cache_policy=NO_CACHE)
@@ -126,8 +163,8 @@ def sweep_dead_owners(client, experiment_id: str) -> None:
     from .prefect_server import mark_flow_runs_crashed
 
     swept = sweep_dead_runs(client, [experiment_id])
-    mark_flow_runs_crashed({run.data.tags["prefect.flow_run_id"]: client.get_run(run_id).data.tags[TAG_FAILURE]
-                            for run_id, run in swept.items() if run.data.tags.get("prefect.flow_run_id")})
+    mark_flow_runs_crashed({run.data.tags[TAG_FLOW_RUN]: client.get_run(run_id).data.tags[TAG_FAILURE]
+                            for run_id, run in swept.items() if run.data.tags.get(TAG_FLOW_RUN)})
 
 
 def _log_results(client, run_id: str, out_dir: Path, skip: list[Path], max_bytes: int = 50 * 2**20) -> None:
@@ -175,31 +212,18 @@ def _cached_data_run(client, experiment_id: str, digest: str):
     return None
 
 
-def run_stage(
-    stage: str,
-    config_path: str,
-    overrides: list[str] | None = None,
-    inputs: dict[str, str] | None = None,
-    output_dir: str = "outputs",
-    tracking_uri: str | None = None,
-    experiment: str = "draftedit",
-    parent_run_id: str | None = None,
-    pipeline: str | None = None,
-    retries: int = 2,
-    retry_delay_seconds: float = 5.0,
-    probe_config: str | None = None,
-    probe_overrides: list[str] | None = None,
-    registry: dict | None = None,
-    log_checkpoints: bool = True,
-    extra_tags: dict[str, str] | None = None,
-) -> dict:
-    """Body shared by the stage flows. Returns {stage, run_id, outputs, metrics, cached, seconds}."""
+def run_stage(stage: str, request: StageRequest) -> dict:
+    """Body shared by the stage flows. Returns {stage, run_id, outputs, metrics, cached, seconds, registration}."""
+    exit_forks_cleanly()  # the component's forked workers (DataLoader, metrics) must not inherit Prefect's exit hooks
     spec = stage_spec(stage)
-    inputs = dict(inputs or {})
+    config_path, overrides, output_dir = request.config_path, request.overrides, request.output_dir
+    parent_run_id, retries, retry_delay_seconds = request.parent_run_id, request.retries, request.retry_delay_seconds
+    register = request.register
+    inputs = dict(request.inputs)
     unknown = sorted(set(inputs) - set(spec.inputs) - set(spec.optional))
     if unknown:
         raise StageError(f"stage {stage}: unknown inputs {unknown}; it takes {list(spec.inputs + spec.optional)}")
-    if registry and stage != "evaluate":
+    if register and stage != "evaluate":
         raise StageError(f"stage {stage}: only the evaluate stage registers models")
     missing = [name for name in spec.inputs if not inputs.get(name)]
     if missing:
@@ -207,10 +231,11 @@ def run_stage(
 
     # Everything that can be checked is checked before any work: config, tracking store, inputs.
     cfg = load_stage_config(stage, config_path, overrides)
-    probe_cfg = load_stage_config("evaluate", probe_config, probe_overrides) if probe_config else None
+    probe_cfg = (load_stage_config("evaluate", request.probe_config, request.probe_overrides)
+                 if request.probe_config else None)
     output_dir_abs = Path(output_dir).resolve()
-    tracking_uri = resolve_tracking_uri(tracking_uri, output_dir_abs)
-    client, experiment_id = tracking_client(tracking_uri, experiment, str(output_dir_abs))
+    tracking_uri = resolve_tracking_uri(request.tracking_uri, output_dir_abs)
+    client, experiment_id = tracking_client(tracking_uri, request.experiment, str(output_dir_abs))
     local_inputs = {
         name: str(resolve_uri(uri, tracking_uri, what=f"stage {stage} input {name!r}"))
         for name, uri in inputs.items()
@@ -222,13 +247,11 @@ def run_stage(
         check_stage(stage, cfg, local_inputs, tracking_uri)
     digest = config_hash({"config": to_container(cfg), "inputs": inputs})
     tags = {TAG_CONFIG_HASH: digest}
-    if pipeline:
-        tags[TAG_PIPELINE] = pipeline
-    tags.update({f"draftedit.input.{k}": v for k, v in inputs.items() if v})
-    tags.update(extra_tags or {})
-    flow_run_id = _prefect_flow_run_id()
-    if flow_run_id:
-        tags["prefect.flow_run_id"] = flow_run_id
+    if request.pipeline:
+        tags[TAG_PIPELINE] = request.pipeline
+    tags.update({TAG_INPUT + k: v for k, v in inputs.items() if v})
+    tags.update(request.extra_tags)
+    tags.update(flow_run_tag())
 
     cached = _cached_data_run(client, experiment_id, digest) if stage == "data_prep" else None
     # A run of this stage, config and inputs (and pipeline run) that was killed continues: same run, same folder.
@@ -246,12 +269,12 @@ def run_stage(
         registration: dict | None = None
         if cached is not None:
             outputs["data"] = run_outputs(cached)["data"]
-            client.set_tag(run_id, "draftedit.cache_hit", cached.info.run_id)
+            client.set_tag(run_id, TAG_CACHE_HIT, cached.info.run_id)
             client.set_tag(run_id, TAG_OUTPUT + "data", outputs["data"])
             metrics = log_metrics(client, run_id, cached.data.metrics)
         else:
             out_dir = output_dir_abs / "stages" / stage / run_id
-            client.set_tag(run_id, "draftedit.folder", str(out_dir))  # where its checkpoints are, for a person
+            client.set_tag(run_id, TAG_FOLDER, str(out_dir))  # where its checkpoints are, for a person
             component = call_component.with_options(
                 name=f"{stage}-component",
                 retries=retries,
@@ -273,7 +296,7 @@ def run_stage(
                 skip.append(data_dir)
             elif spec.output == "checkpoint":
                 ckpt = Path(result["checkpoint_dir"]).resolve()
-                outputs["checkpoint"] = log_output(client, run_id, "checkpoint", ckpt, copy=log_checkpoints)
+                outputs["checkpoint"] = log_output(client, run_id, "checkpoint", ckpt, copy=request.log_checkpoints)
                 skip.append(ckpt)
                 if probe_cfg is not None:
                     probe = call_component.with_options(name=f"{stage}-probe")(
@@ -286,21 +309,27 @@ def run_stage(
             if stage == "evaluate":  # suite aggregates, when the component did not give them
                 aggregates = {k: v for k, v in summarize_eval(metrics).items() if k not in metrics}
                 metrics.update(log_metrics(client, run_id, aggregates))
-            if registry:
-                registration = _register(client, run_id, local_inputs["checkpoint"], inputs["checkpoint"], registry)
-                client.set_tag(run_id, "draftedit.registered_version", registration["version"])
+            if register:
+                registration = _register(client, run_id, local_inputs["checkpoint"], inputs["checkpoint"], register)
+                client.set_tag(run_id, TAG_REGISTERED_VERSION, registration["version"])
                 client.set_tag(run_id, TAG_REGISTRATION, json.dumps(registration))
                 outputs["model"] = f"models:/{registration['name']}/{registration['version']}"
-    seconds = time.perf_counter() - start
-    return {
-        "stage": stage,
-        "run_id": run_id,
-        "outputs": outputs,
-        "metrics": metrics,
-        "cached": cached is not None,
-        "seconds": seconds,
-        "registration": registration,
-    }
+    return stage_result(stage, run_id, outputs, metrics, cached is not None, time.perf_counter() - start, registration)
+
+
+def stage_result(stage: str, run_id: str, outputs: dict[str, str], metrics: dict[str, float], cached: bool,
+                 seconds: float, registration: dict | None) -> dict:
+    """What run_stage returns (a flow's result: plain values)."""
+    return {"stage": stage, "run_id": run_id, "outputs": outputs, "metrics": metrics, "cached": cached,
+            "seconds": seconds, "registration": registration}
+
+
+def stage_result_from_run(stage: str, run) -> dict:
+    """run_stage's result, rebuilt from the stage's finished MLflow run (what a worker on another host left)."""
+    end = run.info.end_time or run.info.start_time
+    registration = run.data.tags.get(TAG_REGISTRATION)
+    return stage_result(stage, run.info.run_id, run_outputs(run), dict(run.data.metrics), TAG_CACHE_HIT in run.data.tags,
+                        (end - run.info.start_time) / 1000, json.loads(registration) if registration else None)
 
 
 def summarize_eval(metrics: dict[str, float]) -> dict[str, float]:
@@ -330,33 +359,32 @@ def summarize_eval(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _register(client, run_id: str, checkpoint_dir: str, checkpoint_uri: str, spec: dict) -> dict:
-    """Log the evaluated checkpoint as a pyfunc model in this run and register it (aliases newest/champion).
-
-    spec: {name, metric, greater_is_better, preset, copy} (see PipelineConfig.tracking)."""
+def _register(client, run_id: str, checkpoint_dir: str, checkpoint_uri: str, spec: RegistrationSpec) -> dict:
+    """Log the evaluated checkpoint as a pyfunc model in this run and register it (aliases newest/champion)."""
     from components.tracking.pyfunc import log_pyfunc_model
 
-    earlier = version_of_run(client, spec["name"], run_id)  # this run was killed after registering: reuse it
+    earlier = version_of_run(client, spec.name, run_id)  # this run was killed after registering: reuse it
     if earlier is not None:
         model_uri = earlier.source
     else:
-        model_uri = log_pyfunc_model(checkpoint_dir, preset=spec["preset"], copy_checkpoint=spec.get("copy", True)).model_uri
+        model_uri = log_pyfunc_model(checkpoint_dir, preset=spec.preset, copy_checkpoint=spec.copy).model_uri
     reg = register_model(
         client,
-        spec["name"],
+        spec.name,
         model_uri,
         run_id,
-        metric=spec.get("metric", "eval/score"),
-        greater_is_better=spec.get("greater_is_better", True),
+        metric=spec.metric,
+        greater_is_better=spec.greater_is_better,
         checkpoint_uri=checkpoint_uri,
     )
     return dict(vars(reg))
 
 
-def _prefect_flow_run_id() -> str | None:
+def flow_run_tag() -> dict[str, str]:
+    """{TAG_FLOW_RUN: id} of the Prefect flow run this code runs in; {} outside a flow run."""
     try:
         from prefect.runtime import flow_run
 
-        return str(flow_run.id) if flow_run.id else None
+        return {TAG_FLOW_RUN: str(flow_run.id)} if flow_run.id else {}
     except Exception:  # noqa: BLE001 - outside a flow run there is simply no id
-        return None
+        return {}

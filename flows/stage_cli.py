@@ -13,15 +13,14 @@ from pathlib import Path
 from components.config import ConfigError
 from components.tracking import TrackingError, resolve_tracking_uri, run_outputs
 
-from .config import STAGE_ORDER
 from .prefect_server import start_ephemeral_server
-from .stages import COMPONENTS, StageError
-from .runner import load_stage_config, tracking_client
+from .runner import StageRequest, tracking_client
 from .stage_flows import STAGE_FLOWS
+from .stages import COMPONENTS, StageError, load_stage_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", choices=STAGE_ORDER, help="the stage to run")
+    parser.add_argument("stage", choices=list(COMPONENTS), help="the stage to run")
     parser.add_argument("overrides", nargs="*", help="overrides of the stage config, key.sub=value")
     parser.add_argument("--preset", default="tiny", help="pipeline preset (or YAML) giving the stage config")
     parser.add_argument("--config", help="stage config YAML (default: the preset's config for this stage)")
@@ -41,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from components.cli_errors import config_errors
 
     from .config import load_pipeline_config, preset_path, stage_config_path
+    from .pipeline import registration_spec
 
     path = preset_path(args.preset)
     with config_errors(path, args.set):
@@ -70,19 +70,9 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not name or not uri:
             raise StageError(f"--input must look like NAME=URI, got {item!r}")
         inputs[name] = uri
-    registry = None
-    if args.register:
-        if args.stage != "evaluate":
-            raise StageError("--register applies to the evaluate stage only")
-        registry = {
-            "name": pcfg.tracking.registered_model,
-            "metric": pcfg.tracking.champion_metric,
-            "greater_is_better": pcfg.tracking.greater_is_better,
-            "preset": pcfg.serve_preset,
-            "copy": pcfg.tracking.log_checkpoints,
-        }
-    start_ephemeral_server()  # Prefect's server, bound to this process: a SIGKILL cannot orphan it
-    result = STAGE_FLOWS[args.stage](
+    if args.register and args.stage != "evaluate":
+        raise StageError("--register applies to the evaluate stage only")
+    request = StageRequest(
         config_path=config_path,
         overrides=overrides,
         inputs=inputs,
@@ -91,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
         experiment=pcfg.tracking.experiment,
         retries=pcfg.retries,
         retry_delay_seconds=pcfg.retry_delay_seconds,
-        registry=registry,
+        register=registration_spec(pcfg) if args.register else None,
         log_checkpoints=pcfg.tracking.log_checkpoints,
     )
+    start_ephemeral_server()  # Prefect's server, bound to this process: a SIGKILL cannot orphan it
+    result = STAGE_FLOWS[args.stage](request=request)
     print(f"{args.stage}: run {result['run_id']} ({result['seconds']:.1f} s)")
     for name, uri in result["outputs"].items():
         print(f"  output {name}: {uri}")

@@ -6,11 +6,14 @@ and `adapters.reinforce` (flows/adapters.py), which calls `components.rl.run_rl`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.cli_errors import config_errors
+from components.config import load_config
 from components.bench.config import BenchConfig
 from components.data.config import DataConfig
 from components.evaluate.config import EvalConfig
@@ -61,3 +64,10 @@ def stage_spec(stage: str) -> Component:
 def entry_name(spec: Component) -> str:
     """`module.function` of a stage's adapter, for messages."""
     return f"{spec.entry.__module__}.{spec.entry.__qualname__}"
+
+
+def load_stage_config(stage: str, config_path: str | os.PathLike, overrides: list[str] | None = None):
+    """The stage's config as its component's dataclass; errors name the stage and the key."""
+    schema = stage_spec(stage).schema
+    with config_errors(config_path, overrides, context=f"stage {stage}"):
+        return load_config(schema, config_path, overrides or [])

@@ -49,7 +49,7 @@ from .sampling import choose_tokens
 @dataclass
 class DecodeConfig:
     """The decoder's settings. The defaults are the authors' reference `generate()` signature (parity
-    API, design.md); the project's presets (S, Q) are `conf/decode/*.yaml`, loaded by
+    API, docs/design.md); the project's presets (S, Q) are `conf/decode/*.yaml`, loaded by
     `components.presets.load_decode_config`."""
 
     block_length: int = 32
@@ -76,7 +76,7 @@ class DecodeConfig:
     # end, so that one token per forward costs one forward per answer token, as an AR model would.
     left_to_right: bool = False
     stop_at_answer_end: bool = False
-    # A guard against edit ping-pong (issue 22; the reference has none, so None = off): a position may
+    # A guard against edit ping-pong (the reference has none, so None = off): a position may
     # put back a token it already held in this decode (a revert) at most `max_reverts` times. Two
     # clashing tokens that the model swaps at every post step then stop flipping, and the block ends
     # instead of spending every post step up to `max_post_steps`.

@@ -2,6 +2,7 @@
 
 - `prefect_harness`: one Prefect test server for the whole session (started only if a test asks).
 - `mlflow_uri`: a per-test SQLite MLflow store, copied from one database migrated once per session.
+- `tiny_lm`: builds the small seeded networks of the model-level tests.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def mlflow_uri(_mlflow_template_db, tmp_path) -> str:
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
-    matmuls on two busy cores shared by several processes run ~20x faster single-threaded."""
+    matmuls on a few busy cores shared by several processes run much faster single-threaded, as the
+    threads no longer wait on each other."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -102,3 +104,18 @@ def tokenizer_folder(tmp_path_factory) -> Path:
     texts = [f"{i} + {i + 1} = {2 * i + 1}; sort {i} {i % 7} {i % 3}" for i in range(300)]
     train_bpe_tokenizer(texts, vocab_size=320, min_frequency=1).save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A factory of small dense networks: `tiny_lm(seed=0, **fields)` seeds torch, then builds
+    `DiffusionLM(ModelConfig.tiny(...))` with 2 layers, 2 attention heads and 1 KV head, and the sizes and
+    token ids the caller names (each test file keeps its own, so the figures it asserts stay the same)."""
+    from model import DiffusionLM, ModelConfig
+
+    def make(seed: int = 0, **fields):
+        torch.manual_seed(seed)
+        layout = {"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+        return DiffusionLM(ModelConfig.tiny(**{**layout, **fields}))
+
+    return make

@@ -46,6 +46,8 @@ CASES = [
     (["quantize", "--model", "{tmp}/model", "--out", "{tmp}/q", "--set", "no_such_key=1"], ["no_such_key"]),
     (["quantize", "--model", "{tmp}/model", "--out", "{tmp}/model"], ["--out must differ from --model"]),
     (["quantize", "--model", "{tmp}/absent", "--out", "{tmp}/q"], ["absent", "does not exist"]),
+    (["checkpoint", "check", "{tmp}/absent"], ["absent", "does not exist"]),
+    (["checkpoint", "init", "--like", "llada2.1-mini", "--out", "{tmp}/s", "--experts", "7"], ["num_experts (7)"]),
     (["bench", "--model", "{tmp}/model", "--set", "no_such_key=1"], ["no_such_key"]),
     (["eval", "--model", "{tmp}/model", "--limit", "0"], ["--limit must be >= 1"]),
     (["eval", "--model", "{tmp}/model", "--task", "no_such_task"], ["no_such_task"]),

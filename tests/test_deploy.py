@@ -11,7 +11,9 @@ import pytest
 
 from components.config import ConfigError
 from flows.config import STAGE_ORDER, load_pipeline_config
-from flows.deploy import DeployError, deployment_name, pool_deployments, prefect_api_url, run_stage_on_pool, watch
+from flows.deploy import DeployError, pool_deployments, prefect_api_url, watch
+from flows.pools import deployment_name, run_stage_on_pool
+from flows.runner import StageRequest
 
 
 @pytest.mark.parametrize("preset", ["tiny", "fast", "small", "llada2.1-mini"])
@@ -81,7 +83,7 @@ def test_a_stage_placed_on_a_pool_without_its_deployment_fails_naming_the_fix(pr
     from flows.stages import StageError
 
     with pytest.raises(StageError, match=r"stage cpt is placed on pool 'nowhere'.*draftedit deploy apply --pool nowhere"):
-        run_stage_on_pool("cpt", "nowhere", {"config_path": "train/cpt.yaml"}, client=None, experiment_id="0")
+        run_stage_on_pool("cpt", "nowhere", StageRequest("train/cpt.yaml"), client=None, experiment_id="0")
 
 
 def test_watch_names_a_missing_flow_run(prefect_harness):

@@ -59,7 +59,7 @@ def checkpoint(tmp_path_factory) -> Path:
     response = (pos < length) & (pos >= prompt)  # (2N, SEQ)
     opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(240):
+    for _ in range(480):
         t = 0.05 + 0.95 * torch.rand(x0.shape[0], 1, generator=g)  # (2N, 1)
         masked = (torch.rand(x0.shape, generator=g) < t) & response
         xt = torch.where(masked, torch.full_like(x0, tok.mask_id), x0)

@@ -186,7 +186,7 @@ def test_failing_batch_is_retried_per_sample_and_only_the_culprit_fails(lm, tok,
 
 
 def test_csv_task_with_a_verifier_and_a_recorded_failed_row(lm, tok, tmp_path, monkeypatch):
-    """The README's own-CSV example: any valid grid is right, a row without a puzzle is one failed
+    """The own-CSV example of docs/evaluation.md: any valid grid is right, a row without a puzzle is one failed
     record (source.on_missing=fail_sample) that is never decoded."""
     from components.families.synthetic import _all_sudoku4
 
@@ -321,3 +321,23 @@ def test_cli_bad_input_gives_a_message_and_exit_code_2(lm, tok, tmp_path, capsys
     assert cli.main(["--model", str(ckpt), "--task", "sum", "--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
     assert cli.main(["--list-tasks"]) == 0 and "humaneval" in capsys.readouterr().out
+
+
+def test_wrong_outputs_are_judged_against_the_reference_only_where_it_is_the_one_answer():
+    from components.evaluate import load_task
+    from components.evaluate.runner import answer_ids
+    from components.evaluate.sources import load_samples
+    from components.families import has_unique_answer
+
+    class Chars:  # answer_ids only encodes the reference
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    sudoku = load_task("sudoku4", ["source.num_examples=40"])
+    samples = load_samples(sudoku)
+    refs = [answer_ids(sudoku, s, Chars()) for s in samples]
+    assert [r is not None for r in refs] == [has_unique_answer(s.data) for s in samples]
+    assert 0 < sum(r is not None for r in refs) < len(refs)
+    assert all(r == [ord(c) for c in s.reference] for r, s in zip(refs, samples) if r is not None)
+    sort = load_task("sort", ["source.num_examples=5"])
+    assert all(answer_ids(sort, s, Chars()) is not None for s in load_samples(sort))

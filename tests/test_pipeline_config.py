@@ -25,8 +25,8 @@ def test_preset_and_all_its_stage_configs_validate(preset, tokenizer_folder):
     overrides = [f"init_checkpoint={tokenizer_folder}"] if preset == "llada2.1-mini" else []
     cfg = load_pipeline_config(preset, overrides)
     assert cfg.name == preset
-    plan = check_pipeline(cfg)  # every stage config with its schema, tasks, presets, inputs, agreement
-    assert set(plan.configs) == {s for s in STAGE_ORDER if cfg.stage(s).enabled}
+    configs = check_pipeline(cfg)  # every stage config with its schema, tasks, presets, inputs, agreement
+    assert set(configs) == {s for s in STAGE_ORDER if cfg.stage(s).enabled}
     for stage in STAGE_ORDER:
         sc = cfg.stage(stage)
         if sc.enabled:

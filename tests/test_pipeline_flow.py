@@ -14,6 +14,7 @@ import pipeline_support as ps
 from components.config import ConfigError
 from components.tracking import (
     TAG_CHECKPOINT,
+    TAG_FAILED_STAGE,
     TAG_PARENT,
     TAG_STAGE,
     TrackingError,
@@ -23,10 +24,10 @@ from components.tracking import (
     run_outputs,
 )
 from flows.config import STAGE_ORDER
-from flows.deploy import stage_result
-from flows.pipeline import TAG_FAILED_STAGE, pipeline_flow, summary_rows
+from flows.pipeline import pipeline_flow
+from flows.report import summary_rows
 from flows.stages import StageError
-from flows.runner import is_transient
+from flows.runner import StageRequest, is_transient, stage_result_from_run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -82,7 +83,7 @@ def test_full_pipeline_tracks_every_stage(fakes, tmp_path, mlflow_uri):
     assert version.tags[TAG_CHECKPOINT] == outputs["rl"]["checkpoint"]
     assert version.run_id == by_stage["evaluate"].info.run_id
     # A pipeline whose evaluate stage ran on a work pool reads the registration back from the run.
-    assert stage_result("evaluate", by_stage["evaluate"])["registration"] == reg
+    assert stage_result_from_run("evaluate", by_stage["evaluate"])["registration"] == reg
 
     rows = summary_rows(result["rows"])
     assert [r[0] for r in rows][:6] == ["data_prep", "cpt", "sft", "rl", "quantize", "benchmark"]
@@ -211,7 +212,7 @@ def test_bad_inputs_fail_before_any_stage_runs(fakes, tmp_path, mlflow_uri):
 def test_single_stage_from_an_earlier_runs_output(fakes, tmp_path, mlflow_uri):
     """`draftedit run evaluate --from-run <rl run>` style: a stage flow on its own, from a URI."""
     from flows.runner import run_stage
-    from flows.stage_flows import evaluate_flow
+    from flows.stage_flows import STAGE_FLOWS
 
     config = ps.write_pipeline(tmp_path, mlflow_uri)
     result = pipeline_flow(config=str(config), overrides=["stages.quantize.enabled=false",
@@ -219,17 +220,18 @@ def test_single_stage_from_an_earlier_runs_output(fakes, tmp_path, mlflow_uri):
     rl_row = next(r for r in result["rows"] if r["stage"] == "rl")
     uri = f"runs:/{rl_row['run_id']}/checkpoint"
     fakes.clear()
-    out = evaluate_flow(config_path=str(tmp_path / "conf" / "evaluate.yaml"), overrides=["score=0.7"],
-                        inputs={"checkpoint": uri}, output_dir=str(tmp_path / "outputs"), tracking_uri=mlflow_uri,
-                        experiment="test")
+    request = StageRequest(config_path=str(tmp_path / "conf" / "evaluate.yaml"), overrides=["score=0.7"],
+                           inputs={"checkpoint": uri}, output_dir=str(tmp_path / "outputs"), tracking_uri=mlflow_uri,
+                           experiment="test")
+    out = STAGE_FLOWS["evaluate"](request=request.to_params())  # as a deployment passes it: JSON values
     assert fakes[0][0] == "evaluate"
     assert out["metrics"]["eval/score"] == 0.7
     with pytest.raises(StageError, match="missing input"):
-        run_stage("rl", str(tmp_path / "conf" / "rl.yaml"), tracking_uri=mlflow_uri)
+        run_stage("rl", StageRequest(str(tmp_path / "conf" / "rl.yaml"), tracking_uri=mlflow_uri))
     with pytest.raises(TrackingError, match="has no artifact 'checkpoint'"):
-        run_stage("evaluate", str(tmp_path / "conf" / "evaluate.yaml"),
-                  inputs={"checkpoint": f"runs:/{result['parent_run_id']}/checkpoint"}, tracking_uri=mlflow_uri,
-                  output_dir=str(tmp_path / "outputs"), experiment="test")
+        run_stage("evaluate", StageRequest(
+            str(tmp_path / "conf" / "evaluate.yaml"), inputs={"checkpoint": f"runs:/{result['parent_run_id']}/checkpoint"},
+            tracking_uri=mlflow_uri, output_dir=str(tmp_path / "outputs"), experiment="test"))
 
 
 def test_transient_classification():
@@ -246,10 +248,15 @@ def _child_work(queue) -> None:
 
 def test_a_process_forked_after_a_flow_exits_cleanly():
     """Prefect's log and event workers leave exit hooks that fail in a forked child (exit code 1 after
-    the child did its work: DataLoader workers, metric processes); flows.prefect_server drops them."""
+    the child did its work: DataLoader workers, metric processes); flows.prefect_server drops them
+    (every stage and pipeline flow asks for that first)."""
     import multiprocessing as mp
 
     from prefect import flow
+
+    from flows.prefect_server import exit_forks_cleanly
+
+    exit_forks_cleanly()
 
     @flow
     def trivial() -> int:

@@ -100,3 +100,21 @@ def test_unknown_scheme_and_bad_dtype_are_refused(model_dir):
         apply_int8(lm, "int4")
     with pytest.raises(ValueError, match="float32"):
         apply_int8(DiffusionLM.from_pretrained(model_dir, dtype=torch.bfloat16), "int8_dynamic_fbgemm")
+
+
+def test_importing_torchao_logs_nothing_but_later_warnings_still_show():
+    """torchao's import-time notices (kernels for other machines, no Triton on CPU) say nothing to the
+    user; its loggers are back to normal once the import is done."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    code = ("import logging\nlogging.basicConfig()\n"
+            "from components.quantize.int8 import import_torchao\nimport_torchao()\n"
+            "logging.getLogger('torchao').warning('after the import')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "WARNING:torchao:after the import", proc.stderr[-2000:]

@@ -16,21 +16,17 @@ from components.rl.ebpo import (
     damp_negative,
     group_advantages,
     optimise_batch,
+    permute_within_groups,
     reference_token_logp,
     token_kl,
 )
 from components.rl.estimator import SequenceLayout, draw_masks, draw_substitutes, noise_levels, sequence_log_likelihood
-from model import DiffusionLM, ModelConfig
 
 MASK_ID = 63
 
 
-def tiny_lm(seed: int = 0) -> DiffusionLM:
-    torch.manual_seed(seed)
-    cfg = ModelConfig.tiny(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=24, mask_token_id=MASK_ID,
-                           eos_token_id=1, pad_token_id=0, max_position_embeddings=128)
-    return DiffusionLM(cfg)
+LM_SIZES = dict(vocab_size=64, hidden_size=48, intermediate_size=96, head_dim=24, mask_token_id=MASK_ID,
+                eos_token_id=1, pad_token_id=0, max_position_embeddings=128)  # the `tiny_lm` fixture's fields
 
 
 def test_group_advantages_closed_form():
@@ -109,8 +105,8 @@ def _sgd_step(lm, opt):
 
 
 @pytest.mark.parametrize("edit_weight", [0.0, 1.0])
-def test_first_step_ratio_is_one_and_old_estimate_uses_the_same_masks(edit_weight):
-    lm = tiny_lm()
+def test_first_step_ratio_is_one_and_old_estimate_uses_the_same_masks(edit_weight, tiny_lm):
+    lm = tiny_lm(**LM_SIZES)
     old = copy.deepcopy(lm)
     est = EstimatorConfig(num_levels=2, t_min=0.3, edit_weight=edit_weight, edit_rate=0.3)
     batch = _batch(lm, est, [1.0, -1.0, 1.0, -1.0])
@@ -128,8 +124,8 @@ def test_first_step_ratio_is_one_and_old_estimate_uses_the_same_masks(edit_weigh
         assert (expected - eq5).abs().max() > 1e-3
 
 
-def test_inner_steps_keep_theta_old_fixed_and_move_the_ratio():
-    lm = tiny_lm()
+def test_inner_steps_keep_theta_old_fixed_and_move_the_ratio(tiny_lm):
+    lm = tiny_lm(**LM_SIZES)
     est = EstimatorConfig(num_levels=2, t_min=0.3)
     batch = _batch(lm, est, [1.0, -1.0, 1.0, -1.0])
     opt_cfg = OptimConfig(inner_steps=3, micro_batch_size=2, eps_low=0.2, eps_high=0.28)
@@ -142,8 +138,8 @@ def test_inner_steps_keep_theta_old_fixed_and_move_the_ratio():
     assert (ratio[[0, 2]] > 1.0).all() and (ratio[[1, 3]] < 1.0).all()  # up for Â > 0, down for Â < 0
 
 
-def test_kl_term_is_zero_against_itself_and_reported():
-    lm = tiny_lm()
+def test_kl_term_is_zero_against_itself_and_reported(tiny_lm):
+    lm = tiny_lm(**LM_SIZES)
     est = EstimatorConfig(num_levels=2)
     batch = _batch(lm, est, [1.0, -1.0, 0.5, -0.5])
     batch.ref_token_logp = reference_token_logp(copy.deepcopy(lm), batch, micro=4)
@@ -154,8 +150,8 @@ def test_kl_term_is_zero_against_itself_and_reported():
     assert stats["entropy"] > 0
 
 
-def test_mean_ratio_normalisation_divides_by_length():
-    lm = tiny_lm()
+def test_mean_ratio_normalisation_divides_by_length(tiny_lm):
+    lm = tiny_lm(**LM_SIZES)
     est_sum = EstimatorConfig(num_levels=1, schedule="fixed", levels=[0.5])
     est_mean = EstimatorConfig(num_levels=1, schedule="fixed", levels=[0.5], ratio="mean")
     a = _batch(lm, est_sum, [1.0, -1.0, 1.0, -1.0])
@@ -166,10 +162,10 @@ def test_mean_ratio_normalisation_divides_by_length():
     torch.testing.assert_close(b.old_logp, a.old_logp / a.layout.response_lengths().float())
 
 
-def _update_direction(advantages: list[float]) -> torch.Tensor:
+def _update_direction(tiny_lm, advantages: list[float]) -> torch.Tensor:
     """One EBPO update of a fresh tiny model on `_batch`'s four responses; returns each response's change of
     per-token log p, re-estimated with 16 independent noise levels (masks the update never saw)."""
-    lm = tiny_lm()
+    lm = tiny_lm(**LM_SIZES)
     batch = _batch(lm, EstimatorConfig(num_levels=2, t_min=0.3), advantages)
     g = torch.Generator().manual_seed(99)
     levels, weights = noise_levels(EstimatorConfig(num_levels=16, t_min=0.3), g)
@@ -187,12 +183,21 @@ def _update_direction(advantages: list[float]) -> torch.Tensor:
     return per_token_logp() - before
 
 
-def test_an_update_raises_log_p_of_positive_advantage_responses_relative_to_negative_ones():
+def test_an_update_raises_log_p_of_positive_advantage_responses_relative_to_negative_ones(tiny_lm):
     # Measured on masks the update did not train on, so it is the policy that moved, not one estimate.
     # The flipped advantages must move it the other way: the check depends on the sign, not on the update.
     advantages = [1.0, -1.0, 1.0, -1.0]
-    delta = _update_direction(advantages)
-    flipped = _update_direction([-a for a in advantages])
+    delta = _update_direction(tiny_lm, advantages)
+    flipped = _update_direction(tiny_lm, [-a for a in advantages])
     positive, negative = [0, 2], [1, 3]
     assert delta[positive].mean() > delta[negative].mean()
     assert flipped[positive].mean() < flipped[negative].mean()
+
+
+def test_permuted_advantages_keep_each_groups_values_in_another_order():
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, 0.0, -2.0, 0.0])
+    out = permute_within_groups(adv, 4, torch.Generator().manual_seed(0))
+    for g in range(2):
+        assert sorted(out[4 * g: 4 * g + 4].tolist()) == sorted(adv[4 * g: 4 * g + 4].tolist())
+    outs = {tuple(permute_within_groups(adv, 4, torch.Generator().manual_seed(s)).tolist()) for s in range(5)}
+    assert len(outs) > 1  # the order depends on the generator: the link to the reward is gone

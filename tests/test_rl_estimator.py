@@ -18,20 +18,20 @@ from components.rl.estimator import (
     noise_levels,
     sequence_log_likelihood,
 )
-from model import DiffusionLM, ModelConfig
+from model import DiffusionLM
 from model.masks import block_diffusion_mask
 
 MASK_ID = 63
 VOCAB = 64
 
 
-def tiny_lm(seed: int = 0) -> DiffusionLM:
-    torch.manual_seed(seed)
-    cfg = ModelConfig.tiny(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, mask_token_id=MASK_ID,
-                           eos_token_id=1, pad_token_id=0, max_position_embeddings=256)
-    lm = DiffusionLM(cfg).eval()
-    # Larger weights than the init's 0.02 so attention patterns matter for the outputs.
+LM_SIZES = dict(vocab_size=64, hidden_size=64, intermediate_size=128, head_dim=32, mask_token_id=MASK_ID,
+                eos_token_id=1, pad_token_id=0, max_position_embeddings=256)  # the `tiny_lm` fixture's fields
+
+
+def sharpened(lm: DiffusionLM) -> DiffusionLM:
+    """Larger weights than the init's 0.02, so that attention patterns matter for the outputs."""
+    lm.eval()
     with torch.no_grad():
         for p in lm.parameters():
             if p.dim() == 2:
@@ -53,8 +53,8 @@ def random_layout(seed: int, block: int, n: int = 5) -> SequenceLayout:
 
 
 @pytest.mark.parametrize("block,edit_rate", [(4, 0.0), (8, 0.0), (4, 0.3), (8, 0.3)])
-def test_vectorised_equals_per_block_loop(block, edit_rate):
-    lm = tiny_lm()
+def test_vectorised_equals_per_block_loop(block, edit_rate, tiny_lm):
+    lm = sharpened(tiny_lm(**LM_SIZES))
     layout = random_layout(seed=block, block=block)
     g = torch.Generator().manual_seed(1)
     levels, _ = noise_levels(EstimatorConfig(num_levels=3, t_min=0.2), g)
@@ -87,9 +87,9 @@ def test_vectorised_equals_per_block_loop(block, edit_rate):
                 assert (plain.token_logp - fast.token_logp).abs().max() > 1e-5
 
 
-def test_equality_is_sensitive_to_the_mask():
+def test_equality_is_sensitive_to_the_mask(tiny_lm):
     """The equality above is not vacuous: letting noisy blocks see later blocks changes the result."""
-    lm = tiny_lm()
+    lm = sharpened(tiny_lm(**LM_SIZES))
     layout = random_layout(seed=3, block=4)
     g = torch.Generator().manual_seed(2)
     masks = draw_masks(layout, torch.tensor([0.5], dtype=torch.float64), MASK_ID, g)
@@ -115,10 +115,10 @@ def test_composite_mask_is_the_training_mask_without_prompt_prefix():
     assert torch.equal(z.position_ids[0], torch.cat([torch.arange(L), torch.arange(L)]))
 
 
-def test_prompt_blocks_appear_once_and_match_the_duplicated_training_layout():
+def test_prompt_blocks_appear_once_and_match_the_duplicated_training_layout(tiny_lm):
     """Whole prompt blocks are a shared clean prefix (not duplicated), and the result equals the
     training layout seq_t ⊕ seq_0 under block_diffusion_mask, which duplicates them."""
-    lm = tiny_lm(1)
+    lm = sharpened(tiny_lm(1, **LM_SIZES))
     B = 4
     prompt, response = list(range(3, 14)), list(range(20, 30))  # P = 11 -> P0 = 8
     layout = SequenceLayout.from_lists([prompt], [response], B)
@@ -139,8 +139,8 @@ def test_prompt_blocks_appear_once_and_match_the_duplicated_training_layout():
     torch.testing.assert_close(fast.token_logp[0], expected, atol=2e-5, rtol=1e-5)
 
 
-def test_one_forward_per_noise_level():
-    lm = tiny_lm()
+def test_one_forward_per_noise_level(tiny_lm):
+    lm = sharpened(tiny_lm(**LM_SIZES))
     calls = []
     handle = lm.register_forward_hook(lambda *_: calls.append(1))
     layout = SequenceLayout.from_lists([[5, 6, 7], [8] * 6], [list(range(10, 40)), list(range(10, 20))], 4)

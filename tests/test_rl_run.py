@@ -107,7 +107,7 @@ def test_rollouts_group_and_cut_at_block_ends(tiny_model_dir):
 
 
 def test_evaluation_reports_the_edit_accounting(tiny_model_dir):
-    """Every evaluation classifies the policy's edits (issue 19): counts match the decoder's own."""
+    """Every evaluation classifies the policy's edits: counts match the decoder's own."""
     lm = DiffusionLM.from_pretrained(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
     examples = get_family("sort").make("heldout", 4, 0)  # one valid answer: every edit is judged
@@ -213,7 +213,7 @@ def test_cli_reports_bad_input(tiny_model_dir, tmp_path, capsys):
     assert "rollout.group_size: must be >= 2" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ item 5 at toy scale
+# ------------------------------------------------------------------ EBPO improves a policy, at toy scale
 
 
 @dataclass(frozen=True)

@@ -326,3 +326,10 @@ def test_has_unique_answer_counts_the_completions_of_puzzles():
     damaged = dataclasses.replace(latin[0], meta={"puzzle": latin[0].meta["puzzle"]})  # no size
     assert not has_unique_answer(damaged)
     assert not has_unique_answer(dataclasses.replace(latin[0], family="chess"))
+
+
+def test_synthetic_task_params_set_the_family_difficulty():
+    from components.evaluate import load_samples, load_task
+
+    samples = load_samples(load_task("sort16", ["source.num_examples=20"]))
+    assert all(8 <= len(s.data.meta["values"]) <= 16 and max(s.data.meta["values"]) <= 9 for s in samples)

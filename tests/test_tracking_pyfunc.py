@@ -180,3 +180,13 @@ def test_serve_model_answers_a_mixed_load_with_bounded_memory_and_stops_on_sigte
         if proc.poll() is None:  # only signal a group we know is still ours
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def test_defining_the_pyfunc_model_warns_nothing():
+    """MLflow checks predict's type hints when the class is defined; the hint it accepts leaves nothing to
+    advise. MLflow's own imports warn before ours, so the check starts after them."""
+    code = ("import warnings, mlflow.pyfunc\nwarnings.simplefilter('error')\n"
+            "import components.tracking.pyfunc_model")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -80,3 +80,22 @@ def test_flatten_nested_config():
     assert flat["e"] == "null"
     assert len(flat["f"]) == 6000 and flat["f"].endswith("...")
     assert flat["g"] == "{}"
+
+
+def test_experiments_open_on_their_training_runs(mlflow_uri):
+    """New and earlier experiments are tagged so MLflow's UI shows the runs table, not the GenAI overview;
+    a kind someone chose stays."""
+    from mlflow import MlflowClient
+
+    from components.tracking import get_or_create_experiment
+    from components.tracking.store import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    new = get_or_create_experiment(client, "fresh")
+    assert client.get_experiment(new).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+    earlier = client.create_experiment("earlier")
+    assert get_or_create_experiment(client, "earlier") == earlier
+    assert client.get_experiment(earlier).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+    chosen = client.create_experiment("chosen", tags={TAG_EXPERIMENT_KIND: "genai_development"})
+    get_or_create_experiment(client, "chosen")
+    assert client.get_experiment(chosen).tags[TAG_EXPERIMENT_KIND] == "genai_development"

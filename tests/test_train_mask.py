@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from components.training.objective import diffusion_logits, training_attention
-from model import DiffusionLM, ModelConfig
 from model.masks import block_diffusion_mask, window_block_mask
 
 
@@ -53,16 +52,13 @@ def test_whole_row_block_uses_plain_document_mask():
     assert training_attention(6, 6, None) is None
 
 
-def _tiny_lm():
-    torch.manual_seed(0)
-    return DiffusionLM(ModelConfig.tiny(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                        mask_token_id=49)).eval()
+LM_SIZES = dict(vocab_size=50, hidden_size=32, intermediate_size=64, head_dim=16,
+                mask_token_id=49)  # the `tiny_lm` fixture's fields
 
 
-def test_single_block_fast_path_equals_doubled_input():
+def test_single_block_fast_path_equals_doubled_input(tiny_lm):
     """With one block spanning the row, the MDLM path (x_t only) must equal the x_t ⊕ x_0 path."""
-    lm = _tiny_lm()
+    lm = tiny_lm(**LM_SIZES).eval()
     x0 = torch.randint(0, 48, (2, 8))
     xt = torch.where(torch.rand(2, 8) < 0.5, torch.full_like(x0, 49), x0)
     docs = torch.tensor([[0] * 8, [0] * 3 + [1] * 5])
@@ -74,9 +70,9 @@ def test_single_block_fast_path_equals_doubled_input():
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
 
 
-def test_noisy_block_sees_only_earlier_clean_blocks():
+def test_noisy_block_sees_only_earlier_clean_blocks(tiny_lm):
     """Changing clean block k changes the noisy logits of blocks > k only; noisy block k's logits never."""
-    lm = _tiny_lm()
+    lm = tiny_lm(**LM_SIZES).eval()
     L, B = 12, 4
     x0 = torch.randint(0, 48, (1, L))
     xt = torch.where(torch.rand(1, L) < 0.5, torch.full_like(x0, 49), x0)
@@ -90,11 +86,11 @@ def test_noisy_block_sees_only_earlier_clean_blocks():
     assert diff[8:].min() > 1e-6  # noisy block 2 does
 
 
-def test_mbe_window_rows_see_what_the_decoders_mbe_pass_sees():
+def test_mbe_window_rows_see_what_the_decoders_mbe_pass_sees(tiny_lm):
     """A row in the MBE view (window = blocks 1..2 of 4) gets, at the window, the logits of the
     decoder's MBE pass: the drafted window bidirectional over the blocks before it (window_block_mask);
     the other rows and the blocks outside the window are read as usual."""
-    lm = _tiny_lm()
+    lm = tiny_lm(**LM_SIZES).eval()
     L, B = 16, 4
     x0 = torch.randint(0, 48, (2, L))
     xt = x0.clone()

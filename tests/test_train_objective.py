@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from components.training.averaging import average_state_dicts
 from components.training.config import BlockStage, ObjectiveConfig
 from components.training.corruption import (
+    Corruption,
     complementary,
     m2t_corrupt,
     neighbour_tokens,
     noisable_positions,
     t2t_corrupt,
+    unmask_rows,
 )
 from components.training.data import StepBatchSampler
 from components.training.moe import ExpertLoadTracker
@@ -248,15 +250,13 @@ def test_loss_values_match_cross_entropy_by_hand():
     torch.testing.assert_close(inv_t, by_hand)
 
 
-def tiny_lm(vocab: int = V) -> DiffusionLM:
-    torch.manual_seed(0)
-    return DiffusionLM(ModelConfig.tiny(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, mask_token_id=MASK))
+LM_SIZES = dict(vocab_size=V, hidden_size=32, intermediate_size=64, head_dim=16,
+                mask_token_id=MASK)  # the `tiny_lm` fixture's fields
 
 
-def test_mtf_corruption_is_the_models_own_draft():
+def test_mtf_corruption_is_the_models_own_draft(tiny_lm):
     """Filled tokens are the model's arg-max on the first turn's input, at its most confident masks."""
-    lm = tiny_lm().eval()
+    lm = tiny_lm(**LM_SIZES).eval()
     b = sft_batch(6)
     obj = _objective(t_min=0.6, t_max=0.9, t2t_rate_max=0.2, mtf_fill_min=0.5, mtf_fill_max=0.5)
     out = obj(lm, b, block_length=8, generator=torch.Generator().manual_seed(8), mtf=True)
@@ -368,11 +368,11 @@ def test_expert_bias_moves_against_load():
     assert not tracker.loads  # evaluation forwards are not counted
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_lm):
     b = sft_batch(4)
     grads = []
     for checkpointing in (False, True):
-        lm = tiny_lm().train()
+        lm = tiny_lm(**LM_SIZES).train()
         lm.gradient_checkpointing = checkpointing
         obj = _objective(t2t_rate_max=0.2, t2t_source="uniform")
         obj(lm, b, block_length=8, generator=torch.Generator().manual_seed(3), mtf=True).loss.backward()
@@ -397,3 +397,43 @@ def test_t2t_row_source_places_a_token_of_the_rows_own_reply():
         for pos in c.t2t[r].nonzero().flatten().tolist():
             assert int(c.xt[r, pos]) in reply and int(c.xt[r, pos]) != int(x0[r, pos])
     assert (c.xt[c.t2t] != EOS).all()
+
+
+def _corruption(t2t_rows: int) -> tuple[torch.Tensor, Corruption]:
+    """4 visible noisable positions in one row: `t2t_rows` of them wrong, the rest kept."""
+    x0 = torch.tensor([[1, 2, 3, 4]])
+    t2t = torch.tensor([[i < t2t_rows for i in range(4)]])
+    c = Corruption(xt=torch.where(t2t, 0, x0), x0=x0, noisable=torch.ones_like(t2t), m2t=torch.zeros_like(t2t),
+                   t2t=t2t, t=torch.full((1, 4), 0.5))
+    torch.manual_seed(0)
+    return torch.randn(1, 4, 8), c
+
+
+def test_pooled_visible_losses_share_one_count_per_stream_means_do_not():
+    logits, c = _corruption(t2t_rows=1)
+    ce = torch.nn.functional.cross_entropy(logits[0], c.x0[0], reduction="none")
+    pooled = stream_losses(logits, c, "none", "pooled")
+    assert pooled["t2t"] == pytest.approx(float(ce[0] / 4))
+    assert pooled["keep"] == pytest.approx(float(ce[1:].sum() / 4))
+    assert pooled["t2t"] + pooled["keep"] == pytest.approx(float(ce.mean()))  # one cross-entropy
+    per_stream = stream_losses(logits, c, "none", "per_stream")
+    assert per_stream["t2t"] == pytest.approx(float(ce[0]))  # the one wrong token weighs 3x a kept one
+    assert per_stream["keep"] == pytest.approx(float(ce[1:].mean()))
+
+
+def test_editing_stream_rows_have_no_masks_and_other_rows_keep_theirs():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.arange(1, 33).view(4, 8)
+    c = m2t_corrupt(x0, torch.ones_like(x0, dtype=torch.bool), mask_id=0, t_min=0.5, t_max=1.0, generator=g)
+    rows = torch.tensor([[True], [False], [True], [False]])
+    u = unmask_rows(c, rows)
+    assert not u.m2t[rows[:, 0]].any() and torch.equal(u.xt[rows[:, 0]], x0[rows[:, 0]])
+    assert torch.equal(u.m2t[~rows[:, 0]], c.m2t[~rows[:, 0]]) and c.m2t[~rows[:, 0]].any()
+
+
+def test_objective_with_editing_stream_only_trains_visible_tokens():
+    cfg = ObjectiveConfig(t2t_rate_min=0.5, t2t_rate_max=0.5, t2t_stream_prob=1.0)
+    objective = DraftEditObjective(cfg, mask_id=0, vocab_size=40, special_ids=set())
+    batch = {"input_ids": torch.randint(1, 40, (3, 16)), "loss_mask": torch.ones(3, 16, dtype=torch.bool)}
+    c = objective.corrupt(batch, block_length=16, generator=torch.Generator().manual_seed(1), step=10)
+    assert not c.m2t.any() and c.t2t.any() and (c.xt != 0).all()

@@ -164,3 +164,25 @@ def test_lora_without_peft_stops_before_training(prepared, tmp_path, monkeypatch
     with pytest.raises(TrainingInputError, match="peft"):
         run_training(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_lightning_leafspec_notice_is_held_back_and_only_it():
+    """Lightning's own use of torch's deprecated LeafSpec warns nothing; other FutureWarnings still do."""
+    import os
+    import subprocess
+    import sys
+
+    code = textwrap.dedent("""
+        import warnings
+        import components.training.run
+        from lightning.pytorch.utilities._pytree import _tree_flatten
+        _tree_flatten(object())
+        try:
+            warnings.warn("another notice", FutureWarning)
+        except FutureWarning:
+            print("others still warn")
+    """)
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "others still warn"

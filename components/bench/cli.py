@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from components.cli_errors import config_errors
-from components.config import CONF_DIR, load_config
+from components.config import CONF_DIR, default_output_dir, load_config
 
 from .config import BenchConfig
 from .random_model import prepare_random_model, random_model_sizes
@@ -51,8 +51,6 @@ def _print_table(result: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.cli import default_output_dir
-
     from .runner import run_benchmark
 
     path = _config_path(args.config)

@@ -34,8 +34,9 @@ def describe_machine(device: str | torch.device = "cpu") -> dict:
         "device": str(device),
     }
     try:
-        import torchao
+        from components.quantize.int8 import import_torchao
 
+        torchao = import_torchao()
         info["torchao"] = torchao.__version__
     except Exception:  # torchao missing or failing to import is itself worth recording
         info["torchao"] = None

@@ -21,6 +21,15 @@ def train_bpe_tokenizer(
     special_tokens: tuple[str, ...] = DEFAULT_SPECIAL_TOKENS,
 ) -> Tokenizer:
     """Train on `texts`; ids 0.. are the special tokens (pad, eos, mask, system, user, assistant)."""
+    backend = train_bpe_backend(texts, vocab_size, min_frequency, special_tokens)
+    return Tokenizer(backend, mask_token=MASK_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                     role_tokens=dict(ROLE_TOKENS), source="trained byte-level BPE")
+
+
+def train_bpe_backend(texts: Iterable[str], vocab_size: int, min_frequency: int,
+                      special_tokens: tuple[str, ...]) -> _Backend:
+    """The trained `tokenizers` backend alone, for callers that name their own special tokens
+    (a stand-in of a released checkpoint uses the release's)."""
     if vocab_size < 256 + len(special_tokens):
         floor = 256 + len(special_tokens)
         raise ValueError(f"vocab_size must be >= {floor} (bytes + special tokens), got {vocab_size}")
@@ -47,5 +56,4 @@ def train_bpe_tokenizer(
     backend.train_from_iterator(counted(), trainer=trainer)
     if n_texts == 0:
         raise ValueError("cannot train a tokenizer on an empty corpus")
-    return Tokenizer(backend, mask_token=MASK_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-                     role_tokens=dict(ROLE_TOKENS), source="trained byte-level BPE")
+    return backend

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from components.cli_errors import config_errors
 from components.data import DEFAULT_DATA_CONFIG, load_data_config, prepare_data
@@ -33,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import main as draftedit
+    """`python -m components.data.cli`: the same command as `draftedit data`."""
+    from components.cli_errors import component_main
 
-    return draftedit(["data", *(sys.argv[1:] if argv is None else argv)])
+    return component_main("data", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

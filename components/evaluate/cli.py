@@ -92,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import main as draftedit
+    """`python -m components.evaluate.cli`: the same command as `draftedit eval`."""
+    from components.cli_errors import component_main
 
-    return draftedit(["eval", *(sys.argv[1:] if argv is None else argv)])
+    return component_main("eval", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Seeded, verifiable synthetic task families with disjoint train / held-out splits.
 
 Why these families: a model that has mastered a deterministic task leaves no uncertainty while
-drafting, so decoding thresholds stop mattering (issue 7, item 4). Draft-and-edit shows its worth
+drafting, so decoding thresholds stop mattering. Draft-and-edit shows its worth
 where parallel drafting is genuinely uncertain: tasks with *many valid answers* and a verifier, where
 positions decoded in the same step pick clashing choices (a symbol used twice, digits that miss the
 target sum, a sudoku row with a repeated digit) that editing must repair. So most families here
@@ -377,7 +377,7 @@ class LatinFamily:
     latin square over 1..n (each digit once per row and once per column) that keeps every clue, e.g.
     ``12345 ...``. Like sudoku4 without boxes and larger: digits drafted in parallel clash in a row or
     column, and the clues of the crossing column tell which copy is wrong -- the context an editor
-    needs to repair a clash (issue 22). Cells are single digits, so one token each."""
+    needs to repair a clash. Cells are single digits, so one token each."""
 
     name: str = "latin"
     size: int = 5
@@ -488,7 +488,7 @@ SYNTHETIC_FAMILIES: dict[str, SyntheticFamily] = {
     for f in (PermutationFamily(), SumFamily(), Sudoku4Family(), LatinFamily(), AdditionFamily(), SortFamily())
 }
 
-# Families with many valid answers, where draft-and-edit has something to repair (issue 7, item 4).
+# Families with many valid answers, where draft-and-edit has something to repair.
 MULTI_ANSWER_FAMILIES = ("permutation", "sum", "sudoku4", "latin")
 
 

@@ -20,6 +20,8 @@ tensor subclasses (which change across torchao versions). The price is no saving
 
 from __future__ import annotations
 
+import importlib
+import logging
 import warnings
 
 import torch
@@ -27,9 +29,28 @@ import torch
 from .modules import quantizable_linears
 
 INT8_MARKER = "draftedit_int8"
+# What torchao logs while it is imported is about pieces these schemes never use: prebuilt kernels for
+# other CUDA architectures or Python versions (`Failed to load ... _C_mxfp8`, `_C_cutlass_90a`), Triton
+# on a CPU-only install (`Detected no triton`), and torch's notice that torchao registers an Enum the
+# deprecated way. These loggers stay at ERROR during the import only; what torchao logs later shows.
+_TORCHAO_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def import_torchao():
+    """`import torchao` without its import-time notices (see above); errors still raise and log."""
+    loggers = [logging.getLogger(name) for name in _TORCHAO_IMPORT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module("torchao")
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _torchao_config(scheme: str):
+    import_torchao()
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
 
     return {"int8_dynamic": Int8DynamicActivationInt8WeightConfig, "int8_weight_only": Int8WeightOnlyConfig}[scheme]()
@@ -55,6 +76,7 @@ def apply_int8(lm, scheme: str, skip_modules=("lm_head",)) -> list[str]:
             warnings.simplefilter("ignore")  # the upstream deprecation notice, documented above
             torch.ao.quantization.quantize_dynamic(lm, qconfig_spec=set(names), dtype=torch.qint8, inplace=True)
         return names
+    import_torchao()
     from torchao.quantization import quantize_
 
     wanted = set(names)
@@ -63,7 +85,6 @@ def apply_int8(lm, scheme: str, skip_modules=("lm_head",)) -> list[str]:
 
 
 def int8_marker(scheme: str, skip_modules) -> dict:
-    import torchao
-
+    torchao = import_torchao()
     return {"quant_method": INT8_MARKER, "scheme": scheme, "skip_modules": list(skip_modules),
             "torchao_version": torchao.__version__}

@@ -1,4 +1,4 @@
-"""EBPO: reinforcement learning for the draft-and-edit model (design.md §7, LLaDA2.1 eqs. 4–5).
+"""EBPO: reinforcement learning for the draft-and-edit model (docs/design.md, "EBPO"; LLaDA2.1 eqs. 4–5).
 
 Modules: `rollouts` (prompts, G sampled responses per prompt from `model.generate`, rewards),
 `rewards` (registry by name), `estimator` (the vectorised ELBO block likelihood), `ebpo` (group

@@ -42,7 +42,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
 def all_failed_fraction(correct: torch.Tensor, group_size: int) -> float:
     """The share of prompts none of whose `group_size` responses is correct. Their advantages are all
     zero, so RL cannot learn from them: where accuracy plateaus, this says whether the prompts left
-    are ones the sampled policy never solves (issue 19)."""
+    are ones the sampled policy never solves."""
     return float((correct.view(-1, group_size).amax(1) <= 0).float().mean())
 
 

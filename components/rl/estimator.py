@@ -33,9 +33,8 @@ prediction at the visible position. Eq. 5 only scores masked positions, so RL le
 predictions untrained. With keep terms the estimate adds
 keep_weight · (1/N) Σ_n Σ_{visible response i} log p(y_i | z_n) — the log-probability of keeping
 each visible clean token — so a rewarded response also reinforces keeping its tokens and a failed
-one makes its tokens candidates for editing. Measured on the tiny sudoku model (issue 5 note): it
-did not stop the fall of S-mode TPF during RL (keep_weight 1: TPF 3.51 -> 2.59 in 155 steps, against
-3.51 -> 3.01 without), so it stays off by default.
+one makes its tokens candidates for editing. It stays off by default: on the tiny models it does not
+keep S-mode TPF from falling during RL (docs/results.md).
 
 Edit terms (optional, `edit_weight` > 0 with `edit_rate` > 0): the other half of the T2T decision.
 Per level, a share `edit_rate` of the visible response tokens is shown substituted by another token of

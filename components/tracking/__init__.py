@@ -21,10 +21,19 @@ from .registry import (
     ALIAS_CHAMPION, ALIAS_LATEST, TAG_CHECKPOINT, Registration, is_better, register_model, resolve_alias, version_of_run,
 )
 from .runs import (
+    TAG_CACHE_HIT,
     TAG_CONFIG_HASH,
+    TAG_FAILED_STAGE,
+    TAG_FLOW_RUN,
+    TAG_FOLDER,
+    TAG_GIT,
+    TAG_INPUT,
     TAG_OUTPUT,
     TAG_PARENT,
     TAG_PIPELINE,
+    TAG_REGISTERED_VERSION,
+    TAG_REGISTRATION,
+    TAG_RESUMED_AT,
     TAG_STAGE,
     child_runs,
     flatten,
@@ -47,8 +56,9 @@ from .store import (
 )
 
 __all__ = [
-    "ALIAS_CHAMPION", "ALIAS_LATEST", "TAG_CHECKPOINT", "TAG_CONFIG_HASH", "TAG_FAILURE", "TAG_HEARTBEAT",
-    "TAG_INTERRUPTED", "TAG_OUTPUT", "TAG_PARENT", "TAG_PIPELINE", "TAG_STAGE", "Heartbeat", "Registration",
+    "ALIAS_CHAMPION", "ALIAS_LATEST", "TAG_CACHE_HIT", "TAG_CHECKPOINT", "TAG_CONFIG_HASH", "TAG_FAILED_STAGE",
+    "TAG_FAILURE", "TAG_FLOW_RUN", "TAG_FOLDER", "TAG_GIT", "TAG_HEARTBEAT", "TAG_INPUT", "TAG_INTERRUPTED", "TAG_OUTPUT",
+    "TAG_PARENT", "TAG_PIPELINE", "TAG_REGISTERED_VERSION", "TAG_REGISTRATION", "TAG_RESUMED_AT", "TAG_STAGE", "Heartbeat", "Registration",
     "TrackingError", "artifact_root_for", "check_tracking_uri", "child_runs", "default_tracking_uri",
     "find_interrupted", "flatten", "get_or_create_experiment", "git_commit", "is_better", "log_config", "log_metrics",
     "log_output", "logged_steps", "mark_interrupted", "owner_tags", "register_model", "reopen_run", "resolve_alias",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 # Decoding settings a request may change besides the preset (all numeric; see DecodeConfig).
@@ -23,8 +24,6 @@ REQUEST_PARAMS = {"gen_length": int, "threshold": float, "editing_threshold": fl
 
 
 def _prompts(model_input: Any) -> list[str]:
-    import pandas as pd
-
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.DataFrame):
@@ -55,11 +54,6 @@ def _prompts(model_input: Any) -> list[str]:
     if bad:
         raise ValueError(f"every prompt must be a non-empty string; rows {bad[:5]} are not")
     return values
-
-
-# MLflow warns at class creation that predict() lacks type hints; our signature (with params) is explicit
-# and accepts several input shapes, which type-hint validation would reject.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*", category=UserWarning)
 
 
 class RequestRejected(ValueError):
@@ -131,7 +125,10 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
         except (ConfigError, ValueError) as exc:  # an unknown preset or an out-of-range value
             raise RequestRejected(str(exc).splitlines()[0]) from None
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    # A DataFrame is what MLflow hands over after enforcing the logged signature; MLflow infers no schema
+    # from this hint, so that signature (with params) stays the interface, and `_prompts` still accepts
+    # the other shapes a direct caller may pass.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self.complete(_prompts(model_input), params)
 
     def complete(self, prompts: list[str], params: dict[str, Any] | None = None, *, max_prompt_tokens: int | None = None,

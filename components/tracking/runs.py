@@ -26,6 +26,14 @@ TAG_CONFIG_HASH = "draftedit.config_hash"
 TAG_OUTPUT = "draftedit.output."  # + output name -> URI
 TAG_GIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_INPUT = "draftedit.input."  # + input name -> the URI a stage started from
+TAG_FLOW_RUN = "prefect.flow_run_id"  # the Prefect flow run that opened a pipeline or stage run
+TAG_CACHE_HIT = "draftedit.cache_hit"  # a data_prep run that reused this earlier run's data
+TAG_FOLDER = "draftedit.folder"  # where a stage's files are on its host, for a person
+TAG_REGISTRATION = "draftedit.registration"  # evaluate's Registration as JSON: a pipeline on another host reads it
+TAG_REGISTERED_VERSION = "draftedit.registered_version"
+TAG_RESUMED_AT = "draftedit.resumed"  # epoch seconds a pipeline run was last resumed
+TAG_FAILED_STAGE = "draftedit.failed_stage"  # the stage a pipeline run failed in ("" once it finished)
 
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 _BATCH = 100  # MLflow's limit on params per log_batch

@@ -77,13 +77,23 @@ def artifact_root_for(uri: str, output_dir: str | os.PathLike) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); ours hold training
+# runs, so the tag makes the UI open on the runs table (parent pipeline runs and their stage children).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+
 def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
-    """Experiment id of `name`, creating it (restoring it if deleted)."""
+    """Experiment id of `name`, creating it (restoring it if deleted), marked as holding training runs
+    unless someone already chose its kind."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if TAG_EXPERIMENT_KIND not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
     return exp.experiment_id
 
 

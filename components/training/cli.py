@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from components.config import CONF_DIR
 
@@ -35,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import main as draftedit
+    """`python -m components.training.cli`: the same command as `draftedit train`."""
+    from components.cli_errors import component_main
 
-    return draftedit(["train", *(sys.argv[1:] if argv is None else argv)])
+    return component_main("train", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -57,18 +57,19 @@ class ObjectiveConfig:
     t2t_rate_max: float
     t2t_source: str  # batch (tokens of the batch) | row (tokens of the row's own reply) | uniform (vocabulary minus specials)
     # Share of T2T replacements that are position-shift errors (an adjacent different token) rather
-    # than random tokens: the off-by-one run boundaries of sequence answers (issue 22).
+    # than random tokens: the off-by-one run boundaries of sequence answers.
     t2t_shift_prob: float
     t2t_warmup_steps: int  # ramp the T2T rate linearly from 0 over these steps
     t2t_weight: float
     # Editing-stream rows: with this probability per row nothing is masked, so the row is the clean
     # sequence with only T2T noise. Decoding's "post" steps judge a fully drafted block; without such
     # rows training never shows a block without masks (t >= t_min) and the model's edits there are
-    # confidently wrong (issue 22).
+    # confidently wrong.
     t2t_stream_prob: float
     # Share of the editing-stream rows read in the Multi-Block Editing view: a window of up to
     # mbe_window + 1 blocks attends itself bidirectionally, as the decoder's MBE pass (mbe_window
-    # there) reads it. 0 = never (issue 18: MBE decoding out of distribution breaks correct tokens).
+    # there) reads it. 0 = never; a model trained without these rows
+    # has never seen the MBE view, and its MBE edits break correct tokens.
     mbe_prob: float
     mbe_window: int
     # Loss on visible noisable tokens that are correct (target = input). Needed with T2T: otherwise
@@ -77,12 +78,12 @@ class ObjectiveConfig:
     # How the visible streams are averaged. "pooled": L_t2t and L_keep are sums over one shared count
     # (every visible noisable token), so a wrong token weighs what a correct one does and the edit
     # confidence is calibrated to the corruption rate. "per_stream": each is its own mean, which
-    # weighs each wrong token ~(1-r)/r times a correct one and makes edits over-eager (issue 22).
+    # weighs each wrong token ~(1-r)/r times a correct one and makes edits over-eager.
     visible_normalizer: str
     # Multi-Turn Forward: probability that a step adds a turn on the model's own draft.
     mtf_prob: float
     # MTF only from this step on: early in training the model's own drafts are noise, not the
-    # mistakes a trained model makes (issue 7: MTF from step 0 cost 17 points at 600 steps).
+    # mistakes a trained model makes, and training on them costs accuracy.
     mtf_start_step: int
     mtf_fill_min: float  # fraction of the first turn's masks filled with the model's draft
     mtf_fill_max: float

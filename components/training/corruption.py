@@ -15,7 +15,7 @@ so a training step's noise is a pure function of (seed, step, rank) and resumes 
   the editor). A share of the
   replacements can instead be a position-shift error: the clean token of an adjacent position
   that differs ("3 3 4" drafted for "3 3 3"), the off-by-one run boundary a sequence model's
-  drafts get wrong and random substitutions almost never produce (issue 22).
+  drafts get wrong and random substitutions almost never produce.
 * MTF (Multi-Turn Forward): the model's own draft is the corruption. Given the logits of a first
   turn, part of its masks are filled with the model's predictions (its real mistakes included):
   the most confident ones, as threshold decoding does, or a random subset. The filled tokens that

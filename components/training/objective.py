@@ -13,19 +13,19 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
   model's own wrong drafts in an MTF turn).
 * L_keep: cross-entropy at noisable positions shown with their clean token (teaches "leave
   correct tokens alone"). Without it the T2T stream only ever sees wrong visible tokens, and the
-  model learns that every visible token is wrong (measured: benchmarks/train_table.py).
+  model learns that every visible token is wrong.
 * L_t2t and L_keep are sums over one shared count, all visible noisable tokens, by default
   (`visible_normalizer: pooled`): together one cross-entropy over the visible tokens, where a wrong
   token weighs what a correct one does, so the probability of another token at a visible position
   is calibrated. Separate means (`per_stream`) weigh each wrong token ~(1-r)/r times a correct one
-  at T2T rate r, and the model edits correct tokens away (issue 22: 150 of 158 judged S-mode edits
-  broke a correct token, mostly the answer's last tokens turned into EOS).
+  at T2T rate r, and the model edits correct tokens away (most often an answer's last tokens
+  turned into EOS).
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
 
 Editing-stream rows can be read in the Multi-Block Editing view (`mbe_prob`, `mbe_window`): the
 drafted window of blocks attends itself bidirectionally, as the decoder's MBE pass reads it. Without
-such rows that pass is out of the training distribution and its edits break correct tokens (issue 18).
+such rows that pass is out of the training distribution and its edits break correct tokens.
 
 Prompt and padding positions are never noised and never in any loss (`corruption.noisable_positions`).
 """

@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,10 @@ from .data import TrainingData, split_validation
 from .module import DiffusionTrainingModule
 
 log = logging.getLogger(__name__)
+# Lightning (pinned) builds torch's deprecated `LeafSpec` when it wraps the data loaders, once per fit:
+# the notice is about Lightning's code and leaves the user nothing to do. Only that notice, from there.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+                        module=r"lightning\.pytorch\.utilities\._pytree")
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"

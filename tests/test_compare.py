@@ -1,14 +1,10 @@
-"""`draftedit compare` tables and plots, and `draftedit ui` starting both services."""
+"""`draftedit compare` tables and plots, and the pipeline summary they share."""
 
 from __future__ import annotations
 
-import socket
-
-import pytest
-
 from flows import cli
-from flows.compare import RunView, plot, plot_stages, table_rows
-from flows.pipeline import final_model_rows, rl_line, summary_rows
+from flows.compare import RunView, plot, table_rows
+from flows.report import final_model_rows, plot_stages, rl_line, summary_rows
 
 
 def test_compare_rows_put_runs_side_by_side_per_mode(tmp_path):
@@ -67,25 +63,9 @@ def test_pipeline_summary_plot_and_final_table_show_what_each_stage_adds(tmp_pat
     assert plot_stages([rows[0]], tmp_path / "none.png") is None  # nothing evaluated: no plot
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_compare_of_a_missing_run_is_a_clear_error(tmp_path, mlflow_uri, capsys):
     code = cli.main(["compare", "deadbeef", "--set", f"tracking.uri={mlflow_uri}",
                      "--set", f"output_dir={tmp_path}"])
     assert code == 2
     assert "run 'deadbeef' does not exist" in capsys.readouterr().err
 
-
-@pytest.mark.slow
-def test_ui_starts_mlflow_and_prefect(tmp_path, mlflow_uri, monkeypatch, capsys):
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    code = cli.main(["ui", f"tracking.uri={mlflow_uri}", "--mlflow-port", str(free_port()),
-                     "--prefect-port", str(free_port()), "--check", "--timeout", "240"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "MLflow UI:  http://127.0.0.1:" in out and "Prefect UI: http://127.0.0.1:" in out
