@@ -153,3 +153,60 @@ def test_speed_estimator_gives_the_same_likelihoods_three_ways(tmp_path):
         assert r["max_abs_diff"] < 1e-3
         assert all(finite(r[k]) for k in ("loop_over_vector", "blocks_over_vector", "train_blocks_over_vector",
                                           "train_edit_over_vector"))
+
+
+# ------------------------------------------------------------------------------------------ rl_table
+RL_FAST = ["max_steps=2", "prompts.train_size=8", "prompts.eval_size=4", "prompts.params={}",
+           "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.gen_length=8", "rollout.block_length=4",
+           "eval.every_steps=1", "optim.inner_steps=1", "trainer.num_threads=1", "checkpoint_every_steps=0"]
+
+
+def test_rl_table_run_trains_one_arm_per_noise_level_and_reports_each(checkpoint, tmp_path, capsys):
+    from benchmarks import rl_table
+
+    out = tmp_path / "ebpo"
+    assert rl_table.main(["run", "--model", str(checkpoint), "--out", str(out), "--levels", "1", "2",
+                          "--minutes", "0", *RL_FAST]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert set(table) == {"N=1", "N=2"}
+    for label, n in (("N=1", 1), ("N=2", 2)):
+        (row,) = table[label]
+        assert row["folder"] == str(out / f"levels_{n}")
+        assert [p["step"] for p in row["curve"]] == [0, 1, 2] and row["steps"] == 2
+        assert row["gain"] == pytest.approx(row["final"] - row["start"])
+        assert 0 <= row["start"] <= 100 and row["peak"] >= max(row["start"], row["final"])
+    config = (out / "levels_2" / "config.yaml").read_text()
+    assert "num_levels: 2" in config and "permute_advantages: false" in config
+    assert "| N=2 | 1 |" in capsys.readouterr().out
+
+
+def _fake_run(folder: Path, accuracies: list[float]) -> str:
+    folder.mkdir(parents=True)
+    curve = [{"step": 10 * i, "accuracy": a, "edits_per_sample": 0.5, "edit_fixes": 1, "edit_breaks": 2}
+             for i, a in enumerate(accuracies)]
+    (folder / "eval_curve.json").write_text(json.dumps(curve))
+    (folder / "summary.json").write_text(json.dumps({"metrics": {"rl/wall_seconds": 120.0, "rl_eval/tpf_ratio": 0.9}}))
+    return str(folder)
+
+
+def test_rl_table_report_pools_seeds_of_one_label_and_measures_the_last_third(tmp_path, capsys):
+    from benchmarks import rl_table
+
+    a = _fake_run(tmp_path / "a", [0.10, 0.30, 0.50, 0.40])  # steps 0..30: the last third starts at step 20
+    b = _fake_run(tmp_path / "b", [0.20, 0.20, 0.30, 0.40])
+    c = _fake_run(tmp_path / "c", [0.50, 0.40])
+    table = rl_table.main(["report", "--run", f"arm={a}", "--run", f"arm={b}", "--run", f"ctl={c}",
+                           "--json", str(tmp_path / "t.json")])
+    assert table == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["gain"] for r in rows["arm"]] == pytest.approx([30.0, 20.0])
+    assert [r["last_third_change"] for r in rows["arm"]] == pytest.approx([-10.0, 10.0])
+    assert rows["arm"][0]["peak"] == pytest.approx(50.0) and rows["ctl"][0]["gain"] == pytest.approx(-10.0)
+    assert "| arm | 2 | 15.0 ± 7.1 | 40.0 ± 0.0 | +30.0 / +20.0 | +25.0 ± 7.1 |" in capsys.readouterr().out
+
+
+def test_rl_table_names_a_folder_that_is_not_a_run(tmp_path):
+    from benchmarks import rl_table
+
+    with pytest.raises(SystemExit, match="summary.json not found"):
+        rl_table.main(["report", "--run", f"x={tmp_path}"])
