@@ -210,3 +210,62 @@ def test_rl_table_names_a_folder_that_is_not_a_run(tmp_path):
 
     with pytest.raises(SystemExit, match="summary.json not found"):
         rl_table.main(["report", "--run", f"x={tmp_path}"])
+
+
+# ------------------------------------------------------------------------------------------ train_table
+def test_every_train_table_variant_resolves_to_valid_training_configs():
+    from benchmarks import train_table
+    from components.config import CONF_DIR
+    from components.training import load_train_config
+
+    for variant in train_table.VARIANTS:
+        both, sft_only = train_table.variant_overrides(variant, 8)
+        load_train_config(CONF_DIR / "train" / "cpt.yaml", both)
+        load_train_config(CONF_DIR / "train" / "sft.yaml", [*both, *sft_only])
+    assert train_table.variant_overrides("t2t_stream_mtf_late", 8)[1] == ["objective.mtf_prob=0.5",
+                                                                           "objective.mtf_start_step=4"]
+
+
+def test_train_table_names_a_bad_variants_file(tmp_path):
+    from benchmarks import train_table
+
+    bad = tmp_path / "v.yaml"
+    bad.write_text("bases: {none: []}\nvariants:\n  x: {base: nope}\n")
+    with pytest.raises(SystemExit, match=r"variants\.x\.base: 'nope' is not one of bases \['none'\]"):
+        train_table.load_variants(bad)
+    bad.write_text("bases: {none: []}\nvariants:\n  x: {sft_only: []}\n")
+    with pytest.raises(SystemExit, match=r"variants\.x: unknown key\(s\) \['sft_only'\]"):
+        train_table.load_variants(bad)
+
+
+def test_train_table_trains_each_variant_with_its_objective_and_reports_every_setting(tmp_path, capsys):
+    import yaml
+
+    from benchmarks import train_table
+    from train_support import data_overrides
+
+    out = tmp_path / "tt"
+    data = [f"--data-set={o}" for o in data_overrides(tmp_path)[1:]]
+    size = ("{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+            "num_key_value_heads: 1, head_dim: 16, max_position_embeddings: 128}")
+    common = ["--out", str(out), "--cpt-steps", "2", "--sft-steps", "4", "--sft-batch", "4", "--block", "8",
+              "--gen-length", "8", "--eval-n", "2", "--families", "sum", "permutation", "--sft-examples", "30",
+              "--model-overrides", size, *data, "--set=trainer.log_every_steps=1"]
+    for variant in ("m2t", "t2t_stream_mtf_late"):
+        assert train_table.main(["run", "--variant", variant, *common]) == 0
+    sft = yaml.safe_load((out / "t2t_stream_mtf_late" / "sft" / "train_config.yaml").read_text())["objective"]
+    assert (sft["mtf_prob"], sft["mtf_start_step"], sft["t2t_stream_prob"]) == (0.5, 2, 0.25)
+    cpt = yaml.safe_load((out / "t2t_stream_mtf_late" / "cpt" / "train_config.yaml").read_text())["objective"]
+    assert cpt["mtf_prob"] == 0.0  # the SFT-only overrides stay out of CPT
+    m2t = yaml.safe_load((out / "m2t" / "sft" / "train_config.yaml").read_text())["objective"]
+    assert m2t["t2t_rate_max"] == 0.0 and m2t["visible_normalizer"] == "per_stream"
+    record = json.loads((out / "m2t.json").read_text())
+    assert set(record["eval"]) == set(train_table.SETTINGS)
+    for cell in record["eval"].values():
+        assert 0 <= cell["score"] <= 100 and cell["tpf"] > 0 and set(cell["families"]) == {"sum", "permutation"}
+        assert cell["score"] == pytest.approx(sum(f["score"] for f in cell["families"].values()) / 2)
+    capsys.readouterr()
+    assert train_table.main(["report", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| m2t | M2T only, best threshold |" in text and "| t2t_stream_mtf_late | S mode |" in text
+    assert text.count("| t2t_stream_mtf_late |") == 3  # Q and S rows, and one in the table of all settings
