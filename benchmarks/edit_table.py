@@ -12,16 +12,21 @@ first one in S mode; with `--mbe`, each MBE setting against the same preset with
 Table 4: score change, TPF, the extra forwards, and the MBE passes' edits in earlier blocks -- what
 only MBE can repair -- and in the block just ended).
 
-  python benchmarks/edit_table.py --model A=outputs/.../model --model B=outputs/.../model \
+  python -m benchmarks.edit_table --model A=outputs/.../model --model B=outputs/.../model \
       --families sort sudoku4 --n 200 [--family-params '{"sort": {"max_value": 9}}'] [--mbe 1] \
       [--json out.json] [--mlflow-experiment speed-table]
   # any DecodeConfig field for every setting, e.g. the presets' revert guard off: --set max_reverts=null
   # models trained on different tasks in one table: LABEL@families=folder
-  python benchmarks/edit_table.py --model pipeline@sort,sudoku4=A --model latin@latin=B --families sort sudoku4 latin
+  python -m benchmarks.edit_table --model pipeline@sort,sudoku4=A --model latin@latin=B --families sort sudoku4 latin
+  # a grid of decoding settings on one preset (editing_threshold > 1 turns editing off), with the
+  # best-scoring setting and the fastest within --max-loss points of it per model and family:
+  python -m benchmarks.edit_table --model A=DIR --presets quality --grid threshold=0.5,0.7,0.9 \
+      --grid editing_threshold=0.9,1.01 --grid max_post_steps=1,16
 
 Several `--model` entries with the same label (e.g. three seeds) are reported as mean ± spread
 (half the max - min range) per cell. TPS is measured with the trajectory recorded (the edit
-accounting needs it), on `--threads` threads; compare it within one run only.
+accounting needs it), on `--threads` threads; compare it within one run only. With `--grid KEY=V1,V2`
+(repeatable) the settings are every preset in `--presets` at every point of the grid instead.
 With `--mlflow-experiment` the run's cells become MLflow metrics (mean over seeds), and the table, the
 JSON and a score-vs-TPF plot become artifacts (tracking URI from MLFLOW_TRACKING_URI or
 `--tracking-uri`).
@@ -30,81 +35,63 @@ JSON and a score-vs-TPF plot become artifacts (tracking URI from MLFLOW_TRACKING
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from benchmarks.common import (decode_and_score, decode_overrides, encode_prompts, heldout_examples, load_checkpoint,
+                               spread_cell)
 
-from model import DecodeConfig  # noqa: E402
-
-DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)}
+SHORT = {"speedy": "S", "quality": "Q"}
 
 
-def settings(block_length: int | None, mbe_windows: list[int] = ()) -> dict[str, dict]:
-    """Every preset in conf/decode/ (S = speedy, Q = quality, ...), each with editing on and off, and
-    with editing on plus Multi-Block Editing over each window in `mbe_windows`."""
-    from components.presets import EDITING_OFF, preset_names
+def settings(presets: list[str], block_length: int | None, mbe_windows: list[int] = (),
+             grid: dict[str, list] | None = None) -> dict[str, dict]:
+    """Each preset (S = speedy, Q = quality, ...) with editing on and off, and with editing on plus
+    Multi-Block Editing over each window in `mbe_windows`; with a `grid`, each preset at every point
+    of the grid instead (named by the values that differ from the preset)."""
+    from components.presets import EDITING_OFF
 
     over = {} if block_length is None else {"block_length": block_length}
     out = {}
-    for mode in preset_names():
-        label = {"speedy": "S", "quality": "Q"}.get(mode, mode)
-        out[f"{label} edit"] = {"preset": mode, **over}
-        out[f"{label} no-edit"] = {"preset": mode, "editing_threshold": EDITING_OFF, **over}
+    for preset in presets:
+        label = SHORT.get(preset, preset)
+        if grid:
+            for point in itertools.product(*grid.values()):
+                fields = dict(zip(grid, point))
+                out[f"{label} " + " ".join(f"{k}={v}" for k, v in fields.items())] = {"preset": preset, **over,
+                                                                                     **fields}
+            continue
+        out[f"{label} edit"] = {"preset": preset, **over}
+        out[f"{label} no-edit"] = {"preset": preset, "editing_threshold": EDITING_OFF, **over}
         for w in mbe_windows:
-            out[f"{label} edit MBE{w}"] = {"preset": mode, "mbe_window": w, **over}
+            out[f"{label} edit MBE{w}"] = {"preset": preset, "mbe_window": w, **over}
     return out
 
 
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
-                        block_length: int | None, mbe_windows: list[int] = (), decode_overrides: dict | None = None
-                        ) -> dict:
+                        arms: dict[str, dict], decode_fields: dict | None = None) -> dict:
+    """{(family, setting name): cell} for one checkpoint (cells as benchmarks.common.decode_and_score)."""
     from components.presets import load_decode_config
-    from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_example_edits
-    from components.rl.rollouts import encode_prompt
-    from components.families import get_family
-    from model import DiffusionLM, generate
-    from model.tokenizer import load_tokenizer
 
-    lm = DiffusionLM.from_pretrained(path).eval()
-    tok = load_tokenizer(path)
+    lm, tok = load_checkpoint(path)
     out: dict = {}
     for fam in families:
-        family = get_family(fam, **params.get(fam, {}))
-        examples = family.make("heldout", n, seed=123)
-        prompts = [encode_prompt(tok, e.prompt, "chat") for e in examples]
-        for name, s in settings(block_length, mbe_windows).items():
-            fields = {**(decode_overrides or {}), **{k: v for k, v in s.items() if k != "preset"}}
+        examples = heldout_examples([fam], n, params)
+        prompts = encode_prompts(tok, examples)
+        for name, s in arms.items():
+            fields = {**(decode_fields or {}), **{k: v for k, v in s.items() if k != "preset"}}
             cfg = load_decode_config(s["preset"], gen_length=gen_length, eos_id=tok.eos_id, mask_id=tok.mask_id,
-                                     record_trajectory=True, max_batch_size=64, **fields)
-            with torch.no_grad():
-                res = generate(lm, prompts, cfg)
-            stats, ok = EditStats(), 0
+                                     max_batch_size=64, **fields)
             where = mbe_edit_filters(cfg.block_length) if cfg.mbe_window else {}
-            mbe_stats = dict.fromkeys(where, EditStats())
-            split = dict.fromkeys(FORWARD_KINDS, 0)
-            for e, seq, traj in zip(examples, res.sequences, res.trajectories):
-                for kind, count in forward_split(traj).items():
-                    split[kind] += count
-                text = tok.decode(seq, skip_special_tokens=True).strip()
-                correct = bool(family.score(text, e))
-                ok += correct
-                stats = stats + judge_example_edits(traj, seq, tok, e, correct=correct)
-                for part, select in where.items():
-                    mbe_stats[part] = mbe_stats[part] + judge_example_edits(traj, seq, tok, e, correct=correct,
-                                                                            select=select)
-            out[(fam, name)] = {"score": 100.0 * ok / len(examples), "tpf": res.tokens_per_forward,
-                                "tps": res.num_tokens / res.wall_seconds if res.wall_seconds else float("nan"),
-                                **{f"fw_{k}": v / len(examples) for k, v in split.items()}, **stats.as_dict(),
-                                **{f"{part}_{k}": getattr(st, k) for part, st in mbe_stats.items()
-                                   for k in ("edits", "fixes", "breaks")}}
+            cell = decode_and_score(lm, tok, examples, prompts, cfg, params, where)
+            cell.pop("families")  # one family per cell here
+            out[(fam, name)] = cell
     return out
 
 
@@ -114,17 +101,6 @@ def mbe_edit_filters(block_length: int) -> dict:
     post steps could have edited too)."""
     return {"mbe_earlier": lambda step, pos: step.kind == "mbe" and pos // block_length < step.block,
             "mbe_last": lambda step, pos: step.kind == "mbe" and pos // block_length >= step.block}
-
-
-def spread_cell(values: list[float], spec: str, spread: str = "half-range") -> str:
-    """`mean ± half-range` (or `± sd`) over seeds (NaNs dropped); one value as is; none as '-'."""
-    values = [v for v in values if v == v]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], spec)
-    width = statistics.stdev(values) if spread == "sd" else (max(values) - min(values)) / 2
-    return f"{format(statistics.mean(values), spec)} ± {format(width, spec.lstrip('+'))}"
 
 
 def table_lines(cells: dict) -> list[str]:
@@ -245,14 +221,48 @@ def log_to_mlflow(experiment: str, tracking_uri: str | None, cells: dict, text: 
         return run.info.run_id
 
 
+def grid_lines(cells: dict, max_loss: float) -> list[str]:
+    """Per model, family and preset of a grid: the best-scoring setting (on a tie the faster) and the
+    fastest setting that loses at most `max_loss` points against it, with their TPF ratio."""
+    groups: dict = defaultdict(list)
+    for (label, fam, name), runs in cells.items():
+        groups[(label, fam, name.split(" ", 1)[0])].append(
+            (name, statistics.mean(r["score"] for r in runs), statistics.mean(r["tpf"] for r in runs)))
+    lines = [f"| model | family | best score: setting | score | TPF | fastest within {max_loss:g} points: setting | "
+             "score | TPF | TPF ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for (label, fam, _), rows in groups.items():
+        best = max(rows, key=lambda r: (r[1], r[2]))
+        fast = max((r for r in rows if r[1] >= best[1] - max_loss), key=lambda r: r[2])
+        lines.append(f"| {label} | {fam} | {best[0]} | {best[1]:.1f} | {best[2]:.2f} | {fast[0]} | {fast[1]:.1f} | "
+                     f"{fast[2]:.2f} | {fast[2] / best[2]:.2f} |")
+    return lines
+
+
+def parse_grid(items: list[str], parser: argparse.ArgumentParser) -> dict[str, list]:
+    """`KEY=V1,V2,...` items naming DecodeConfig fields (values as YAML) -> {key: [values]}."""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            parser.error(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. threshold=0.5,0.7")
+        grid[key] = [decode_overrides([f"{key}={v}"], parser, "--grid")[key] for v in values.split(",")]
+    return grid
+
+
 def main(argv=None) -> int:
+    from components.presets import preset_names
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True,
                    help="LABEL=checkpoint folder (repeat; same label = seeds); LABEL@fam1,fam2=folder decodes that "
                         "checkpoint on those of --families only (models trained on different tasks, one table)")
     p.add_argument("--families", nargs="+", default=["sort"])
+    p.add_argument("--presets", nargs="+", default=None, help="decoding presets in conf/decode/ (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a DecodeConfig field for every setting, e.g. --set max_reverts=null (the presets' guard off)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="decode every preset at every point of this grid (repeat for more fields)")
+    p.add_argument("--max-loss", type=float, default=3.0, help="--grid: points the fastest setting may lose")
     p.add_argument("--family-params", default="{}")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--gen-length", type=int, default=32)
@@ -273,28 +283,28 @@ def main(argv=None) -> int:
         if not set(families) <= set(args.families):
             p.error(f"--model {item!r}: families {sorted(set(families) - set(args.families))} are not in --families")
         models.append((label, path, families))
-    decode_overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            p.error(f"--set {item!r}: expected KEY=VALUE, e.g. max_reverts=null")
-        if key not in DECODE_FIELDS:
-            p.error(f"--set {item!r}: {key!r} is not a DecodeConfig field; known: {sorted(DECODE_FIELDS)}")
-        decode_overrides[key] = yaml.safe_load(value)
+    fields = decode_overrides(args.set, p)
+    grid = parse_grid(args.grid, p)
+    presets = args.presets or preset_names()
+    unknown = sorted(set(presets) - set(preset_names()))
+    if unknown:
+        p.error(f"--presets: unknown {unknown}; known: {preset_names()}")
     if any(w < 1 for w in args.mbe):
         p.error(f"--mbe {args.mbe}: windows are whole blocks, >= 1")
+    if grid and args.mbe:
+        p.error("--grid and --mbe: put mbe_window in the grid instead (--grid mbe_window=0,1)")
     try:
         params = json.loads(args.family_params)
     except json.JSONDecodeError as exc:
         p.error(f"--family-params: not JSON ({exc}); expected e.g. '{{\"sort\": {{\"max_value\": 9}}}}'")
     torch.set_num_threads(args.threads)
+    arms = settings(presets, args.block_length, args.mbe, grid)
     cells: dict = defaultdict(list)  # (label, fam, setting) -> [result per seed]
     for label, path, families in models:
-        for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length,
-                                            args.block_length, args.mbe, decode_overrides).items():
+        for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length, arms, fields).items():
             cells[(label, *key)].append(res)
-    mbe = mbe_lines(cells)
-    text = "\n".join([*table_lines(cells), "", *summary_lines(cells), *(["", *mbe] if mbe else [])])
+    extra = grid_lines(cells, args.max_loss) if grid else mbe_lines(cells)
+    text = "\n".join([*table_lines(cells), "", *summary_lines(cells), *(["", *extra] if extra else [])])
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"|".join(k): v for k, v in cells.items()}, indent=2))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import components.bench.measure as measure
 import components.bench.runner as runner
 from components.bench import BenchConfig, BenchmarkError, run_benchmark
 from components.bench.prompts import load_prompt_set
@@ -160,8 +161,8 @@ def test_edits_are_classified_in_one_untimed_pass(model_dir, tmp_path, monkeypat
     cfg = _cfg("prompts.task=sort", "repeats=1", "baselines.reference=false", "baselines.autoregressive=false",
                settings=[{"mode": "speedy", "batch_size": 2, "decode": {"editing_threshold": 0.0}}])
     recorded = []  # record_trajectory of every decode call: warm-up, timed passes, then the accounting pass
-    real = runner._decode_chunk
-    monkeypatch.setattr(runner, "_decode_chunk",
+    real = measure._decode_chunk
+    monkeypatch.setattr(measure, "_decode_chunk",
                         lambda lm, plan, ids: recorded.append(plan.decode.record_trajectory) or real(lm, plan, ids))
     res = run_benchmark(cfg, model_dir, tmp_path)
     assert recorded == [False] * 3 + [True] * 2  # warm-up + 2 timed chunks untraced; 2 traced chunks after them
@@ -236,7 +237,7 @@ def test_out_of_memory_while_running_is_named(model_dir, tmp_path, monkeypatch):
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(runner, "_decode_chunk", oom)
+    monkeypatch.setattr(measure, "_decode_chunk", oom)
     with pytest.raises(BenchmarkError, match=r"setting speedy_b1 \(batch_size 1\) ran out of memory"):
         run_benchmark(_cfg("prompts.task=null", settings=TWO[:1]), model_dir, tmp_path)
 
@@ -322,16 +323,49 @@ def test_cli_bench_tracks_to_mlflow(model_dir, tmp_path, mlflow_uri, capsys):
 
 def test_interleaved_repeats_run_round_robin_and_measure_the_same(model_dir, tmp_path, monkeypatch):
     order = []
-    real = runner.Measurement.one_pass
+    real = measure.Measurement.one_pass
 
     def spy(self):
         order.append(self.plan.name)
         return real(self)
 
-    monkeypatch.setattr(runner.Measurement, "one_pass", spy)
+    monkeypatch.setattr(measure.Measurement, "one_pass", spy)
     base = ["prompts.task=null", "baselines.reference=false", "baselines.autoregressive=false"]
     inter = run_benchmark(_cfg(*base, "interleave=true", settings=TWO), model_dir, tmp_path / "a")
     assert order == ["speedy_b1", "quality_b2_fp8"] * 2
     seq = run_benchmark(_cfg(*base, settings=TWO), model_dir, tmp_path / "b")
     for a, b in zip(inter["records"], seq["records"]):
         assert (a["name"], a["tokens"], a["forwards"], a["repeats"]) == (b["name"], b["tokens"], b["forwards"], 2)
+
+
+def test_cli_bench_random_model_reports_fp8_size_and_reuses_the_model(tmp_path, capsys):
+    from flows.cli import main
+
+    sizes = ["vocab=64", "hidden=32", "intermediate=64", "layers=2", "heads=2", "kv_heads=1", "head_dim=16"]
+    sets = [*FAST, "baselines.reference=false", "baselines.autoregressive=false",
+            "settings=[{mode: speedy}, {mode: speedy, quant: fp8}]"]
+    args = ["bench", "--config", "table3", "--random-model", *sizes, "--out", str(tmp_path)]
+    args += [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "FP8 checkpoint:" in printed and "speedy_b1_fp8" in printed
+    fp8 = json.loads((tmp_path / "fp8_checkpoint.json").read_text())
+    assert 0 < fp8["bytes_out"] < fp8["bytes_in"]  # one byte per weight instead of four
+    assert json.loads((tmp_path / "random_model" / "config.json").read_text())["hidden_size"] == 32
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["speedy_b1", "speedy_b1_fp8"]
+    assert all(r["score"] is None and r["tps"] > 0 for r in records)  # random ids: speed only
+    assert (tmp_path / "table3.md").is_file()
+    stamp = (tmp_path / "random_model" / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "random_model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("item, needle", [("hidden", "expected SIZE=VALUE"), ("width=3", "expected SIZE=VALUE"),
+                                          ("init=flat", "must be one of")])
+def test_cli_bench_random_model_names_a_bad_size(item, needle, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["bench", "--random-model", item, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--random-model {item}" in err and needle in err

@@ -1,4 +1,10 @@
-"""`draftedit bench --model DIR [--config default|table3|gpu|YAML] [--out DIR] [--track] [--set key=value ...]`."""
+"""`draftedit bench --model DIR | --random-model [SIZE=VALUE ...] [--config default|table3|gpu|YAML] [--out DIR]
+[--track] [--set key=value ...]`.
+
+`--random-model` measures a randomly initialised model (components.bench.random_model) on random
+token prompts: speed figures and output agreement without a trained checkpoint. Its FP8 checkpoint
+(the stored, portable format) is written beside it and its size reported.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,15 @@ from components.cli_errors import config_errors
 from components.config import CONF_DIR, default_output_dir, load_config
 
 from .config import BenchConfig
+from .random_model import prepare_random_model, random_model_sizes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="checkpoint folder (plain, FP8 or int8 as written by draftedit quantize)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="checkpoint folder (plain, FP8 or int8 as written by draftedit quantize)")
+    model.add_argument("--random-model", nargs="*", metavar="SIZE=VALUE", default=None,
+                       help="build a random model instead (sizes of components.bench.random_model.build_random_model, "
+                            "e.g. hidden=256 layers=4); the prompts are then random token ids")
     parser.add_argument("--config", default="default",
                         help="bench config YAML, or a name in conf/bench/ (default, table3, gpu)")
     parser.add_argument("--out", default=None, help="output folder (default: <outputs>/bench/<model folder name>)")
@@ -44,11 +54,20 @@ def run(args: argparse.Namespace) -> int:
     from .runner import run_benchmark
 
     path = _config_path(args.config)
-    with config_errors(path, args.overrides):
-        cfg = load_config(BenchConfig, path, overrides=args.overrides)
-    out = Path(args.out) if args.out else default_output_dir() / "bench" / Path(args.model).resolve().name
+    random = args.random_model is not None
+    overrides = (["prompts.task=null"] if random else []) + list(args.overrides)  # random ids: nothing to score
+    with config_errors(path, overrides):
+        cfg = load_config(BenchConfig, path, overrides=overrides)
+        sizes = random_model_sizes(args.random_model) if random else {}
+    name = "random_model" if random else Path(args.model).resolve().name
+    out = Path(args.out) if args.out else default_output_dir() / "bench" / name
+    model_dir = args.model
+    if random:
+        model_dir, fp8 = prepare_random_model(out, sizes)
+        print(f"FP8 checkpoint: {fp8['bytes_in'] / 2**20:.1f} MiB -> {fp8['bytes_out'] / 2**20:.1f} MiB, "
+              f"max relative weight error {fp8['weight_rel_error_max']:.4f}")
     if not args.track:
-        result = run_benchmark(cfg, args.model, out)
+        result = run_benchmark(cfg, model_dir, out)
     else:
         import mlflow
 
@@ -61,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = get_or_create_experiment(client, args.experiment, artifact_root_for(uri, default_output_dir()))
         with stage_run(client, exp, "bench", config=cfg) as mlrun:
-            result = run_benchmark(cfg, args.model, out, run=mlrun, client=client)
+            result = run_benchmark(cfg, model_dir, out, run=mlrun, client=client)
         print(f"MLflow run {mlrun.info.run_id} in {uri}")
     _print_table(result)
     return 0

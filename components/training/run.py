@@ -183,7 +183,8 @@ def check_compatibility(model_cfg: ModelConfig, tokenizer, longest_row: int) -> 
         raise TrainingInputError("data and model do not match: " + "; ".join(problems))
 
 
-def _collate(cfg: TrainConfig, prepared):
+def make_collate(cfg: TrainConfig, prepared):
+    """The batch collator of a stage: CPT rows as they are, SFT conversations padded to whole blocks."""
     from components.data import SFTCollator, cpt_collate
 
     if cfg.stage == "cpt":
@@ -310,7 +311,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
     if cfg.lora.enabled:
         lm = apply_lora(lm, cfg)
     train_set, val_set = split_validation(dataset, cfg.data.val_fraction, cfg.data.val_max_rows, cfg.trainer.seed)
-    data = TrainingData(train_set, val_set, _collate(cfg, prepared), batch_size=cfg.trainer.batch_size,
+    data = TrainingData(train_set, val_set, make_collate(cfg, prepared), batch_size=cfg.trainer.batch_size,
                         seed=cfg.trainer.seed, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
                         num_workers=cfg.data.num_workers)
     special = set(tokenizer.special_ids) | {tokenizer.mask_id, tokenizer.eos_id, tokenizer.pad_id}

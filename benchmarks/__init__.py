@@ -1,0 +1,1 @@
+"""Recipes that measure the project's claims: run each as `python -m benchmarks.<recipe> --help`."""

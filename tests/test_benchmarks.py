@@ -1,0 +1,271 @@
+"""Each recipe in benchmarks/ end to end on a tiny random model and tiny data: rows, columns, finite figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.data.bpe import train_bpe_tokenizer
+from components.families import get_family
+from model import DiffusionLM, ModelConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tokenizer trained on a few synthetic examples and a random tiny model, saved as a checkpoint."""
+    texts = [f"{e.prompt}\n{e.answer}" for n in ("sum", "sort") for e in get_family(n).make("train", 30, 0)]
+    tok = train_bpe_tokenizer(texts, vocab_size=320)
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                           mask_token_id=tok.mask_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    path = tmp_path_factory.mktemp("bench_ckpt")
+    DiffusionLM(cfg).save_pretrained(path)
+    tok.save(path)
+    return path
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------------------ edit_table
+def test_edit_table_reports_every_preset_with_editing_on_and_off_and_mbe(checkpoint, tmp_path, capsys):
+    from benchmarks import edit_table
+    from components.presets import preset_names
+
+    out = tmp_path / "cells.json"
+    assert edit_table.main(["--model", f"A={checkpoint}", "--model", f"A={checkpoint}", "--families", "sort",
+                            "--n", "2", "--gen-length", "8", "--block-length", "4", "--mbe", "1", "--threads", "1",
+                            "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())
+    short = {"speedy": "S", "quality": "Q"}
+    expected = {f"A|sort|{short.get(p, p)} {arm}" for p in preset_names() for arm in ("edit", "no-edit", "edit MBE1")}
+    assert set(cells) == expected
+    for runs in cells.values():
+        assert len(runs) == 2  # the same label twice: two seeds of one arm
+        for r in runs:
+            assert 0 <= r["score"] <= 100 and r["tpf"] > 0 and finite(r["tps"])
+            assert {"fw_draft", "fw_edit", "fw_verify", "fw_mbe", "edits_per_sample", "fixes", "breaks"} <= set(r)
+    assert "mbe_earlier_fixes" in cells["A|sort|S edit MBE1"][0]
+    text = capsys.readouterr().out
+    assert "| A | sort | S edit |" in text and "| S/Q TPF (edit on) |" in text
+    assert "MBE edits in earlier blocks" in text
+
+
+def test_edit_table_grid_decodes_every_point_and_names_the_best_and_fastest(checkpoint, tmp_path, capsys):
+    from benchmarks import edit_table
+
+    out = tmp_path / "grid.json"
+    assert edit_table.main(["--model", f"B={checkpoint}", "--families", "sort", "--presets", "quality", "--n", "2",
+                            "--gen-length", "8", "--block-length", "4", "--grid", "threshold=0.5,0.9",
+                            "--grid", "editing_threshold=0.9,1.01", "--threads", "1", "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())
+    assert set(cells) == {f"B|sort|Q threshold={t} editing_threshold={e}" for t in (0.5, 0.9) for e in (0.9, 1.01)}
+    text = capsys.readouterr().out
+    assert "fastest within 3 points" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if "fastest within 3 points" in line)
+    (row,) = [line for line in lines[header + 2:] if line.startswith("| B | sort |")]  # one row per model x family
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[2].startswith("Q threshold=") and cols[5].startswith("Q threshold=")
+    assert all(finite(float(c)) for c in (cols[3], cols[4], cols[6], cols[7], cols[8]))
+
+
+def test_edit_table_rejects_a_field_that_is_not_a_decode_setting(checkpoint, capsys):
+    from benchmarks import edit_table
+
+    with pytest.raises(SystemExit):
+        edit_table.main(["--model", f"A={checkpoint}", "--grid", "nope=1,2"])
+    assert "'nope' is not a DecodeConfig field" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ speed
+TINY_RANDOM = ["--vocab", "64", "--hidden", "32", "--intermediate", "64", "--layers", "2", "--heads", "2",
+               "--kv-heads", "1", "--head-dim", "16"]
+SHORT_DECODE = ["--gen-length", "8", "--block-length", "4", "--prompts", "3", "--min-prompt", "3", "--max-prompt", "6",
+                "--batch", "2"]
+
+
+def _run_speed(tmp_path, *argv) -> dict:
+    from benchmarks import speed
+
+    out = tmp_path / f"{argv[0]}.json"
+    code = speed.main([*argv, "--json", str(out)])
+    record = json.loads(out.read_text())
+    record["code"] = code
+    return record
+
+
+def test_speed_decode_compares_every_variant_token_for_token(tmp_path):
+    res = _run_speed(tmp_path, "decode", *TINY_RANDOM, *SHORT_DECODE, "--repeats", "2", "--floor-repeats", "2")
+    assert res["code"] == 0 and res["all_identical"] and res["reference_forwards_equal"]
+    assert [r["variant"] for r in res["rows"]] == ["(a) reference loop", "(b0) cache, batch 1, no spec",
+                                                   "(b) cache, batch 1", "(c0) cache, batch 2, no spec",
+                                                   "(c) cache, batch 2"]
+    for r in res["rows"]:
+        assert r["tokens"] > 0 and r["forwards"] > 0 and finite(r["tps"]) and len(r["wall_s_all"]) in (1, 2)
+    assert all(finite(v) and v > 0 for v in res["roofline"].values())
+
+
+def test_speed_profile_splits_network_time_from_decoder_time(tmp_path):
+    res = _run_speed(tmp_path, "profile", *TINY_RANDOM, *SHORT_DECODE)
+    assert [r["variant"] for r in res["rows"]] == [f"batch {b}, speculative {s}" for b in (1, 2) for s in ("off", "on")]
+    for r in res["rows"]:
+        assert 0 < r["network_s"] <= r["wall_s"] and r["network_calls"] > 0 and r["computed_per_generated"] >= 1
+
+
+def test_speed_forward_times_every_precision(tmp_path):
+    res = _run_speed(tmp_path, "forward", *TINY_RANDOM, "--block-length", "4", "--batch", "2", "--window", "16",
+                     "--repeats", "1", "--int8", "int8_dynamic_fbgemm")
+    assert [r["precision"] for r in res["rows"]] == ["fp32", "bf16", "fp8 (dequantized, fp32 kernels)",
+                                                     "int8_dynamic_fbgemm"]
+    fp32 = res["rows"][0]
+    assert fp32["max_logit_diff"] == 0.0 and fp32["x_fp32"] == [1.0, 1.0]
+    for r in res["rows"]:
+        assert set(r["ms"]) == {"1x4", "2x4", "1x16"} and all(finite(v) for v in r["ms"].values())
+        assert finite(r["max_logit_diff"])
+
+
+def test_speed_train_reports_every_objective_variant(tmp_path):
+    from train_support import TINY_MODEL, data_overrides
+
+    data = [f"--data-set={o}" for o in data_overrides(tmp_path / "data")[1:]]
+    sets = [f"--set={o}" for o in [*TINY_MODEL, "trainer.batch_size=4", "trainer.block_length=8"]]
+    res = _run_speed(tmp_path, "train", "--steps", "2", "--data-cache", str(tmp_path / "data"), *data, *sets)
+    assert [r["variant"] for r in res["rows"]] == ["m2t", "m2t+t2t", "m2t+t2t+mtf(every step)"]
+    assert res["rows"][0]["cost_vs_m2t"] == 1.0
+    assert all(finite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 for r in res["rows"])
+
+
+def test_speed_estimator_gives_the_same_likelihoods_three_ways(tmp_path):
+    res = _run_speed(tmp_path, "estimator", "--blocks", "2", "3", "--block-length", "4", "--batch", "2",
+                     "--prompt-length", "5", "--repeats", "1", "--loop-repeats", "1", "--hidden", "32", "--layers", "1",
+                     "--vocab", "64")
+    assert [r["blocks"] for r in res["rows"]] == [2, 3]
+    for r in res["rows"]:
+        assert r["max_abs_diff"] < 1e-3
+        assert all(finite(r[k]) for k in ("loop_over_vector", "blocks_over_vector", "train_blocks_over_vector",
+                                          "train_edit_over_vector"))
+
+
+# ------------------------------------------------------------------------------------------ rl_table
+RL_FAST = ["max_steps=2", "prompts.train_size=8", "prompts.eval_size=4", "prompts.params={}",
+           "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.gen_length=8", "rollout.block_length=4",
+           "eval.every_steps=1", "optim.inner_steps=1", "trainer.num_threads=1", "checkpoint_every_steps=0"]
+
+
+def test_rl_table_run_trains_one_arm_per_noise_level_and_reports_each(checkpoint, tmp_path, capsys):
+    from benchmarks import rl_table
+
+    out = tmp_path / "ebpo"
+    assert rl_table.main(["run", "--model", str(checkpoint), "--out", str(out), "--levels", "1", "2",
+                          "--minutes", "0", *RL_FAST]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert set(table) == {"N=1", "N=2"}
+    for label, n in (("N=1", 1), ("N=2", 2)):
+        (row,) = table[label]
+        assert row["folder"] == str(out / f"levels_{n}")
+        assert [p["step"] for p in row["curve"]] == [0, 1, 2] and row["steps"] == 2
+        assert row["gain"] == pytest.approx(row["final"] - row["start"])
+        assert 0 <= row["start"] <= 100 and row["peak"] >= max(row["start"], row["final"])
+    config = (out / "levels_2" / "config.yaml").read_text()
+    assert "num_levels: 2" in config and "permute_advantages: false" in config
+    assert "| N=2 | 1 |" in capsys.readouterr().out
+
+
+def _fake_run(folder: Path, accuracies: list[float]) -> str:
+    folder.mkdir(parents=True)
+    curve = [{"step": 10 * i, "accuracy": a, "edits_per_sample": 0.5, "edit_fixes": 1, "edit_breaks": 2}
+             for i, a in enumerate(accuracies)]
+    (folder / "eval_curve.json").write_text(json.dumps(curve))
+    (folder / "summary.json").write_text(json.dumps({"metrics": {"rl/wall_seconds": 120.0, "rl_eval/tpf_ratio": 0.9}}))
+    return str(folder)
+
+
+def test_rl_table_report_pools_seeds_of_one_label_and_measures_the_last_third(tmp_path, capsys):
+    from benchmarks import rl_table
+
+    a = _fake_run(tmp_path / "a", [0.10, 0.30, 0.50, 0.40])  # steps 0..30: the last third starts at step 20
+    b = _fake_run(tmp_path / "b", [0.20, 0.20, 0.30, 0.40])
+    c = _fake_run(tmp_path / "c", [0.50, 0.40])
+    table = rl_table.main(["report", "--run", f"arm={a}", "--run", f"arm={b}", "--run", f"ctl={c}",
+                           "--json", str(tmp_path / "t.json")])
+    assert table == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["gain"] for r in rows["arm"]] == pytest.approx([30.0, 20.0])
+    assert [r["last_third_change"] for r in rows["arm"]] == pytest.approx([-10.0, 10.0])
+    assert rows["arm"][0]["peak"] == pytest.approx(50.0) and rows["ctl"][0]["gain"] == pytest.approx(-10.0)
+    assert "| arm | 2 | 15.0 ± 7.1 | 40.0 ± 0.0 | +30.0 / +20.0 | +25.0 ± 7.1 |" in capsys.readouterr().out
+
+
+def test_rl_table_names_a_folder_that_is_not_a_run(tmp_path):
+    from benchmarks import rl_table
+
+    with pytest.raises(SystemExit, match="summary.json not found"):
+        rl_table.main(["report", "--run", f"x={tmp_path}"])
+
+
+# ------------------------------------------------------------------------------------------ train_table
+def test_every_train_table_variant_resolves_to_valid_training_configs():
+    from benchmarks import train_table
+    from components.config import CONF_DIR
+    from components.training import load_train_config
+
+    for variant in train_table.VARIANTS:
+        both, sft_only = train_table.variant_overrides(variant, 8)
+        load_train_config(CONF_DIR / "train" / "cpt.yaml", both)
+        load_train_config(CONF_DIR / "train" / "sft.yaml", [*both, *sft_only])
+    assert train_table.variant_overrides("t2t_stream_mtf_late", 8)[1] == ["objective.mtf_prob=0.5",
+                                                                           "objective.mtf_start_step=4"]
+
+
+def test_train_table_names_a_bad_variants_file(tmp_path):
+    from benchmarks import train_table
+
+    bad = tmp_path / "v.yaml"
+    bad.write_text("bases: {none: []}\nvariants:\n  x: {base: nope}\n")
+    with pytest.raises(SystemExit, match=r"variants\.x\.base: 'nope' is not one of bases \['none'\]"):
+        train_table.load_variants(bad)
+    bad.write_text("bases: {none: []}\nvariants:\n  x: {sft_only: []}\n")
+    with pytest.raises(SystemExit, match=r"variants\.x: unknown key\(s\) \['sft_only'\]"):
+        train_table.load_variants(bad)
+
+
+def test_train_table_trains_each_variant_with_its_objective_and_reports_every_setting(tmp_path, capsys):
+    import yaml
+
+    from benchmarks import train_table
+    from train_support import data_overrides
+
+    out = tmp_path / "tt"
+    data = [f"--data-set={o}" for o in data_overrides(tmp_path)[1:]]
+    size = ("{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+            "num_key_value_heads: 1, head_dim: 16, max_position_embeddings: 128}")
+    common = ["--out", str(out), "--cpt-steps", "2", "--sft-steps", "4", "--sft-batch", "4", "--block", "8",
+              "--gen-length", "8", "--eval-n", "2", "--families", "sum", "permutation", "--sft-examples", "30",
+              "--model-overrides", size, *data, "--set=trainer.log_every_steps=1"]
+    for variant in ("m2t", "t2t_stream_mtf_late"):
+        assert train_table.main(["run", "--variant", variant, *common]) == 0
+    sft = yaml.safe_load((out / "t2t_stream_mtf_late" / "sft" / "train_config.yaml").read_text())["objective"]
+    assert (sft["mtf_prob"], sft["mtf_start_step"], sft["t2t_stream_prob"]) == (0.5, 2, 0.25)
+    cpt = yaml.safe_load((out / "t2t_stream_mtf_late" / "cpt" / "train_config.yaml").read_text())["objective"]
+    assert cpt["mtf_prob"] == 0.0  # the SFT-only overrides stay out of CPT
+    m2t = yaml.safe_load((out / "m2t" / "sft" / "train_config.yaml").read_text())["objective"]
+    assert m2t["t2t_rate_max"] == 0.0 and m2t["visible_normalizer"] == "per_stream"
+    record = json.loads((out / "m2t.json").read_text())
+    assert set(record["eval"]) == set(train_table.SETTINGS)
+    for cell in record["eval"].values():
+        assert 0 <= cell["score"] <= 100 and cell["tpf"] > 0 and set(cell["families"]) == {"sum", "permutation"}
+        assert cell["score"] == pytest.approx(sum(f["score"] for f in cell["families"].values()) / 2)
+    capsys.readouterr()
+    assert train_table.main(["report", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| m2t | M2T only, best threshold |" in text and "| t2t_stream_mtf_late | S mode |" in text
+    assert text.count("| t2t_stream_mtf_late |") == 3  # Q and S rows, and one in the table of all settings
