@@ -1,4 +1,6 @@
-"""Each recipe in benchmarks/ end to end on a tiny random model and tiny data: rows, columns, finite figures."""
+"""Each recipe in benchmarks/ end to end on a tiny random model and tiny data: its rows and columns, and what
+must hold whatever the timings (identical tokens across decoder variants, equal likelihoods across estimator
+forms, each variant trained with its own objective, gains that are final minus start)."""
 
 from __future__ import annotations
 
