@@ -63,7 +63,7 @@ BAD = [
     ([f"{SFT}=[model.overrides.vocab_size=310]"], r"vocab_size: is 310, smaller than the tokenizer's 2048"),
     # RL
     ([f"{RL}=[rollout.mode=turbo]"], r"rl\.rollout\.mode: must be one of \['quality', 'speedy'\]"),
-    ([f"{RL}=[rollout.threshold=1.5]"], r"rl\.rollout.*threshold: must be in \[0, 1\]"),
+    ([f"{RL}=[rollout.threshold=1.5]"], r"rl\.rollout.*threshold:? must be in \[0, 1\]"),
     ([f"{RL}=[rollout.group_size=1]"], r"rl\.rollout\.group_size"),
     ([f"{RL}=[max_minutes=-1]"], r"rl\.max_minutes"),
     ([f"{RL}=[prompts.family=nosuch]"], r"nosuch"),
@@ -77,8 +77,8 @@ BAD = [
     # evaluation: tasks, modes, decoding, data files
     ([f"{EVAL}=['tasks=[nosuchtask]']"], r"eval\.tasks\[0\]: .*unknown task .nosuchtask."),
     ([f"{EVAL}=['modes=[turbo]']"], r"eval\.modes: must be one of \['quality', 'speedy'\]"),
-    ([f"{EVAL}=['task_overrides=[decode.overrides.threshold=1.5]']"], r"eval\.tasks\[0\].*threshold: must be in \[0, 1\]"),
-    ([f"{EVAL}=['task_overrides=[decode.overrides.editing_threshold=-0.5]']"], r"editing_threshold: must be >= 0"),
+    ([f"{EVAL}=['task_overrides=[decode.overrides.threshold=1.5]']"], r"eval\.tasks\[0\].*threshold:? must be in \[0, 1\]"),
+    ([f"{EVAL}=['task_overrides=[decode.overrides.editing_threshold=-0.5]']"], r"editing_threshold:? must be >= 0"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.block_length=16]']"], r"decodes with block_length 16"),
     ([f"{EVAL}=['task_overrides=[decode.preset=turbo]']"], r"turbo"),
     (["probe.overrides=['modes=[turbo]']"], r"probe: .*eval\.modes"),
