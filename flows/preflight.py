@@ -126,7 +126,7 @@ def _check_rl(cfg) -> None:
 
 
 def _check_bench(cfg) -> None:
-    from components.evaluate.config import load_task
+    from components.evaluate.tasks import load_task
 
     for i, setting in enumerate(cfg.settings):
         with _context(f"bench.settings[{i}]"):

@@ -15,16 +15,6 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("model", "components", "flows")
 LAYER = {"model": 0, "components": 1, "flows": 2}
 
-# Cycles known on this branch, each to be opened by other work: (the cycle's modules, why it is here).
-# components/evaluate's schema resolves scorer and extractor plugins, which need the schema; the move
-# of that resolution to components/evaluate/tasks.py opens it. Delete the entry once that has landed.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({
-        "components.evaluate.config", "components.evaluate.extractors", "components.evaluate.scorers",
-        "components.evaluate.sources",
-    }): "evaluate config <-> scorers/extractors: opened by components/evaluate/tasks.py",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
@@ -117,7 +107,4 @@ def test_no_layer_imports_a_layer_above_it():
 
 def test_no_import_cycles():
     cycles = _cycles(_graph())
-    unknown = [c for c in cycles if frozenset(c) not in KNOWN_CYCLES]
-    assert not unknown, "import cycles:\n  " + "\n  ".join(" <-> ".join(c) for c in unknown)
-    gone = [why for cycle, why in KNOWN_CYCLES.items() if list(sorted(cycle)) not in cycles]
-    assert not gone, f"known cycles that no longer exist (delete them from KNOWN_CYCLES): {gone}"
+    assert not cycles, "import cycles:\n  " + "\n  ".join(" <-> ".join(c) for c in cycles)

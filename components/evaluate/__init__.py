@@ -5,19 +5,13 @@
     result.score, result.tpf, result.metrics()                     # eval/sum/accuracy, eval/sum/tpf, ...
 """
 
-from components.evaluate.config import (
-    EvalConfig,
-    TaskConfig,
-    TaskConfigError,
-    list_tasks,
-    load_eval_config,
-    load_task,
-)
+from components.evaluate.config import EvalConfig, TaskConfig, TaskConfigError, load_eval_config
 from components.evaluate.extractors import EXTRACTORS, register_extractor
 from components.evaluate.results import TaskResult, read_jsonl, render_table
 from components.evaluate.runner import build_decode_config, evaluate_suite, evaluate_task, render_prompt
 from components.evaluate.scorers import SCORERS, SandboxUnavailableError, register_scorer
 from components.evaluate.sources import Sample, TaskDataError, load_samples
+from components.evaluate.tasks import list_tasks, load_task
 
 __all__ = [
     "EXTRACTORS",

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     from components.cli_errors import UsageError, config_errors
     from components.config import ConfigError
-    from components.evaluate.config import list_tasks, load_eval_config, resolve_task_path
+    from components.evaluate.config import load_eval_config
+    from components.evaluate.tasks import list_tasks, resolve_task_path
     from components.evaluate.results import render_table
     from components.evaluate.runner import evaluate_suite, resolve_task
 

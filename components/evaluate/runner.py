@@ -23,13 +23,9 @@ from typing import Any, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from components.evaluate.config import (
-    TaskConfig,
-    TaskConfigError,
-    load_task,
-    validate_task,
-)
+from components.evaluate.config import TaskConfig, TaskConfigError
 from components.evaluate.extractors import resolve_extractor
+from components.evaluate.tasks import load_task, validate_task
 from components.evaluate.metrics import AnswerAccuracy, MeanForwards, MeanLength, PassAtK, TokensPerForward
 from components.evaluate.results import SUMMARY_FILE, TaskResult, save_task_result, write_json
 from components.evaluate.prompts import render
