@@ -3,6 +3,7 @@
 - `prefect_harness`: one Prefect test server for the whole session (started only if a test asks).
 - `mlflow_uri`: a per-test SQLite MLflow store, copied from one database migrated once per session.
 - `tiny_lm`: builds the small seeded networks of the model-level tests.
+- `random_checkpoint`: a saved random tiny network with its tokenizer, for benchmarks and loaders.
 """
 
 from __future__ import annotations
@@ -119,3 +120,23 @@ def tiny_lm():
         return DiffusionLM(ModelConfig.tiny(**{**layout, **fields}))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint folder with a random tiny network and a tokenizer trained on a few synthetic examples:
+    what benchmarks and loaders need when the scores do not matter. Read it; never write into it."""
+    from components.data.bpe import train_bpe_tokenizer
+    from components.families import get_family
+    from model import DiffusionLM, ModelConfig
+
+    texts = [f"{e.prompt}\n{e.answer}" for n in ("sum", "sort") for e in get_family(n).make("train", 30, 0)]
+    tok = train_bpe_tokenizer(texts, vocab_size=320)
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                           mask_token_id=tok.mask_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    path = tmp_path_factory.mktemp("random_checkpoint")
+    DiffusionLM(cfg).save_pretrained(path)
+    tok.save(path)
+    return path

@@ -12,10 +12,8 @@ import components.bench.runner as runner
 from components.bench import BenchConfig, BenchmarkError, run_benchmark
 from components.bench.prompts import load_prompt_set
 from components.config import CONF_DIR, ConfigError, load_config
-from components.data.bpe import train_bpe_tokenizer
 from components.quantize import QuantizeConfig, load_model
-from components.families import get_family
-from model import DiffusionLM, ModelConfig
+from model import DiffusionLM
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,17 +23,8 @@ FAST = ["prompts.num_prompts=3", "decode.gen_length=8", "decode.block_length=8",
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    texts = [f"{e.prompt}\n{e.answer}" for n in ("sum", "sort") for e in get_family(n).make("train", 30, 0)]
-    tok = train_bpe_tokenizer(texts, vocab_size=320)
-    torch.manual_seed(0)
-    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                           mask_token_id=tok.mask_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-    path = tmp_path_factory.mktemp("bench_model")
-    DiffusionLM(cfg).save_pretrained(path)
-    tok.save(path)
-    return path
+def model_dir(random_checkpoint) -> Path:
+    return random_checkpoint
 
 
 def _cfg(*overrides, settings=None):

@@ -9,28 +9,13 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
-
-from components.data.bpe import train_bpe_tokenizer
-from components.families import get_family
-from model import DiffusionLM, ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tokenizer trained on a few synthetic examples and a random tiny model, saved as a checkpoint."""
-    texts = [f"{e.prompt}\n{e.answer}" for n in ("sum", "sort") for e in get_family(n).make("train", 30, 0)]
-    tok = train_bpe_tokenizer(texts, vocab_size=320)
-    torch.manual_seed(0)
-    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                           mask_token_id=tok.mask_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-    path = tmp_path_factory.mktemp("bench_ckpt")
-    DiffusionLM(cfg).save_pretrained(path)
-    tok.save(path)
-    return path
+def checkpoint(random_checkpoint) -> Path:
+    return random_checkpoint
 
 
 def finite(value) -> bool:
