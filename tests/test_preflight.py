@@ -62,14 +62,14 @@ BAD = [
     ([f"{SFT}=[model.overrides.mask_token_id=7]"], r"mask_token_id: is 7, but the tokenizer .* mask id 2"),
     ([f"{SFT}=[model.overrides.vocab_size=310]"], r"vocab_size: is 310, smaller than the tokenizer's 2048"),
     # RL
-    ([f"{RL}=[rollout.mode=turbo]"], r"rl\.rollout\.mode: must be one of \['quality', 'speedy'\]"),
+    ([f"{RL}=[rollout.preset=turbo]"], r"rl\.rollout\.preset: must be one of \['quality', 'speedy'\]"),
     ([f"{RL}=[rollout.threshold=1.5]"], r"rl\.rollout.*threshold:? must be in \[0, 1\]"),
     ([f"{RL}=[rollout.group_size=1]"], r"rl\.rollout\.group_size"),
     ([f"{RL}=[max_minutes=-1]"], r"rl\.max_minutes"),
     ([f"{RL}=[prompts.family=nosuch]"], r"nosuch"),
     # benchmark
-    ([f"{BENCH}=['settings=[{{mode: turbo}}]']"], r"bench\.settings\[0\]\.mode: unknown decoding preset 'turbo'"),
-    ([f"{BENCH}=['settings=[{{mode: speedy, decode: {{threshold: 2.0}}}}]']"], r"settings\[0\].*threshold"),
+    ([f"{BENCH}=['settings=[{{preset: turbo}}]']"], r"bench\.settings\[0\]\.preset: unknown decoding preset 'turbo'"),
+    ([f"{BENCH}=['settings=[{{preset: speedy, decode: {{threshold: 2.0}}}}]']"], r"settings\[0\].*threshold"),
     ([f"{BENCH}=[repeats=0]"], r"bench\.repeats: must be >= 1"),
     ([f"{BENCH}=[prompts.task=nosuchtask]"], r"bench\.prompts\.task.*nosuchtask"),
     # quantization
