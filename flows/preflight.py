@@ -142,14 +142,14 @@ def _check_eval(cfg) -> None:
 
     if not cfg.tasks:
         fail("eval.tasks", "is empty: name at least one task (conf/task/) or task file")
-    for mode in ([cfg.mode] if cfg.mode else []) + list(cfg.modes):
-        check_preset("eval.modes" if mode in cfg.modes else "eval.mode", mode)
+    for preset in ([cfg.preset] if cfg.preset else []) + list(cfg.presets):
+        check_preset("eval.presets" if preset in cfg.presets else "eval.preset", preset)
     for i, name in enumerate(cfg.tasks):
         with _context(f"eval.tasks[{i}]"):
             task = resolve_task(name, list(cfg.task_overrides))
             check_preset("decode.preset", task.decode.preset)
-            for mode in {cfg.mode or task.decode.preset, *cfg.modes}:
-                build_decode_config(task, mode)
+            for preset in {cfg.preset or task.decode.preset, *cfg.presets}:
+                build_decode_config(task, preset)
             check_source(task)
 
 
@@ -256,9 +256,9 @@ def _decode_block_lengths(configs: dict[str, Any]) -> list[tuple[str, int]]:
 
         for i, name in enumerate(ev.tasks):
             task = resolve_task(name, list(ev.task_overrides))
-            for mode in sorted({ev.mode or task.decode.preset, *ev.modes}):
-                out.append((f"stage evaluate: eval.tasks[{i}] ({name}) decode.block_length in mode {mode}",
-                            build_decode_config(task, mode).block_length))
+            for preset in sorted({ev.preset or task.decode.preset, *ev.presets}):
+                out.append((f"stage evaluate: eval.tasks[{i}] ({name}) decode.block_length in preset {preset}",
+                            build_decode_config(task, preset).block_length))
     return out
 
 

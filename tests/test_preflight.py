@@ -74,14 +74,14 @@ BAD = [
     ([f"{BENCH}=[prompts.task=nosuchtask]"], r"bench\.prompts\.task.*nosuchtask"),
     # quantization
     (["stages.quantize.overrides=[method=int4]"], r"quantize\.method: must be one of"),
-    # evaluation: tasks, modes, decoding, data files
+    # evaluation: tasks, presets, decoding, data files
     ([f"{EVAL}=['tasks=[nosuchtask]']"], r"eval\.tasks\[0\]: .*unknown task .nosuchtask."),
-    ([f"{EVAL}=['modes=[turbo]']"], r"eval\.modes: must be one of \['quality', 'speedy'\]"),
+    ([f"{EVAL}=['presets=[turbo]']"], r"eval\.presets: must be one of \['quality', 'speedy'\]"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.threshold=1.5]']"], r"eval\.tasks\[0\].*threshold:? must be in \[0, 1\]"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.editing_threshold=-0.5]']"], r"editing_threshold:? must be >= 0"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.block_length=16]']"], r"decodes with block_length 16"),
     ([f"{EVAL}=['task_overrides=[decode.preset=turbo]']"], r"turbo"),
-    (["probe.overrides=['modes=[turbo]']"], r"probe: .*eval\.modes"),
+    (["probe.overrides=['presets=[turbo]']"], r"probe: .*eval\.presets"),
     (["probe.stages=[sft,benchmark]"], r"probe\.stages\[1\]: must be one of \['cpt', 'sft', 'rl', 'quantize'\]"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'mine', None)}]']"], r"mine.*(not found|no such file|does not exist)"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'bad', MALFORMED)}]']"], r"bad\.jsonl:1: invalid JSON"),
