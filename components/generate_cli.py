@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt-file", type=Path, help="read the prompt text from this UTF-8 file")
     source.add_argument("--ids", help="prompt as comma-separated token ids, e.g. 12,7,99")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    parser.add_argument("--mode", default="quality",
+    parser.add_argument("--preset", default="quality",
                         help=f"decoding preset name ({', '.join(preset_names())}) or a YAML path")
     parser.add_argument("--threshold", type=float, help="tau_mask in [0, 1]: fill a mask above this confidence")
     parser.add_argument("--editing-threshold", type=float,
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                                     gen_length=args.gen_length, block_length=args.block_length).items()
               if v is not None}
     with config_errors(None, list(args.overrides) + [f"{k}={v}" for k, v in fields.items()]):
-        cfg = load_decode_config(args.mode, args.overrides, record_trajectory=True, **fields)
+        cfg = load_decode_config(args.preset, args.overrides, record_trajectory=True, **fields)
     option, text = prompt_text(args)
     lm = DiffusionLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     tokenizer = None

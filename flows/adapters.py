@@ -159,8 +159,8 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     """The task suite of an EvalConfig on the checkpoint; per-task metrics plus suite aggregates.
 
     eval/score is the mean task score; eval/tpf and eval/tps pool tokens over the whole suite. Each
-    mode in cfg.modes adds eval/<mode>/* (and eval/<mode>_noedit/* with cfg.editing_ablation): the
-    same suite decoded in S or Q mode, with T2T editing on and off, edit counts and edit precision.
+    preset in cfg.presets adds eval/<preset>/* (and eval/<preset>_noedit/* with cfg.editing_ablation): the
+    same suite decoded with the speedy or quality preset, with T2T editing on and off, edit counts and edit precision.
     """
     import torch
 
@@ -179,13 +179,13 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
         return evaluate_suite(lm, tokenizer, list(cfg.tasks), mode=mode, limit=cfg.limit, batch_size=cfg.batch_size,
                               task_overrides=list(cfg.task_overrides) + extra, output_dir=folder)
 
-    results = suite(cfg.mode, [], out_dir)
+    results = suite(cfg.preset, [], out_dir)
     metrics: dict[str, float] = {}
     for result in results:
         metrics.update(result.metrics())
     metrics.update(suite_metrics(results, "eval"))
     noedit = [f"decode.overrides.editing_threshold={EDITING_OFF}"]  # tau_edit > 1: no token is ever edited
-    for mode in cfg.modes:
+    for mode in cfg.presets:
         metrics.update(suite_metrics(suite(mode, [], out_dir / mode), f"eval/{mode}"))
         if cfg.editing_ablation:
             metrics.update(suite_metrics(suite(mode, noedit, out_dir / f"{mode}_noedit"), f"eval/{mode}_noedit"))

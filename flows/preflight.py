@@ -115,7 +115,7 @@ def _check_data(cfg) -> None:
 def _check_rl(cfg) -> None:
     from components.rl.rollouts import decode_config
 
-    check_preset("rl.rollout.mode", cfg.rollout.mode)
+    check_preset("rl.rollout.preset", cfg.rollout.preset)
     special = _Ids(eos_id=DEFAULT_SPECIAL_IDS["eos"], mask_id=DEFAULT_SPECIAL_IDS["mask"])
     with _context("rl.rollout"):
         decode_config(cfg.rollout, special, temperature=cfg.rollout.temperature, seed=None)
@@ -130,7 +130,7 @@ def _check_bench(cfg) -> None:
 
     for i, setting in enumerate(cfg.settings):
         with _context(f"bench.settings[{i}]"):
-            load_decode_config(setting.mode, overrides={**cfg.decode, **setting.decode})
+            load_decode_config(setting.preset, overrides={**cfg.decode, **setting.decode})
     if cfg.prompts.task:
         with _context("bench.prompts.task"):
             load_task(cfg.prompts.task, list(cfg.prompts.task_overrides))
@@ -142,14 +142,14 @@ def _check_eval(cfg) -> None:
 
     if not cfg.tasks:
         fail("eval.tasks", "is empty: name at least one task (conf/task/) or task file")
-    for mode in ([cfg.mode] if cfg.mode else []) + list(cfg.modes):
-        check_preset("eval.modes" if mode in cfg.modes else "eval.mode", mode)
+    for preset in ([cfg.preset] if cfg.preset else []) + list(cfg.presets):
+        check_preset("eval.presets" if preset in cfg.presets else "eval.preset", preset)
     for i, name in enumerate(cfg.tasks):
         with _context(f"eval.tasks[{i}]"):
             task = resolve_task(name, list(cfg.task_overrides))
             check_preset("decode.preset", task.decode.preset)
-            for mode in {cfg.mode or task.decode.preset, *cfg.modes}:
-                build_decode_config(task, mode)
+            for preset in {cfg.preset or task.decode.preset, *cfg.presets}:
+                build_decode_config(task, preset)
             check_source(task)
 
 
@@ -242,23 +242,23 @@ def _decode_block_lengths(configs: dict[str, Any]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     rl = configs.get("rl")
     if rl is not None:
-        length = rl.rollout.block_length or load_decode_config(rl.rollout.mode).block_length
+        length = rl.rollout.block_length or load_decode_config(rl.rollout.preset).block_length
         out.append(("stage rl: rl.rollout.block_length", length))
     bench = configs.get("benchmark")
     if bench is not None:
         for i, s in enumerate(bench.settings):
             overrides = {**bench.decode, **s.decode}
             out.append((f"stage benchmark: bench.settings[{i}].decode.block_length",
-                        load_decode_config(s.mode, overrides=overrides).block_length))
+                        load_decode_config(s.preset, overrides=overrides).block_length))
     ev = configs.get("evaluate")
     if ev is not None:
         from components.evaluate.runner import build_decode_config, resolve_task
 
         for i, name in enumerate(ev.tasks):
             task = resolve_task(name, list(ev.task_overrides))
-            for mode in sorted({ev.mode or task.decode.preset, *ev.modes}):
-                out.append((f"stage evaluate: eval.tasks[{i}] ({name}) decode.block_length in mode {mode}",
-                            build_decode_config(task, mode).block_length))
+            for preset in sorted({ev.preset or task.decode.preset, *ev.presets}):
+                out.append((f"stage evaluate: eval.tasks[{i}] ({name}) decode.block_length in preset {preset}",
+                            build_decode_config(task, preset).block_length))
     return out
 
 

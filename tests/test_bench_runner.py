@@ -36,13 +36,13 @@ def _cfg(*overrides, settings=None):
     return cfg
 
 
-TWO = [{"mode": "speedy", "batch_size": 1}, {"mode": "quality", "batch_size": 2, "quant": "fp8"}]
+TWO = [{"preset": "speedy", "batch_size": 1}, {"preset": "quality", "batch_size": 2, "quant": "fp8"}]
 
 
 @pytest.fixture(scope="module")
 def result(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out")
-    settings = TWO + [{"mode": "quality", "batch_size": 2}]
+    settings = TWO + [{"preset": "quality", "batch_size": 2}]
     return run_benchmark(_cfg(settings=settings), model_dir, out), out
 
 
@@ -148,7 +148,7 @@ def test_random_prompts_give_speed_without_score(model_dir, tmp_path):
 def test_edits_are_classified_in_one_untimed_pass(model_dir, tmp_path, monkeypatch):
     # sort has one valid answer per prompt: every edit is judged. tau_edit = 0 makes the untrained model edit.
     cfg = _cfg("prompts.task=sort", "repeats=1", "baselines.reference=false", "baselines.autoregressive=false",
-               settings=[{"mode": "speedy", "batch_size": 2, "decode": {"editing_threshold": 0.0}}])
+               settings=[{"preset": "speedy", "batch_size": 2, "decode": {"editing_threshold": 0.0}}])
     recorded = []  # record_trajectory of every decode call: warm-up, timed passes, then the accounting pass
     real = measure._decode_chunk
     monkeypatch.setattr(measure, "_decode_chunk",
@@ -214,7 +214,7 @@ def test_not_a_checkpoint_folder(tmp_path):
 def test_a_setting_that_does_not_fit_fails_before_any_measurement(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "measure", lambda *a, **k: pytest.fail("measured despite the memory check"))
     cfg = _cfg("memory_limit_mb=60", "baselines.reference=false", "baselines.autoregressive=false",
-               settings=[{"mode": "speedy", "batch_size": 1}, {"mode": "speedy", "batch_size": 4096}])
+               settings=[{"preset": "speedy", "batch_size": 1}, {"preset": "speedy", "batch_size": 4096}])
     cfg.prompts.num_prompts = 4096
     cfg.prompts.task = None
     with pytest.raises(BenchmarkError, match=r"setting speedy_b4096 \(batch_size 4096.*MiB.*lower its batch_size"):
@@ -244,10 +244,10 @@ def test_a_task_needs_a_tokenizer(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ('settings=[{mode: speedy, quant: int4}]', r"settings\[0\]\.quant"),
-    ('settings=[{mode: speedy, batch_size: 0}]', r"settings\[0\]\.batch_size"),
-    ('settings=[{mode: speedy}, {mode: speedy}]', "unique"),
-    ('settings=[{mode: speedy, decode: {use_cache: false}}]', "use_cache"),
+    ('settings=[{preset: speedy, quant: int4}]', r"settings\[0\]\.quant"),
+    ('settings=[{preset: speedy, batch_size: 0}]', r"settings\[0\]\.batch_size"),
+    ('settings=[{preset: speedy}, {preset: speedy}]', "unique"),
+    ('settings=[{preset: speedy, decode: {use_cache: false}}]', "use_cache"),
     ("repeats=0", "repeats"),
     ("device=tpu", "device"),
     ("bogus=1", "bogus"),
@@ -259,8 +259,8 @@ def test_bad_config_names_the_key(override, needle):
 
 def test_unknown_decoding_preset_is_named():
     # caught when the config loads, before a model is read: the presets are the files in conf/decode/
-    with pytest.raises(ConfigError, match=r"settings\[0\]\.mode: unknown decoding preset 'turbo'; known: \['quality', 'speedy'\]"):
-        _cfg(settings=[{"mode": "turbo"}])
+    with pytest.raises(ConfigError, match=r"settings\[0\].preset: unknown decoding preset 'turbo'; known: \['quality', 'speedy'\]"):
+        _cfg(settings=[{"preset": "turbo"}])
 
 
 @pytest.mark.parametrize("path", sorted((CONF_DIR / "bench").glob("*.yaml")) + sorted((CONF_DIR / "quantize").glob("*.yaml")),
@@ -276,7 +276,7 @@ def test_cli_quantize_then_bench(model_dir, tmp_path, capsys):
     assert main(["quantize", "--model", str(model_dir), "--out", str(tmp_path / "fp8"), "--set", "check=false"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "fp8"
     sets = [*FAST, "prompts.task=null", "baselines.reference=false", "baselines.autoregressive=false",
-            "settings=[{mode: speedy}]"]
+            "settings=[{preset: speedy}]"]
     args = ["bench", "--model", str(tmp_path / "fp8"), "--out", str(tmp_path / "bench")]
     args += [a for s in sets for a in ("--set", s)]
     assert main(args) == 0
@@ -298,7 +298,7 @@ def test_cli_bench_tracks_to_mlflow(model_dir, tmp_path, mlflow_uri, capsys):
 
     from flows.cli import main
 
-    sets = [*FAST, "prompts.task=null", "baselines.reference=false", "settings=[{mode: quality}]"]
+    sets = [*FAST, "prompts.task=null", "baselines.reference=false", "settings=[{preset: quality}]"]
     args = ["bench", "--model", str(model_dir), "--out", str(tmp_path / "bench"), "--track",
             "--tracking-uri", mlflow_uri, "--experiment", "bench-test"]
     assert main(args + [a for s in sets for a in ("--set", s)]) == 0
@@ -332,7 +332,7 @@ def test_cli_bench_random_model_reports_fp8_size_and_reuses_the_model(tmp_path, 
 
     sizes = ["vocab=64", "hidden=32", "intermediate=64", "layers=2", "heads=2", "kv_heads=1", "head_dim=16"]
     sets = [*FAST, "baselines.reference=false", "baselines.autoregressive=false",
-            "settings=[{mode: speedy}, {mode: speedy, quant: fp8}]"]
+            "settings=[{preset: speedy}, {preset: speedy, quant: fp8}]"]
     args = ["bench", "--config", "table3", "--random-model", *sizes, "--out", str(tmp_path)]
     args += [a for s in sets for a in ("--set", s)]
     assert main(args) == 0

@@ -58,7 +58,7 @@ CASES = [
     (["generate", "--model", "{golden}", "--prompt-file", "{tmp}/absent.txt"], ["absent.txt", "cannot read"]),
     (["generate", "--model", "{golden}", "--ids", ",".join(["7"] * 257)], ["257 tokens", "gen_length 256"]),
     (["generate", "--model", "{golden}", "--ids", "1,2", "--threshold", "2"], ["threshold"]),
-    (["generate", "--model", "{golden}", "--ids", "1,2", "--mode", "nope"], ["nope"]),
+    (["generate", "--model", "{golden}", "--ids", "1,2", "--preset", "nope"], ["nope"]),
     (["pipeline", "--dry-run", "retries=-1"], ["retries", "override 'retries=-1'"]),
     (["pipeline", "--dry-run", "stages.sft.overrides=[trainer.batch_size=-4]"], ["stage sft", "trainer.batch_size"]),
     (["pipeline", "--dry-run", "--preset", "no_such_preset"], ["no_such_preset"]),

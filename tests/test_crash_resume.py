@@ -240,7 +240,7 @@ def test_evaluate_killed_while_evaluating_continues_in_the_same_run(tmp_path, ml
     model = make_checkpoint(tmp_path / "model")
     stage = Stage(tmp_path, mlflow_uri, prefect_api,
                   ["evaluate", "--config", "conf/eval/default.yaml", "--input", f"checkpoint={model}", "--register",
-                   "--set", "tracking.log_checkpoints=false", "tasks=[sum]", "limit=2", "modes=[]",
+                   "--set", "tracking.log_checkpoints=false", "tasks=[sum]", "limit=2", "presets=[]",
                    "editing_ablation=false"])
     stage.kill_at("evaluate")
     killed = stage.only_run("evaluate")

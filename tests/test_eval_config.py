@@ -7,14 +7,14 @@ import pytest
 import torch
 
 
-def test_evaluate_stage_reports_each_mode_with_editing_on_and_off(tmp_path):
+def test_evaluate_stage_reports_each_preset_with_editing_on_and_off(tmp_path):
     from components.evaluate.config import EvalConfig
     from flows import adapters
     from tests.pipeline_support import make_checkpoint
 
     torch.set_num_threads(1)
     ckpt = make_checkpoint(tmp_path / "ckpt")
-    cfg = EvalConfig(tasks=["sort", "sum"], limit=3, modes=["quality", "speedy"], editing_ablation=True,
+    cfg = EvalConfig(tasks=["sort", "sum"], limit=3, presets=["quality", "speedy"], editing_ablation=True,
                      task_overrides=["decode.overrides.gen_length=8", "decode.overrides.editing_threshold=0.0"])
     metrics = adapters.evaluate(cfg, tmp_path / "eval", {"checkpoint": ckpt})["metrics"]
     for prefix in ("eval", "eval/quality", "eval/speedy", "eval/quality_noedit", "eval/speedy_noedit"):
@@ -27,11 +27,11 @@ def test_evaluate_stage_reports_each_mode_with_editing_on_and_off(tmp_path):
     assert '"edit_breaks"' in records and '"edit_oscillations"' in records
 
 
-def test_eval_config_rejects_unknown_modes_and_an_ablation_without_modes(tmp_path):
+def test_eval_config_rejects_unknown_presets_and_an_ablation_without_presets(tmp_path):
     from components.evaluate import TaskConfigError
     from components.evaluate.config import load_eval_config
 
-    with pytest.raises(TaskConfigError, match="modes"):
-        load_eval_config(None, ["modes=[fast]"])
+    with pytest.raises(TaskConfigError, match="presets"):
+        load_eval_config(None, ["presets=[fast]"])
     with pytest.raises(TaskConfigError, match="editing_ablation"):
-        load_eval_config(None, ["modes=[]", "editing_ablation=true"])
+        load_eval_config(None, ["presets=[]", "editing_ablation=true"])

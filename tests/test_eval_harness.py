@@ -131,7 +131,7 @@ def test_generate_until_equals_draftedit_generate(checkpoint, capsys, monkeypatc
     prompt = FACTS[1]["question"]
     speedy = DraftEditLM(pretrained=str(checkpoint), preset="speedy", batch_size=2)
     text = speedy.generate_until(_requests("generate_until", [(prompt, {"until": [], "max_gen_toks": 20})]))[0]
-    assert generate_cli.main(["--model", str(checkpoint), "--prompt", prompt, "--mode", "speedy",
+    assert generate_cli.main(["--model", str(checkpoint), "--prompt", prompt, "--preset", "speedy",
                               "--gen-length", "20", "--no-live"]) == 0
     printed = capsys.readouterr().out.splitlines()[0]
     tok = speedy.tokenizer
@@ -197,7 +197,7 @@ def test_evaluation_stage_runs_lm_eval_tasks_beside_its_own(checkpoint, tmp_path
     from flows import adapters
 
     monkeypatch.chdir(ROOT)
-    overrides = ["tasks=[sum]", "limit=2", "modes=[]", "editing_ablation=false",
+    overrides = ["tasks=[sum]", "limit=2", "presets=[]", "editing_ablation=false",
                  "task_overrides=[decode.overrides.gen_length=8]",
                  "lm_eval.tasks=[draftedit_facts_mc,draftedit_facts_gen]", f"lm_eval.include_path={DATA}",
                  "lm_eval.include_defaults=false", "lm_eval.limit=3", "lm_eval.batch_size=2",

@@ -303,7 +303,7 @@ def test_cli_prints_a_table_and_writes_results(lm, tok, tmp_path, capsys):
     tok.save(ckpt)
     out = tmp_path / "out"
     code = cli.main(["--model", str(ckpt), "--task", "sum", "--task", "sort", "--limit", "3",
-                     "--set", "decode.overrides.gen_length=8", "--out", str(out), "--mode", "speedy"])
+                     "--set", "decode.overrides.gen_length=8", "--out", str(out), "--preset", "speedy"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "sum" in printed and "sort" in printed and "speedy" in printed and "TPF" in printed

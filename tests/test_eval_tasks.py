@@ -171,8 +171,8 @@ def test_empty_and_missing_data_files_are_clear_errors(tmp_path):
 
 
 def test_bad_eval_suite_config(tmp_path):
-    with pytest.raises(TaskConfigError, match="mode"):
-        load_eval_config(_write(tmp_path, "tasks: [sum]\nmode: turbo\n", "suite.yaml"))
+    with pytest.raises(TaskConfigError, match=r"eval\.preset: must be one of"):
+        load_eval_config(_write(tmp_path, "tasks: [sum]\npreset: turbo\n", "suite.yaml"))
     with pytest.raises(TaskConfigError, match="taskz"):
         load_eval_config(_write(tmp_path, "taskz: [sum]\n", "suite2.yaml"))
 

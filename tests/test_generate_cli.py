@@ -44,12 +44,12 @@ def test_cli_saves_html_and_gif(tmp_path, capsys):
     prompt = ",".join(map(str, load_cases()[0]["prompt"]))
     html_file, gif_file = tmp_path / "t.html", tmp_path / "t.gif"
     common = ["--model", str(require_golden()), "--ids", prompt, "--gen-length", "24", "--block-length", "8"]
-    assert generate_cli.main(common + ["--mode", "speedy", "--save", str(html_file), "--no-live"]) == 0
+    assert generate_cli.main(common + ["--preset", "speedy", "--save", str(html_file), "--no-live"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"\d+ tokens · \d+ forwards · TPF", out)
     page = html_file.read_text()
     assert page.startswith("<!doctype html>") and "const frames = [" in page and "<script src" not in page
-    assert generate_cli.main(common + ["--mode", "quality", "--save", str(gif_file), "--no-live"]) == 0
+    assert generate_cli.main(common + ["--preset", "quality", "--save", str(gif_file), "--no-live"]) == 0
     from PIL import Image
     with Image.open(gif_file) as gif:
         assert gif.n_frames > 5

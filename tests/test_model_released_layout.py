@@ -57,6 +57,6 @@ def test_generate_from_text_with_the_folder_tokenizer(tmp_path, capsys):
                        eos_id=tokenizer.eos_id)
     res = generate(lm, [prompt], cfg)
     assert 1 <= len(res.sequences[0]) <= 16 and tokenizer.mask_id not in res.sequences[0]
-    assert generate_cli.main(["--model", str(folder), "--prompt", "def add", "--chat", "--mode", "speedy",
+    assert generate_cli.main(["--model", str(folder), "--prompt", "def add", "--chat", "--preset", "speedy",
                               "--gen-length", "16", "--block-length", "8", "--no-live"]) == 0
     assert "forwards" in capsys.readouterr().out

@@ -36,8 +36,8 @@ def write_config(tmp_path: Path, mlflow_uri: str) -> Path:
         "quantize": {"config": "quantize/int8.yaml"},
         "benchmark": {"config": "bench/default.yaml", "overrides": [
             "prompts.num_prompts=2", "repeats=1", "warmup=0", "baselines.max_prompts=1", "decode={gen_length: 8}",
-            "settings=[{mode: speedy, batch_size: 2}, {mode: quality, batch_size: 1}, "
-            "{mode: speedy, batch_size: 2, quant: int8_dynamic}]"]},
+            "settings=[{preset: speedy, batch_size: 2}, {preset: quality, batch_size: 1}, "
+            "{preset: speedy, batch_size: 2, quant: int8_dynamic}]"]},
         "evaluate": {"config": "eval/default.yaml", "overrides": [
             "tasks=[sum, sort]", "limit=2", "task_overrides=[decode.overrides.gen_length=8]"]},
     }

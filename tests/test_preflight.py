@@ -62,26 +62,26 @@ BAD = [
     ([f"{SFT}=[model.overrides.mask_token_id=7]"], r"mask_token_id: is 7, but the tokenizer .* mask id 2"),
     ([f"{SFT}=[model.overrides.vocab_size=310]"], r"vocab_size: is 310, smaller than the tokenizer's 2048"),
     # RL
-    ([f"{RL}=[rollout.mode=turbo]"], r"rl\.rollout\.mode: must be one of \['quality', 'speedy'\]"),
+    ([f"{RL}=[rollout.preset=turbo]"], r"rl\.rollout\.preset: must be one of \['quality', 'speedy'\]"),
     ([f"{RL}=[rollout.threshold=1.5]"], r"rl\.rollout.*threshold:? must be in \[0, 1\]"),
     ([f"{RL}=[rollout.group_size=1]"], r"rl\.rollout\.group_size"),
     ([f"{RL}=[max_minutes=-1]"], r"rl\.max_minutes"),
     ([f"{RL}=[prompts.family=nosuch]"], r"nosuch"),
     # benchmark
-    ([f"{BENCH}=['settings=[{{mode: turbo}}]']"], r"bench\.settings\[0\]\.mode: unknown decoding preset 'turbo'"),
-    ([f"{BENCH}=['settings=[{{mode: speedy, decode: {{threshold: 2.0}}}}]']"], r"settings\[0\].*threshold"),
+    ([f"{BENCH}=['settings=[{{preset: turbo}}]']"], r"bench\.settings\[0\]\.preset: unknown decoding preset 'turbo'"),
+    ([f"{BENCH}=['settings=[{{preset: speedy, decode: {{threshold: 2.0}}}}]']"], r"settings\[0\].*threshold"),
     ([f"{BENCH}=[repeats=0]"], r"bench\.repeats: must be >= 1"),
     ([f"{BENCH}=[prompts.task=nosuchtask]"], r"bench\.prompts\.task.*nosuchtask"),
     # quantization
     (["stages.quantize.overrides=[method=int4]"], r"quantize\.method: must be one of"),
-    # evaluation: tasks, modes, decoding, data files
+    # evaluation: tasks, presets, decoding, data files
     ([f"{EVAL}=['tasks=[nosuchtask]']"], r"eval\.tasks\[0\]: .*unknown task .nosuchtask."),
-    ([f"{EVAL}=['modes=[turbo]']"], r"eval\.modes: must be one of \['quality', 'speedy'\]"),
+    ([f"{EVAL}=['presets=[turbo]']"], r"eval\.presets: must be one of \['quality', 'speedy'\]"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.threshold=1.5]']"], r"eval\.tasks\[0\].*threshold:? must be in \[0, 1\]"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.editing_threshold=-0.5]']"], r"editing_threshold:? must be >= 0"),
     ([f"{EVAL}=['task_overrides=[decode.overrides.block_length=16]']"], r"decodes with block_length 16"),
     ([f"{EVAL}=['task_overrides=[decode.preset=turbo]']"], r"turbo"),
-    (["probe.overrides=['modes=[turbo]']"], r"probe: .*eval\.modes"),
+    (["probe.overrides=['presets=[turbo]']"], r"probe: .*eval\.presets"),
     (["probe.stages=[sft,benchmark]"], r"probe\.stages\[1\]: must be one of \['cpt', 'sft', 'rl', 'quantize'\]"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'mine', None)}]']"], r"mine.*(not found|no such file|does not exist)"),
     (lambda tmp: [f"{EVAL}=['tasks=[{_task_file(tmp, 'bad', MALFORMED)}]']"], r"bad\.jsonl:1: invalid JSON"),

@@ -57,7 +57,7 @@ def test_every_rl_config_loads():
     ("rollout.group_size=1", "rl.rollout.group_size: must be >= 2"),
     ("rewards=[{name: no_such_reward}]", "rl.rewards\\[0\\].name: unknown reward 'no_such_reward'"),
     ("rollout.temperature=0", "rl.rollout.temperature: must be > 0"),
-    ("rollout.mode=turbo", "rl.rollout.mode: must be one of \\['quality', 'speedy'\\]"),
+    ("rollout.preset=turbo", "rl.rollout.preset: must be one of \\['quality', 'speedy'\\]"),
     ("estimator.schedule=fixed", "rl.estimator.levels: must be 1 values"),
     ("optim.negative_scale=1.5", "rl.optim.negative_scale: must be in \\[0, 1\\]"),
     ("eval.samples_per_prompt=0", "rl.eval.samples_per_prompt: must be >= 1"),

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="draftedit-bench")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, repeatable: --set repeats=5 --set prompts.task=null "
-                             "--set 'settings=[{mode: speedy, batch_size: 8}]'")
+                             "--set 'settings=[{preset: speedy, batch_size: 8}]'")
 
 
 def _config_path(name: str) -> Path:

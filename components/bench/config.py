@@ -37,15 +37,15 @@ class PromptSetConfig:
 class SettingConfig:
     """One decoding setting measured by the benchmark."""
 
-    name: Optional[str]  # default: <mode>_b<batch_size>[_<quant>]
-    mode: str  # decoding preset in conf/decode/ (S = speedy, Q = quality)
+    name: Optional[str]  # default: <preset>_b<batch_size>[_<quant>]
+    preset: str  # decoding preset in conf/decode/ (S = speedy, Q = quality)
     batch_size: int
     quant: str  # none | fp8 | int8_dynamic | int8_weight_only | int8_dynamic_fbgemm
     decode: dict[str, Any]  # overrides of the preset's fields
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.mode}_b{self.batch_size}" + ("" if self.quant == "none" else f"_{self.quant}")
+        return self.name or f"{self.preset}_b{self.batch_size}" + ("" if self.quant == "none" else f"_{self.quant}")
 
 
 @dataclass
@@ -55,7 +55,7 @@ class BaselineConfig:
 
     reference: bool  # reference-style loop: batch 1, no cache, whole prefix every step
     autoregressive: bool  # one token per forward (our decoder, cache on, batch 1)
-    mode: str  # the preset whose thresholds/lengths the reference loop uses
+    preset: str  # the preset whose thresholds/lengths the reference loop uses
     max_prompts: Optional[int]  # the reference loop is slow: the first N prompts (null = all)
     repeats: Optional[int]  # null = the benchmark's repeats
 
@@ -95,8 +95,8 @@ def validate_bench_config(cfg: BenchConfig) -> None:
             fail(f"bench.settings[{i}].batch_size", f"must be >= 1, got {s.batch_size}")
         if s.quant not in QUANTS:
             fail(f"bench.settings[{i}].quant", f"must be one of {QUANTS}, got {s.quant!r}")
-        if s.mode not in conf_names("decode"):
-            fail(f"bench.settings[{i}].mode", f"unknown decoding preset {s.mode!r}; known: {conf_names('decode')}")
+        if s.preset not in conf_names("decode"):
+            fail(f"bench.settings[{i}].preset", f"unknown decoding preset {s.preset!r}; known: {conf_names('decode')}")
         if s.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", s.name):
             fail(f"bench.settings[{i}].name", f"must be letters, digits, '_', '-', '.', got {s.name!r}")
         for key in ("max_batch_size", "use_cache"):
@@ -128,8 +128,8 @@ def validate_bench_config(cfg: BenchConfig) -> None:
         fail("bench.prompts.random_min_length", f"need 1 <= random_min_length <= random_max_length, got "
                                                 f"{p.random_min_length}, {p.random_max_length}")
     b = cfg.baselines
-    if (b.reference or b.autoregressive) and b.mode not in conf_names("decode"):
-        fail("bench.baselines.mode", f"unknown decoding preset {b.mode!r}; known: {conf_names('decode')}")
+    if (b.reference or b.autoregressive) and b.preset not in conf_names("decode"):
+        fail("bench.baselines.preset", f"unknown decoding preset {b.preset!r}; known: {conf_names('decode')}")
     if b.max_prompts is not None and b.max_prompts < 1:
         fail("bench.baselines.max_prompts", f"must be >= 1 or null, got {b.max_prompts}")
     if b.repeats is not None and b.repeats < 1:

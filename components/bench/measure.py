@@ -32,7 +32,7 @@ class Plan:
 
     name: str
     kind: str  # "setting" | "reference" | "autoregressive"
-    mode: str
+    preset: str
     batch_size: int
     quant: str
     decode: Any  # model.DecodeConfig
@@ -157,7 +157,7 @@ class Measurement:
         total_forwards = sum(first["forwards"])
         loads = [x for x in self.loads + [_load_average()] if x is not None]
         return {
-            "name": plan.name, "kind": plan.kind, "mode": plan.mode, "batch_size": plan.batch_size,
+            "name": plan.name, "kind": plan.kind, "preset": plan.preset, "batch_size": plan.batch_size,
             "quant": plan.quant, "num_prompts": len(self.ids), "tokens": tokens, "forwards": total_forwards,
             "network_calls": first["calls"], "edits": sum(first["edits"]),
             "tpf": tokens / total_forwards if total_forwards else 0.0,

@@ -9,7 +9,7 @@ from typing import Optional
 
 from model.files import atomic_path, atomic_write
 
-COLUMNS = ["name", "kind", "mode", "batch_size", "quant", "num_prompts", "tokens", "forwards", "network_calls",
+COLUMNS = ["name", "kind", "preset", "batch_size", "quant", "num_prompts", "tokens", "forwards", "network_calls",
            "tpf", "tps", "tps_best", "wall_s", "latency_p50_s", "latency_p95_s", "peak_mem_mb", "model_mb", "score",
            "agreement_with_unquantized", "x_unquantized", "score_minus_unquantized", "x_reference", "x_autoregressive",
            "same_tokens_as", "deterministic",
@@ -33,7 +33,7 @@ def add_comparisons(records: list[dict]) -> list[dict]:
         r["x_autoregressive"] = r["tps"] / ar["tps"] if ar and ar["tps"] else None
         r["agreement_with_unquantized"] = r["x_unquantized"] = r["score_minus_unquantized"] = None
         if r["quant"] != "none":
-            twin = next((o for o in records if o["quant"] == "none" and o["kind"] == r["kind"] and o["mode"] == r["mode"]
+            twin = next((o for o in records if o["quant"] == "none" and o["kind"] == r["kind"] and o["preset"] == r["preset"]
                          and o["batch_size"] == r["batch_size"] and o["prompt_indices"] == r["prompt_indices"]), None)
             if twin is not None:
                 r["agreement_with_unquantized"] = _agreement(r["sequences"], twin["sequences"])
@@ -73,14 +73,14 @@ def markdown_table(records: list[dict], columns: list[str]) -> str:
 
 
 def table3(records: list[dict]) -> Optional[str]:
-    """The paper's Table 3, small: TPS without/with quantization and the score change, per mode and batch."""
+    """The paper's Table 3, small: TPS without/with quantization and the score change, per preset and batch."""
     rows = []
     for r in records:
         if r["kind"] != "setting" or r["quant"] == "none" or not r.get("unquantized"):
             continue
         base = next(o for o in records if o["name"] == r["unquantized"])
         delta = None if r["score"] is None or base["score"] is None else r["score"] - base["score"]
-        rows.append({"mode": r["mode"], "batch": r["batch_size"], "quant": r["quant"],
+        rows.append({"preset": r["preset"], "batch": r["batch_size"], "quant": r["quant"],
                      "TPS (unquantized)": base["tps"], "TPS (quantized)": r["tps"],
                      "speed-up": r["tps"] / base["tps"] if base["tps"] else None,
                      "speed-up (best repeats)": (r["tps_best"] / base["tps_best"]
@@ -138,7 +138,7 @@ def write_reports(records: list[dict], out_dir: Path, machine: dict, task: Optio
               f"warm-up excluded; latency = wall time of the batch a request was decoded in. Edits (one extra "
               "untimed pass, task prompts only): edits_per_sample, edit_precision = fixes / (fixes + breaks); the "
               "counts are in results.csv.\n\n")
-    shown = ["name", "mode", "batch_size", "quant", "tps", "tps_best", "tpf", "forwards", "latency_p50_s", "latency_p95_s",
+    shown = ["name", "preset", "batch_size", "quant", "tps", "tps_best", "tpf", "forwards", "latency_p50_s", "latency_p95_s",
              "peak_mem_mb", "score", "edits_per_sample", "edit_precision", "agreement_with_unquantized",
              "x_unquantized", "x_reference", "x_autoregressive"]
     files["markdown"] = atomic_write(out_dir / "results.md", header + markdown_table(records, shown))

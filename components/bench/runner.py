@@ -61,11 +61,11 @@ def _check_model_dir(model_dir: Path) -> None:
         raise BenchmarkError(f"{model_dir} is not a model checkpoint folder: it has no *.safetensors weights")
 
 
-def _decode_for(mode: str, overrides: dict[str, Any], where: str):
+def _decode_for(preset: str, overrides: dict[str, Any], where: str):
     from components.presets import load_decode_config
 
     try:
-        return load_decode_config(mode, overrides=overrides)
+        return load_decode_config(preset, overrides=overrides)
     except (ValueError, TypeError) as exc:
         raise BenchmarkError(f"{where}: {exc}") from exc
 
@@ -76,18 +76,18 @@ def make_plans(cfg: BenchConfig, prompts: PromptSet) -> list[Plan]:
     everyone = list(range(len(prompts.ids)))
     plans = []
     for i, s in enumerate(cfg.settings):
-        decode = _decode_for(s.mode, {**common, **s.decode}, f"bench.settings[{i}] ({s.label})")
+        decode = _decode_for(s.preset, {**common, **s.decode}, f"bench.settings[{i}] ({s.label})")
         decode = dataclasses.replace(decode, max_batch_size=s.batch_size, use_cache=True)
-        plans.append(Plan(s.label, "setting", s.mode, s.batch_size, s.quant, decode, everyone))
+        plans.append(Plan(s.label, "setting", s.preset, s.batch_size, s.quant, decode, everyone))
     b = cfg.baselines
     subset = everyone[: b.max_prompts] if b.max_prompts else everyone
     if b.autoregressive or b.reference:
-        base = _decode_for(b.mode, common, "bench.baselines.mode")
+        base = _decode_for(b.preset, common, "bench.baselines.preset")
         if b.autoregressive:
-            plans.append(Plan("autoregressive", "autoregressive", b.mode, 1, "none",
+            plans.append(Plan("autoregressive", "autoregressive", b.preset, 1, "none",
                               dataclasses.replace(autoregressive_config(base), max_batch_size=1), subset))
         if b.reference:
-            plans.append(Plan("reference", "reference", b.mode, 1, "none",
+            plans.append(Plan("reference", "reference", b.preset, 1, "none",
                               dataclasses.replace(base, use_cache=False, max_batch_size=1, speculative_verify=False,
                                                   mbe_window=0, temperature=0.0), subset))
     return plans
@@ -171,7 +171,7 @@ class _Tracker:
                 "agreement_with_unquantized", "x_reference", "x_autoregressive", "x_unquantized",
                 "score_minus_unquantized", *EDIT_KEYS)
         values = {f"bench/{record['name']}/{k}": record[k] for k in keys if record.get(k) is not None}
-        if alias:  # stable per-mode names (`bench/speedy/tps`) for comparisons across runs
+        if alias:  # stable per-preset names (`bench/speedy/tps`) for comparisons across runs
             values.update({f"bench/{alias}/{k}": record[k] for k in ("tps", "tpf", "score", *EDIT_KEYS)
                            if record.get(k) is not None})
         log_metrics(self.client, self.run_id, values)
@@ -235,9 +235,9 @@ def run_benchmark(cfg: BenchConfig, model_dir: str | os.PathLike, out_dir: str |
                 record = measure(plan, models.get(plan.quant), prompts, repeats[plan.name], cfg.warmup, device)
                 save(plan, record)
             alias = None
-            if plan.kind == "setting" and plan.quant == "none" and plan.mode not in aliased:
-                alias = plan.mode
-                aliased.add(plan.mode)
+            if plan.kind == "setting" and plan.quant == "none" and plan.preset not in aliased:
+                alias = plan.preset
+                aliased.add(plan.preset)
             tracker.metrics(record, alias)
         records = add_comparisons([store.find(fingerprints[p.name]) for p in plans])
         files = write_reports(records, out_dir, machine, task=prompts.task_name)

@@ -1,6 +1,6 @@
 """`draftedit eval`: evaluate a checkpoint on tasks and print a compact table.
 
-    draftedit eval --model outputs/sft --task sum --task gsm8k --mode speedy --limit 50
+    draftedit eval --model outputs/sft --task sum --task gsm8k --preset speedy --limit 50
     draftedit eval --model DIR --task path/to/my_task.yaml --set decode.overrides.threshold=0.7
     draftedit eval --model DIR --task gsm8k --set source.path=/data/gsm8k/test.jsonl
     draftedit eval --model DIR --task gsm8k --set "prompt.template='Q: {question}'"  # quote braces
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", default=None,
                         help="task name in conf/task/ or a task YAML path (repeatable); default: the suite")
     parser.add_argument("--config", default=None, help="suite config YAML (default conf/eval/default.yaml)")
-    parser.add_argument("--mode", choices=preset_names(), default=None,
+    parser.add_argument("--preset", choices=preset_names(), default=None,
                         help="decoding preset (conf/decode/) for every task (default: each task's own)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N samples per task")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts decoded together")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or suite.output_dir)
     results = evaluate_suite(
         lm, tokenizer, tasks,
-        mode=args.mode or suite.mode,
+        mode=args.preset or suite.preset,
         limit=args.limit if args.limit is not None else suite.limit,
         batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
         task_overrides=overrides,

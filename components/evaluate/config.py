@@ -147,14 +147,14 @@ class EvalConfig:
     """A suite: which tasks, and settings applied to all of them."""
 
     tasks: list[str]  # names in conf/task/ or paths to task files
-    mode: Optional[str]  # speedy | quality: replaces every task's decode preset
+    preset: Optional[str]  # speedy | quality: replaces every task's decode preset
     limit: Optional[int]
     batch_size: Optional[int]
     output_dir: str
     task_overrides: list[str]  # dotlist applied to every task
-    # Also report the suite in each of these modes (eval/<mode>/score, tpf, tps, edit metrics) ...
-    modes: list[str]
-    # ... and each of them again with T2T editing off (eval/<mode>_noedit/...): what editing adds.
+    # Also report the suite in each of these presets (eval/<preset>/score, tpf, tps, edit metrics) ...
+    presets: list[str]
+    # ... and each of them again with T2T editing off (eval/<preset>_noedit/...): what editing adds.
     editing_ablation: bool
     lm_eval: LmEvalConfig
 
@@ -175,12 +175,12 @@ def validate_suite(cfg: EvalConfig) -> None:
     """A suite's own checks (its tasks are checked when they load: preflight loads them all)."""
     from components.presets import check_preset
 
-    if cfg.mode is not None:
-        check_preset("eval.mode", cfg.mode)
-    for mode in cfg.modes:
-        check_preset("eval.modes", mode)
-    if cfg.editing_ablation and not cfg.modes:
-        fail("eval.editing_ablation", "needs the modes to ablate (modes: [quality, speedy])")
+    if cfg.preset is not None:
+        check_preset("eval.preset", cfg.preset)
+    for preset in cfg.presets:
+        check_preset("eval.presets", preset)
+    if cfg.editing_ablation and not cfg.presets:
+        fail("eval.editing_ablation", "needs the presets to ablate (presets: [quality, speedy])")
     if cfg.limit is not None and cfg.limit < 1:
         fail("eval.limit", f"must be >= 1 or null, got {cfg.limit}")
     if cfg.batch_size is not None and cfg.batch_size < 1:

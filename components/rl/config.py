@@ -65,13 +65,13 @@ class PromptsConfig:
 @dataclass
 @conf_defaults("rl/defaults/rl.yaml", "rollout")
 class RolloutConfig:
-    """G sampled responses per prompt from the draft-and-edit decoder, in S or Q mode.
+    """G sampled responses per prompt from the draft-and-edit decoder, with the S or Q preset.
 
-    `mode` picks the decode preset (conf/decode/<mode>.yaml); the fields below that are not None
+    `preset` picks the decode preset (conf/decode/<preset>.yaml); the fields below that are not None
     override it. Sampling must be on (temperature > 0) or a group has nothing to compare.
     """
 
-    mode: str
+    preset: str
     group_size: int
     prompts_per_step: int
     temperature: float
@@ -88,7 +88,7 @@ class RolloutConfig:
     def validate(self) -> None:
         from components.presets import check_preset
 
-        check_preset("rl.rollout.mode", self.mode)
+        check_preset("rl.rollout.preset", self.preset)
         if self.group_size < 2:
             fail("rl.rollout.group_size", "must be >= 2 (group-relative advantages compare responses to one "
                                           f"prompt), got {self.group_size!r}")

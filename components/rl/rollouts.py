@@ -82,7 +82,7 @@ def encode_prompt(tokenizer, text: str, template: str) -> list[int]:
 
 def decode_config(cfg: RolloutConfig, tokenizer, *, temperature: float, seed: int | None,
                   max_batch_size: int | None = None) -> DecodeConfig:
-    """The mode's preset (S = speedy, Q = quality) with the rollout's overrides."""
+    """The rollout's preset (S = speedy, Q = quality) with the rollout's overrides."""
     from components.presets import load_decode_config
 
     fields = dict(gen_length=cfg.gen_length, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -91,7 +91,7 @@ def decode_config(cfg: RolloutConfig, tokenizer, *, temperature: float, seed: in
     for name in ("block_length", "threshold", "editing_threshold", "max_post_steps"):
         if getattr(cfg, name) is not None:
             fields[name] = getattr(cfg, name)
-    return load_decode_config(cfg.mode, **fields)
+    return load_decode_config(cfg.preset, **fields)
 
 
 # ---------------------------------------------------------------------------------------- rollouts
