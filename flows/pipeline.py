@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pipeline {cfg.name}: every check passed; tracking {tracking_uri}, outputs {output_dir}")
         for stage in COMPONENTS:
             sc = cfg.stage(stage)
-            state = f"{sc.config} {' '.join(sc.overrides)}".strip() if sc.enabled else "disabled"
+            state = f"{sc.config} {' '.join(stage_overrides(cfg, stage))}".strip() if sc.enabled else "disabled"
             state += f"  (on work pool {sc.pool})" if sc.enabled and sc.pool else ""
             print(f"  {stage:10s} {state}")
         return 0
