@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from components.config import CONF_DIR, check_choice, check_min, conf_defaults, fail, load_config, resolve_conf, to_container
 
 DEFAULT_PRESET = "tiny"
@@ -96,6 +98,7 @@ class PipelineConfig:
     serve_preset: str  # decoding preset of the registered pyfunc model
     retries: int  # retries of a stage after a transient failure (connection, timeout)
     retry_delay_seconds: float
+    hardware: str | None  # conf/pipeline/hardware/<name>.yaml: per-stage device overrides
     tracking: TrackingConfig
     stages: StagesConfig
     probe: ProbeConfig
@@ -127,6 +130,9 @@ class PipelineConfig:
         if needs_data and not self.stages.data_prep.enabled and not self.init_data:
             fail("init_data", f"stages {needs_data} need prepared data but data_prep is disabled and init_data is not set")
 
+        if self.hardware is not None:
+            hardware_overrides(self.hardware)
+
     def stage(self, name: str) -> StageConfig:
         """The config of stage `name`; KeyError naming the stages otherwise."""
         if name not in STAGE_ORDER:
@@ -148,6 +154,25 @@ def load_pipeline_config(
 def stage_config_path(stage: StageConfig) -> Path:
     path = Path(stage.config)
     return path if path.is_absolute() else CONF_DIR / path
+
+
+def hardware_overrides(name: str) -> dict[str, list[str]]:
+    """The stage -> overrides map of conf/pipeline/hardware/<name>.yaml (device settings only)."""
+    path = CONF_DIR / "pipeline" / "hardware" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        fail("hardware", f"no hardware file {name!r}; expected one of {known}")
+    table = OmegaConf.to_container(OmegaConf.load(path))
+    unknown = sorted(set(table) - set(STAGE_ORDER))
+    if unknown:
+        fail("hardware", f"{path.name} names unknown stages {unknown}; stages are {', '.join(STAGE_ORDER)}")
+    return {stage: [str(o) for o in overrides] for stage, overrides in table.items()}
+
+
+def stage_overrides(cfg: PipelineConfig, name: str) -> list[str]:
+    """A stage's overrides: its own, then the pipeline's hardware overrides for it."""
+    extra = hardware_overrides(cfg.hardware).get(name, []) if cfg.hardware is not None else []
+    return list(cfg.stage(name).overrides) + extra
 
 
 def config_hash(cfg: Any) -> str:

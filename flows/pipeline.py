@@ -49,6 +49,7 @@ from .config import (
     load_pipeline_config,
     preset_path,
     stage_config_path,
+    stage_overrides,
 )
 from .preflight import check_pipeline
 from .pools import run_stage_on_pool
@@ -236,7 +237,7 @@ def _stage_request(cfg: PipelineConfig, stage: str, state: dict[str, str | None]
     sc = cfg.stage(stage)
     return StageRequest(
         config_path=str(stage_config_path(sc)),
-        overrides=list(sc.overrides),
+        overrides=stage_overrides(cfg, stage),
         inputs=_stage_inputs(stage, state),
         output_dir=cfg.output_dir if sc.pool else output_dir,  # a worker writes under its own folder
         tracking_uri=tracking_uri,
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pipeline {cfg.name}: every check passed; tracking {tracking_uri}, outputs {output_dir}")
         for stage in COMPONENTS:
             sc = cfg.stage(stage)
-            state = f"{sc.config} {' '.join(sc.overrides)}".strip() if sc.enabled else "disabled"
+            state = f"{sc.config} {' '.join(stage_overrides(cfg, stage))}".strip() if sc.enabled else "disabled"
             state += f"  (on work pool {sc.pool})" if sc.enabled and sc.pool else ""
             print(f"  {stage:10s} {state}")
         return 0

@@ -24,7 +24,7 @@ from components.config import REPO_ROOT, ConfigError, fail
 from components.presets import check_preset, load_decode_config
 from components.tracking import TrackingError, resolve_uri
 
-from .config import MODEL_STAGES, PipelineConfig, stage_config_path
+from .config import MODEL_STAGES, PipelineConfig, stage_config_path, stage_overrides
 from .stages import COMPONENTS, load_stage_config
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
@@ -41,7 +41,9 @@ def check_pipeline(cfg: PipelineConfig, tracking_uri: str | None = None) -> dict
     for stage in COMPONENTS:
         sc = cfg.stage(stage)
         if sc.enabled:
-            configs[stage] = load_stage_config(stage, stage_config_path(sc), sc.overrides)
+            configs[stage] = load_stage_config(stage, stage_config_path(sc), stage_overrides(cfg, stage))
+            if not sc.pool:  # a stage on a work pool runs on that pool's machine
+                check_device(stage, configs[stage], cfg.hardware)
     probe = None
     if cfg.probe.enabled and cfg.stages.evaluate.config:
         overrides = list(cfg.stages.evaluate.overrides) + list(cfg.probe.overrides)
@@ -61,6 +63,25 @@ def check_pipeline(cfg: PipelineConfig, tracking_uri: str | None = None) -> dict
             check_input(key, uri, tracking_uri)
     check_agreement(configs, init_checkpoint=_local_folder(cfg.init_checkpoint))
     return configs
+
+
+def check_device(stage: str, cfg: Any, hardware: str | None) -> None:
+    """A stage that asks for a GPU on a machine without one fails here, not minutes into its run."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    section = {"cpt": "train", "sft": "train", "rl": "rl", "benchmark": "bench"}.get(stage)
+    trainer = getattr(cfg, "trainer", None)
+    key, value = (("trainer.accelerator", trainer.accelerator) if hasattr(trainer, "accelerator")
+                  else ("device", getattr(cfg, "device", None)))
+    if section and value in ("gpu", "cuda"):
+        hint = "" if hardware == "cpu" else " (hardware=cpu runs the preset on this machine's CPU)"
+        fail(f"stage {stage}: {section}.{key}", f"is {value!r} but this machine has no CUDA device{hint}")
+    if section and getattr(trainer, "strategy", None) == "fsdp" and value not in ("gpu", "cuda"):
+        # Lightning's Trainer refuses FSDP on any accelerator but CUDA
+        fail(f"stage {stage}: {section}.trainer.strategy", f"fsdp needs trainer.accelerator=gpu, got {value!r} "
+                                                          "(ddp runs on CPU processes)")
 
 
 def check_stage(stage: str, cfg: Any, inputs: dict[str, str], tracking_uri: str | None) -> None:
