@@ -9,6 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from components.tracking.links import compare_url, runs_url
+
+from .ui import MLFLOW_UI_PORT, UI_HOST
+
 SUMMARY_COLUMNS = ("stage", "status", "run", "score", "TPF", "TPS", "S score", "S TPF", "S edits", "val acc", "seconds")
 FINAL_COLUMNS = ("decoding", "score", "TPF", "TPS", "edits/sample", "edit precision")
 
@@ -101,7 +105,14 @@ def print_summary(result: dict, wall_seconds: float) -> None:
     console.print(f"Wall time: {wall_seconds:.0f} s")
     console.print(f"Tracking: {result['tracking_uri']}  (experiment '{result['experiment']}')")
     console.print(f"Outputs:  {result['output_dir']}")
-    console.print("Look at it: [bold]draftedit ui[/] (MLflow UI http://127.0.0.1:5000, Prefect UI http://127.0.0.1:4200)")
+    base = f"http://{UI_HOST}:{MLFLOW_UI_PORT}"
+    stage_runs = [r["run_id"] for r in result["rows"] if r["run_id"]]
+    # soft_wrap: a link broken over two lines no longer opens when clicked
+    console.print(f"Look at it: [bold]draftedit ui[/], then its runs {runs_url(base, result['experiment_id'])}",
+                  soft_wrap=True)
+    if stage_runs:
+        console.print(f"  and its stages side by side {compare_url(base, result['experiment_id'], stage_runs)}",
+                      soft_wrap=True)
     console.print(f"Compare its stages: [bold]draftedit compare --parent {result['parent_run_id']}[/]")
 
 

@@ -19,6 +19,11 @@ from pathlib import Path
 from .config import DEFAULT_PRESET
 from .processes import start, stop
 
+# Where `draftedit ui` serves by default; the pipeline's closing lines link there.
+UI_HOST = "127.0.0.1"
+MLFLOW_UI_PORT = 5000
+PREFECT_UI_PORT = 4200
+
 
 def _bin(name: str) -> str:
     """An executable of this environment (the venv's bin), falling back to PATH."""
@@ -62,19 +67,27 @@ def start_prefect_server(host: str = "127.0.0.1", port: int = 4200, timeout: flo
     return proc
 
 
+def _experiment_id(tracking_uri: str, name: str) -> str | None:
+    """Id of the pipeline's experiment in the store, or None before its first run."""
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(tracking_uri).get_experiment_by_name(name)
+    return None if exp is None or exp.lifecycle_stage == "deleted" else exp.experiment_id
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="pipeline config overrides (e.g. tracking.uri=...)")
     parser.add_argument("--preset", "-p", default=DEFAULT_PRESET, help="pipeline preset or YAML path")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--prefect-port", type=int, default=4200)
+    parser.add_argument("--host", default=UI_HOST)
+    parser.add_argument("--mlflow-port", type=int, default=MLFLOW_UI_PORT)
+    parser.add_argument("--prefect-port", type=int, default=PREFECT_UI_PORT)
     parser.add_argument("--no-prefect", action="store_true", help="start the MLflow UI only")
     parser.add_argument("--check", action="store_true", help="start, wait until both answer, then stop")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each service")
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.tracking import check_tracking_uri, resolve_tracking_uri
+    from components.tracking import check_tracking_uri, resolve_tracking_uri, runs_url
 
     from components.cli_errors import config_errors
 
@@ -94,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
             env.pop("PREFECT_API_URL", None)  # this process *is* the server
             procs.append(start(prefect_server_command(args.host, args.prefect_port), env=env))
         wait_http(f"http://{args.host}:{args.mlflow_port}/health", args.timeout, mlflow_proc)
-        print(f"MLflow UI:  http://{args.host}:{args.mlflow_port}  (store {tracking_uri})")
+        base = f"http://{args.host}:{args.mlflow_port}"
+        print(f"MLflow UI:  {base}  (store {tracking_uri})")
+        experiment = _experiment_id(tracking_uri, cfg.tracking.experiment)
+        if experiment is not None:
+            print(f"  runs of experiment '{cfg.tracking.experiment}': {runs_url(base, experiment)}")
         if not args.no_prefect:
             wait_http(f"http://{args.host}:{args.prefect_port}/api/health", args.timeout, procs[1])
             print(f"Prefect UI: http://{args.host}:{args.prefect_port}  (PREFECT_HOME {os.environ.get('PREFECT_HOME', '~/.prefect')})")

@@ -77,8 +77,9 @@ def artifact_root_for(uri: str, output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); ours hold training
-# runs, so the tag makes the UI open on the runs table (parent pipeline runs and their stage children).
+# The kind MLflow records for an experiment: ours hold training runs, not GenAI traces. The UI still
+# starts in GenAI mode whatever the tag says, so the links we print also ask for the training view
+# (components/tracking/links.py).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
