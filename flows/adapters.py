@@ -143,18 +143,6 @@ def benchmark(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
             "records": result["records"]}
 
 
-def load_checkpoint(folder: Path, device: str = "cpu"):
-    """(model, tokenizer) of a checkpoint folder, quantized or not."""
-    from components.quantize import load_model
-    from model.tokenizer import load_tokenizer
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"not a checkpoint folder (no config.json): {folder}")
-    lm = load_model(folder, device=device).eval()  # plain, FP8 or int8 folders alike
-    return lm, load_tokenizer(folder)
-
-
 def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     """The task suite of an EvalConfig on the checkpoint; per-task metrics plus suite aggregates.
 
@@ -168,6 +156,8 @@ def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     from components.evaluate import evaluate_suite
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    from components.quantize import load_checkpoint
+
     lm, tokenizer = load_checkpoint(inputs["checkpoint"], device)
     harness = None
     if cfg.lm_eval.tasks:  # lm-evaluation-harness tasks (eval/<task>/<metric>), checked before anything decodes

@@ -35,18 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
 
 
-def _load_model(path: str, device: str):
-    """Model and tokenizer of a checkpoint folder; quantized folders (FP8, int8) load too."""
-    from components.quantize import load_model
-    from model.tokenizer import load_tokenizer
-
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--model {path}: not a folder")
-    lm = load_model(folder, device=device).eval()
-    return lm, load_tokenizer(folder)
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -77,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
         overrides = list(suite.task_overrides) + list(args.overrides)
         for task in tasks:  # validate every task before the model is loaded
             resolve_task(str(resolve_task_path(task)), overrides)
-    lm, tokenizer = _load_model(args.model, args.device)
+    from components.quantize import load_checkpoint
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model {args.model}: not a folder")
+    lm, tokenizer = load_checkpoint(args.model, args.device)
     out = Path(args.out or suite.output_dir)
     results = evaluate_suite(
         lm, tokenizer, tasks,

@@ -152,8 +152,7 @@ class DraftEditLM(TemplateLM):
 
     @staticmethod
     def _load(pretrained: str, tracking_uri: Optional[str], device: Optional[str], dtype: str):
-        from components.quantize import load_model
-        from model.tokenizer import load_tokenizer
+        from components.quantize import load_checkpoint
 
         if dtype not in ("float32", "bfloat16"):
             raise ModelArgsError(f"draftedit model_args dtype must be float32 or bfloat16, got {dtype!r}")
@@ -162,8 +161,7 @@ class DraftEditLM(TemplateLM):
             if device is not None:  # lm-eval's own default is "cuda"; its hf model falls back the same way
                 log.warning("draftedit: device %s requested but CUDA is not available; using the CPU", device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        lm = load_model(folder, device=device, dtype=getattr(torch, dtype))
-        return lm, load_tokenizer(folder)
+        return load_checkpoint(folder, device=device, dtype=getattr(torch, dtype))
 
     # ------------------------------------------------------------------ lm-eval plumbing
     @property

@@ -47,6 +47,17 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
     return lm
 
 
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(network in eval mode, tokenizer) of a checkpoint folder: plain, FP8 or int8 alike. The one loader
+    of everything that decodes from a folder (evaluation, lm-eval, the served pyfunc)."""
+    from model.tokenizer import load_tokenizer
+
+    folder = Path(path)
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"not a checkpoint folder (no {CONFIG_NAME}): {folder}")
+    return load_model(folder, dtype=dtype, device=device).eval(), load_tokenizer(folder)
+
+
 def _check_input(model_dir: Path) -> None:
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")

@@ -100,8 +100,7 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
     """Loads the checkpoint (model + tokenizer) once; decodes batches of prompts per request."""
 
     def load_context(self, context) -> None:
-        from components.quantize import load_model
-        from model.tokenizer import load_tokenizer
+        from components.quantize import load_checkpoint
 
         config = dict(context.model_config or {})
         ckpt = context.artifacts.get(CHECKPOINT_ARTIFACT) if context.artifacts else None
@@ -110,8 +109,7 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
             raise FileNotFoundError(f"draftedit pyfunc: checkpoint folder not found: {ckpt!r}")
         self.checkpoint_dir = str(ckpt)
         self.default_preset = config["preset"]  # written by log_pyfunc_model: the pipeline's serve_preset
-        self.lm = load_model(self.checkpoint_dir).eval()  # plain, FP8 or int8 checkpoints
-        self.tokenizer = load_tokenizer(self.checkpoint_dir)
+        self.lm, self.tokenizer = load_checkpoint(self.checkpoint_dir)
 
     def decode_config(self, params: dict[str, Any] | None):
         from components.config import ConfigError
