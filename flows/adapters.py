@@ -14,7 +14,7 @@ Component entry functions used:
     rl         components.rl.run_rl(cfg, model_dir, out_dir, logger=...) -> {"checkpoint_dir", "metrics"}
     quantize   components.quantize.run_quantize(cfg, model_dir, out_dir) -> summary dict
     benchmark  components.bench.run_benchmark(cfg, model_dir, out_dir, run=, client=) -> {"records", ...}
-    evaluate   components.evaluate.evaluate_suite(lm, tokenizer, tasks, ...) -> list[TaskResult]
+    evaluate   components.evaluate.run_eval(lm, tokenizer, cfg, out_dir) -> EvalRun(results, arms, metrics)
 """
 
 from __future__ import annotations
@@ -144,58 +144,13 @@ def benchmark(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
 
 
 def evaluate(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
-    """The task suite of an EvalConfig on the checkpoint; per-task metrics plus suite aggregates.
-
-    eval/score is the mean task score; eval/tpf and eval/tps pool tokens over the whole suite. Each
-    preset in cfg.presets adds eval/<preset>/* (and eval/<preset>_noedit/* with cfg.editing_ablation): the
-    same suite decoded with the speedy or quality preset, with T2T editing on and off, edit counts and edit precision.
-    """
+    """The suite of an EvalConfig on the checkpoint, every arm and its aggregates, as `draftedit eval`
+    runs it (components.evaluate.suite)."""
     import torch
 
-    from components.presets import EDITING_OFF
-    from components.evaluate import evaluate_suite
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from components.evaluate.suite import run_eval
     from components.quantize import load_checkpoint
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     lm, tokenizer = load_checkpoint(inputs["checkpoint"], device)
-    harness = None
-    if cfg.lm_eval.tasks:  # lm-evaluation-harness tasks (eval/<task>/<metric>), checked before anything decodes
-        from components.evaluate.lm_eval_model import prepare_harness
-
-        harness = prepare_harness(lm, tokenizer, cfg.lm_eval, cfg.tasks)
-
-    def suite(mode, extra: list[str], folder: Path):
-        return evaluate_suite(lm, tokenizer, list(cfg.tasks), mode=mode, limit=cfg.limit, batch_size=cfg.batch_size,
-                              task_overrides=list(cfg.task_overrides) + extra, output_dir=folder)
-
-    results = suite(cfg.preset, [], out_dir)
-    metrics: dict[str, float] = {}
-    for result in results:
-        metrics.update(result.metrics())
-    metrics.update(suite_metrics(results, "eval"))
-    noedit = [f"decode.overrides.editing_threshold={EDITING_OFF}"]  # tau_edit > 1: no token is ever edited
-    for mode in cfg.presets:
-        metrics.update(suite_metrics(suite(mode, [], out_dir / mode), f"eval/{mode}"))
-        if cfg.editing_ablation:
-            metrics.update(suite_metrics(suite(mode, noedit, out_dir / f"{mode}_noedit"), f"eval/{mode}_noedit"))
-    if harness is not None:
-        from components.evaluate.lm_eval_model import run_harness
-
-        metrics.update(run_harness(*harness, cfg.lm_eval, out_dir / "lm_eval"))
-    return {"metrics": metrics}
-
-
-def suite_metrics(results, prefix: str) -> dict[str, float]:
-    """`<prefix>/score` (mean task score), `/tpf`, `/tps` (pooled over tasks) and the suite's edit metrics."""
-    from components.evaluate.results import edit_stats
-    from components.edits import EditStats
-
-    tokens = sum(r.tokens for r in results)
-    forwards = sum(r.forwards for r in results)
-    seconds = sum(r.generation_seconds for r in results)
-    edits = sum((edit_stats(r.edits) for r in results if r.edits is not None), EditStats())
-    return {f"{prefix}/score": sum(r.score for r in results) / len(results),
-            f"{prefix}/tpf": tokens / forwards if forwards else 0.0,
-            f"{prefix}/tps": tokens / seconds if seconds > 0 else 0.0,
-            **edits.metrics(prefix)}
+    return {"metrics": run_eval(lm, tokenizer, cfg, out_dir).metrics}

@@ -310,6 +310,28 @@ def test_cli_prints_a_table_and_writes_results(lm, tok, tmp_path, capsys):
     assert len(read_jsonl(out / "sort" / "records.jsonl")) == 3 and (out / "summary.json").is_file()
 
 
+def test_cli_and_the_pipeline_stage_report_the_same_metrics(lm, tok, tmp_path, capsys):
+    """`draftedit eval` and the evaluate stage run one function: every arm (presets, editing off) with the
+    same metric names and, timings aside, the same values."""
+    from components.evaluate.config import load_eval_config
+    from flows import adapters
+
+    ckpt = tmp_path / "ckpt"
+    lm.save_pretrained(ckpt)
+    tok.save(ckpt)
+    suite = ["tasks=[sum]", "limit=2", "presets=[speedy]", "editing_ablation=true",
+             "task_overrides=[decode.overrides.gen_length=8]"]
+    stage = adapters.evaluate(load_eval_config(None, suite), tmp_path / "stage", {"checkpoint": ckpt})["metrics"]
+    code = cli.main(["--model", str(ckpt), "--out", str(tmp_path / "cli"),
+                     *[arg for item in suite for arg in ("--suite-set", item)]])
+    assert code == 0 and "speedy_noedit" in capsys.readouterr().out
+    cli_metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert {"eval/score", "eval/speedy/score", "eval/speedy_noedit/score", "eval/sum/accuracy"} <= set(stage)
+    assert set(cli_metrics) == set(stage)
+    untimed = [k for k in stage if not k.endswith(("tps", "seconds"))]
+    assert {k: cli_metrics[k] for k in untimed} == {k: stage[k] for k in untimed}
+
+
 def test_cli_bad_input_gives_a_message_and_exit_code_2(lm, tok, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     lm.save_pretrained(ckpt)

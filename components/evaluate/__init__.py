@@ -11,12 +11,14 @@ from components.evaluate.results import TaskResult, read_jsonl, render_table
 from components.evaluate.runner import build_decode_config, evaluate_suite, evaluate_task, render_prompt
 from components.evaluate.scorers import SCORERS, SandboxUnavailableError, register_scorer
 from components.evaluate.sources import Sample, TaskDataError, load_samples
+from components.evaluate.suite import EvalRun, run_eval, suite_metrics
 from components.evaluate.tasks import list_tasks, load_task
 
 __all__ = [
     "EXTRACTORS",
     "SCORERS",
     "EvalConfig",
+    "EvalRun",
     "Sample",
     "SandboxUnavailableError",
     "TaskConfig",
@@ -35,4 +37,6 @@ __all__ = [
     "register_scorer",
     "render_prompt",
     "render_table",
+    "run_eval",
+    "suite_metrics",
 ]

@@ -8,11 +8,15 @@
 
 Without --task, the suite of conf/eval/default.yaml (or --config) runs. `--set` overrides apply
 to every task (dotlist keys of the task schema, e.g. `prompt.chat=false`, `source.num_examples=50`).
+The suite's other arms run as in the pipeline's evaluate stage (the same function, the same metric
+names): each of its `presets`, with `editing_ablation` each again with editing off, and its `lm_eval`
+tasks; `--suite-set presets=[]` keeps only the headline arm.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="prompts decoded together")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a task config key for every task (repeatable)")
+    parser.add_argument("--suite-set", dest="suite_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a suite config key (repeatable), e.g. presets=[] editing_ablation=false")
     parser.add_argument("--out", default=None, help="output folder (default: the suite's output_dir)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, ...)")
     parser.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
@@ -42,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from components.config import ConfigError
     from components.evaluate.config import load_eval_config
     from components.evaluate.tasks import list_tasks, resolve_task_path
-    from components.evaluate.results import render_table
-    from components.evaluate.runner import evaluate_suite, resolve_task
+    from components.evaluate.results import METRICS_FILE, render_table, write_json
+    from components.evaluate.runner import resolve_task
+    from components.evaluate.suite import run_eval
+    from components.quantize import load_checkpoint
 
     # Piped output (CI logs, files) gets a wide fixed width so the table is never squeezed.
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -57,30 +65,35 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
     # Bad configs (ConfigError), data (TaskDataError), sandbox or checkpoint: one line at flows.cli.
+    with config_errors(args.config, args.suite_overrides):
+        suite = load_eval_config(args.config, args.suite_overrides)
+    if args.task:
+        suite = dataclasses.replace(suite, tasks=list(args.task))
+    if not suite.tasks:
+        raise ConfigError("no tasks: pass --task or list tasks in the suite config")
+    suite = dataclasses.replace(
+        suite,
+        preset=args.preset or suite.preset,
+        limit=args.limit if args.limit is not None else suite.limit,
+        batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
+        task_overrides=list(suite.task_overrides) + list(args.overrides),
+    )
     with config_errors(args.config, args.overrides):
-        suite = load_eval_config(args.config, [])
-        tasks = args.task or list(suite.tasks)
-        if not tasks:
-            raise ConfigError("no tasks: pass --task or list tasks in the suite config")
-        overrides = list(suite.task_overrides) + list(args.overrides)
-        for task in tasks:  # validate every task before the model is loaded
-            resolve_task(str(resolve_task_path(task)), overrides)
-    from components.quantize import load_checkpoint
-
+        for task in suite.tasks:  # validate every task before the model is loaded
+            resolve_task(str(resolve_task_path(task)), suite.task_overrides)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model {args.model}: not a folder")
     lm, tokenizer = load_checkpoint(args.model, args.device)
     out = Path(args.out or suite.output_dir)
-    results = evaluate_suite(
-        lm, tokenizer, tasks,
-        mode=args.preset or suite.preset,
-        limit=args.limit if args.limit is not None else suite.limit,
-        batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
-        task_overrides=overrides,
-        output_dir=out,
-    )
-    console.print(render_table(results, title=f"draftedit eval · {args.model}"))
-    console.print(f"per-sample records and results: {out}/<task>/ (records.jsonl, result.json), {out}/summary.json")
+    run = run_eval(lm, tokenizer, suite, out)
+    console.print(render_table(run.results, title=f"draftedit eval · {args.model}"))
+    for arm in run.arms:
+        m = run.metrics
+        console.print(f"{arm:>16}: score {m[f'eval/{arm}/score']:.3f}  TPF {m[f'eval/{arm}/tpf']:.2f}  "
+                      f"TPS {m[f'eval/{arm}/tps']:.1f}")
+    write_json(out / METRICS_FILE, run.metrics)
+    console.print(f"per-sample records and results: {out}/<task>/ (records.jsonl, result.json), {out}/summary.json; "
+                  f"every metric the pipeline logs: {out}/{METRICS_FILE}")
     return 0
 
 

@@ -14,6 +14,7 @@ from model.files import atomic_write, atomic_writer
 RECORDS_FILE = "records.jsonl"
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.json"  # every metric of a `draftedit eval` run, named as the pipeline logs them
 
 
 @dataclass
