@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import check_choice, check_fraction, conf_defaults, fail
+from components.config import ConfigError, check_choice, check_fraction, conf_defaults, fail
 
 STAGES = ("cpt", "sft")
 PRESETS = ("tiny", "tiny_moe")
@@ -31,6 +31,22 @@ class ModelSection:
     # come from the tokenizer unless set here.
     overrides: dict[str, Any]
     gradient_checkpointing: str  # auto (on GPU only) | on | off
+
+
+def model_config(section: ModelSection, tokenizer: Any = None):
+    """The `model.ModelConfig` of `section.preset`: sized to the tokenizer and with its special ids when
+    one is given, then `section.overrides`. Training builds its network from it; preflight checks it."""
+    from model.config import ModelConfig
+
+    fields: dict[str, Any] = {}
+    if tokenizer is not None:
+        fields = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
+                  "eos_token_id": tokenizer.eos_id, "mask_token_id": tokenizer.mask_id}
+    fields.update(dict(section.overrides))
+    try:
+        return getattr(ModelConfig, section.preset)(**fields)
+    except TypeError as exc:
+        raise ConfigError(f"train.model.overrides: {exc}") from exc
 
 
 @dataclass
