@@ -158,23 +158,24 @@ def check_choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
 
 
 def check_min(key: str, value: float | None, minimum: float, *, allow_none: bool = False, note: str = "") -> None:
-    """value >= minimum (None allowed only when said so)."""
+    """value >= minimum (None allowed only when said so); `note` says what the bound means."""
     if value is None and allow_none:
         return
     if value is None or value < minimum:
-        fail(key, f"must be >= {minimum}{note}, got {value!r}")
+        fail(key, f"must be >= {minimum}{' or null' if allow_none else ''}{note}, got {value!r}")
 
 
 def check_positive(key: str, value: float | None, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if value is None or not value > 0:
-        fail(key, f"must be > 0, got {value!r}")
+        fail(key, f"must be > 0{' or null' if allow_none else ''}, got {value!r}")
 
 
-def check_fraction(key: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        fail(key, f"must be in [0, 1], got {value!r}")
+def check_fraction(key: str, value: float, *, include_one: bool = True, note: str = "") -> None:
+    """0 <= value <= 1, or 0 <= value < 1 where 1 has no meaning (a decay, a share held out)."""
+    if not (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0):
+        fail(key, f"must be in [0, 1{']' if include_one else ')'}{note}, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------ names in conf/

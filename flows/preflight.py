@@ -28,7 +28,7 @@ from .config import MODEL_STAGES, PipelineConfig, stage_config_path, stage_overr
 from .stages import COMPONENTS, load_stage_config
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-DEFAULT_SPECIAL_IDS = {"pad": 0, "eos": 1, "mask": 2}  # our BPE tokenizer's order (model/tokenizer.py)
+DEFAULT_SPECIAL_IDS = {"pad_id": 0, "eos_id": 1, "mask_id": 2}  # our BPE tokenizer's order (model/tokenizer.py)
 
 
 def check_pipeline(cfg: PipelineConfig, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def _check_rl(cfg) -> None:
     from components.rl.rollouts import decode_config
 
     check_preset("rl.rollout.preset", cfg.rollout.preset)
-    special = _Ids(eos_id=DEFAULT_SPECIAL_IDS["eos"], mask_id=DEFAULT_SPECIAL_IDS["mask"])
+    special = TokenizerIds(vocab_size=None, **DEFAULT_SPECIAL_IDS)
     with _context("rl.rollout"):
         decode_config(cfg.rollout, special, temperature=cfg.rollout.temperature, seed=None)
     for key in ("train_path", "eval_path"):
@@ -210,8 +210,9 @@ def check_agreement(configs: dict[str, Any], init_checkpoint: Path | None = None
     trains = [(s, configs[s]) for s in ("cpt", "sft") if s in configs]
     if data is None and trains:
         data = _data_config(trains[-1][1])
+    tokenizer = _tokenizer_ids(data, init_checkpoint)
     for stage, train in trains:
-        model = _model_config(train)
+        model = _model_config(stage, train, tokenizer)
         # CPT rows are packed to exactly cpt.seq_len tokens (SFT rows vary up to max_seq_len: the
         # trainer checks the longest real row once the data exist).
         if (model is not None and data is not None and data.cpt.enabled and train.stage == "cpt"
@@ -231,24 +232,13 @@ def check_agreement(configs: dict[str, Any], init_checkpoint: Path | None = None
                 if length != trained:
                     fail(where, f"decodes with block_length {length}, but {stage} trains the model with "
                                 f"trainer.block_length {trained}: use the same block length")
-    ids = _tokenizer_ids(data, init_checkpoint)
-    if ids is not None:
-        source, vocab, special = ids
-        for stage, train in trains:
-            for name, value in special.items():
-                given = train.model.overrides.get(f"{name}_token_id")
-                if given is not None and given != value:
-                    fail(f"{stage}: train.model.overrides.{name}_token_id",
-                         f"is {given}, but the tokenizer ({source}) has {name} id {value}")
-            given_vocab = train.model.overrides.get("vocab_size")
-            if given_vocab is not None and vocab is not None and given_vocab < vocab:
-                fail(f"{stage}: train.model.overrides.vocab_size",
-                     f"is {given_vocab}, smaller than the tokenizer's {vocab} ids ({source})")
+    if tokenizer is not None:
         for where, dcfg in _decode_ids(configs):
-            for name in ("eos", "mask"):
-                given = dcfg.get(f"{name}_id")
-                if given is not None and given != special[name]:
-                    fail(f"{where}.{name}_id", f"is {given}, but the tokenizer ({source}) has {name} id {special[name]}")
+            for name in ("eos_id", "mask_id"):
+                given = dcfg.get(name)
+                if given is not None and given != getattr(tokenizer, name):
+                    fail(f"{where}.{name}", f"is {given}, but the tokenizer ({tokenizer.source}) has "
+                                            f"{name.removesuffix('_id')} id {getattr(tokenizer, name)}")
 
 
 def _train_block_lengths(train) -> list[tuple[str, int]]:
@@ -299,8 +289,8 @@ def _decode_ids(configs: dict[str, Any]) -> list[tuple[str, dict]]:
     return out
 
 
-def _tokenizer_ids(data, init_checkpoint: Path | None) -> tuple[str, int | None, dict[str, int]] | None:
-    """(where the ids come from, vocabulary size or None, {pad, eos, mask} ids) when known up front."""
+def _tokenizer_ids(data, init_checkpoint: Path | None) -> TokenizerIds | None:
+    """The vocabulary size and special ids of the tokenizer the pipeline will use, when known up front."""
     folder = None
     if data is not None and data.tokenizer.path:
         folder = Path(data.tokenizer.path)
@@ -313,22 +303,28 @@ def _tokenizer_ids(data, init_checkpoint: Path | None) -> tuple[str, int | None,
             tok = load_tokenizer(folder)
         except Exception as exc:  # noqa: BLE001 - any unreadable tokenizer is one clear line
             raise ConfigError(f"tokenizer in {folder}: cannot be read ({exc})") from exc
-        return str(folder), tok.vocab_size, {"pad": tok.pad_id, "eos": tok.eos_id, "mask": tok.mask_id}
+        return TokenizerIds(tok.vocab_size, tok.pad_id, tok.eos_id, tok.mask_id, source=f"in {folder}")
     if data is not None:
-        return "trained by data_prep", data.tokenizer.vocab_size, dict(DEFAULT_SPECIAL_IDS)
+        return TokenizerIds(data.tokenizer.vocab_size, **DEFAULT_SPECIAL_IDS, source="trained by data_prep")
     return None
 
 
-def _model_config(train):
-    """The ModelConfig a training stage builds from its preset (None when it starts from a checkpoint)."""
+def _model_config(stage: str, train, tokenizer: TokenizerIds | None):
+    """The ModelConfig a training stage builds from its preset, checked against the tokenizer when known
+    (None when the stage starts from a checkpoint)."""
+    from components.training.config import model_config
+    from model.config import check_tokenizer
+
     if train.model.init_from:
         return None
-    from model import ModelConfig
-
-    try:
-        return getattr(ModelConfig, train.model.preset)(**dict(train.model.overrides))
-    except TypeError as exc:
-        raise ConfigError(f"train.model.overrides: {exc}") from exc
+    where = f"{stage}: train.model"
+    if tokenizer is None:
+        with _context(where):
+            return model_config(train.model)
+    with _context(f"{where} with the tokenizer {tokenizer.source}"):
+        cfg = model_config(train.model, tokenizer)
+        check_tokenizer(cfg, tokenizer)
+    return cfg
 
 
 def _data_config(train):
@@ -341,9 +337,14 @@ def _data_config(train):
 
 
 @dataclass
-class _Ids:
+class TokenizerIds:
+    """What the checks read of a tokenizer, known before it exists (our BPE tokenizer's order) or read from one."""
+
+    vocab_size: int | None
+    pad_id: int
     eos_id: int
     mask_id: int
+    source: str = ""
 
 
 class _context:

@@ -1,10 +1,10 @@
 """draftedit model: the LLaDA2 block-diffusion network and its draft-and-edit decoder (pure PyTorch)."""
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, check_tokenizer
 from .checkpoint import CheckpointError
 from .network import DiffusionLM, ModelOutput
 
-__all__ = ["ModelConfig", "ConfigError", "CheckpointError", "DiffusionLM", "ModelOutput"]
+__all__ = ["ModelConfig", "ConfigError", "CheckpointError", "DiffusionLM", "ModelOutput", "check_tokenizer"]
 
 from .decoding import DecodeConfig, GenerationResult, StepRecord, Trajectory, generate  # noqa: E402
 

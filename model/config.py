@@ -188,3 +188,25 @@ class ModelConfig:
         )
         fields.update(overrides)
         return cls.tiny(**fields)
+
+
+def check_tokenizer(cfg: ModelConfig, tokenizer: Any, *, need_mask_id: bool = False) -> None:
+    """Raise one ConfigError line naming every way `tokenizer` cannot feed a model built from `cfg`.
+
+    `tokenizer` is a `model.tokenizer.Tokenizer`, or anything with its `vocab_size`, `pad_id`, `eos_id`
+    and `mask_id`. A special id the config leaves unset comes from the tokenizer at decoding time, so
+    only the ids it sets must agree. Training writes the config's mask id into its checkpoint and asks
+    for one with `need_mask_id`.
+    """
+    problems = []
+    if need_mask_id and cfg.mask_token_id is None:
+        problems.append("the model has no mask_token_id (a diffusion LM cannot train without one)")
+    if tokenizer.vocab_size > cfg.vocab_size:
+        problems.append(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}")
+    for name in ("mask", "eos", "pad"):
+        want = getattr(cfg, f"{name}_token_id")
+        got = getattr(tokenizer, f"{name}_id")
+        if want is not None and want != got:
+            problems.append(f"model {name}_token_id={want} but the tokenizer's {name} id is {got}")
+    if problems:
+        raise ConfigError("tokenizer and model do not match: " + "; ".join(problems))

@@ -16,7 +16,6 @@ from components.data import (
     DataError,
     SequenceTooLongError,
     cache_key,
-    check_model_compatibility,
     load_data_config,
     load_prepared,
     prepare_data,
@@ -266,24 +265,6 @@ def test_unknown_key_and_bad_values_name_the_key(tmp_path):
     for override, message in bad_values.items():
         with pytest.raises(ValueError, match=message):
             load_data_config(overrides=[override])
-
-
-def test_model_compatibility_check(prepared):
-    from model.config import ModelConfig
-
-    tok = prepared.tokenizer
-    cfg = load_data_config(overrides=["max_seq_len=128", "block_length=16", "cpt.seq_len=64"])
-    good = ModelConfig.tiny(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id, eos_token_id=tok.eos_id,
-                            pad_token_id=tok.pad_id, max_position_embeddings=128)
-    check_model_compatibility(tok, cfg, good)
-    small_vocab = ModelConfig.tiny(vocab_size=tok.vocab_size - 1, mask_token_id=tok.mask_id,
-                                   eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, max_position_embeddings=64)
-    with pytest.raises(ValueError, match="model vocab_size.*max_position_embeddings=64"):
-        check_model_compatibility(tok, cfg, small_vocab)
-    wrong_mask = ModelConfig.tiny(vocab_size=tok.vocab_size, mask_token_id=tok.eos_id, eos_token_id=tok.eos_id,
-                                  pad_token_id=tok.pad_id, max_position_embeddings=128)
-    with pytest.raises(ValueError, match="mask_token_id"):
-        check_model_compatibility(tok, cfg, wrong_mask)
 
 
 def test_load_prepared_refuses_other_directories(tmp_path, prepared):

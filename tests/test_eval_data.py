@@ -122,9 +122,9 @@ def test_convert_rules():
 
 def test_bad_column_type_and_on_missing_values_name_the_key(tmp_path):
     path = _task(tmp_path, "p.csv", "q,a\nx,1\n", "source: {answer_field: a, columns: {n: integer}}\n")
-    _fails(path, r"source\.columns\.n: must be one of \('str', 'int', 'float', 'bool'\)", TaskConfigError)
+    _fails(path, r"source\.columns\.n: must be one of \['str', 'int', 'float', 'bool'\]", TaskConfigError)
     path.write_text("name: t\nsource: {kind: file, path: p.csv, answer_field: a, on_missing: ignore}\n")
-    _fails(path, r"source\.on_missing: must be one of \('error', 'fail_sample'\)", TaskConfigError)
+    _fails(path, r"source\.on_missing: must be one of \['error', 'fail_sample'\]", TaskConfigError)
 
 
 # ------------------------------------------------------------------------------------ missing values

@@ -2,13 +2,14 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from golden import GOLDEN, require_golden
-from model import CheckpointError, ConfigError, DiffusionLM, ModelConfig
+from model import CheckpointError, ConfigError, DiffusionLM, ModelConfig, check_tokenizer
 from model.masks import block_causal_mask, block_diffusion_mask
 
 
@@ -151,6 +152,18 @@ def test_not_a_checkpoint_folder(tmp_path):
 def test_bad_config_values_are_named(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
         ModelConfig.tiny(**{field: value})
+
+
+def test_tokenizer_check_names_every_disagreement():
+    tok = SimpleNamespace(vocab_size=300, pad_id=0, eos_id=1, mask_id=2)
+    check_tokenizer(ModelConfig.tiny(vocab_size=300, pad_token_id=0, eos_token_id=1, mask_token_id=2), tok)
+    check_tokenizer(ModelConfig.tiny(vocab_size=512), tok)  # unset ids come from the tokenizer
+    with pytest.raises(ConfigError, match=r"^tokenizer and model do not match: the tokenizer has 300 ids but the "
+                                          r"model's vocab_size is 299; model mask_token_id=1 but the tokenizer's "
+                                          r"mask id is 2; model pad_token_id=3 but the tokenizer's pad id is 0$"):
+        check_tokenizer(ModelConfig.tiny(vocab_size=299, mask_token_id=1, pad_token_id=3), tok)
+    with pytest.raises(ConfigError, match=r"model has no mask_token_id"):
+        check_tokenizer(ModelConfig.tiny(vocab_size=300), tok, need_mask_id=True)
 
 
 def test_config_round_trip_keeps_unknown_fields(tmp_path):

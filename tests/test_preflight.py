@@ -59,8 +59,10 @@ BAD = [
     ([f"{DATA}=[block_length=16,cpt.seq_len=128]"], r"train\.trainer\.block_length.*does not divide.*16"),
     ([f"{SFT}=[trainer.block_length=16]"], r"decodes with block_length 32, but sft trains .*16"),
     ([f"{DATA}=[max_seq_len=2048,cpt.seq_len=2048]"], r"max_position_embeddings=1024, but data\.cpt\.seq_len is 2048"),
-    ([f"{SFT}=[model.overrides.mask_token_id=7]"], r"mask_token_id: is 7, but the tokenizer .* mask id 2"),
-    ([f"{SFT}=[model.overrides.vocab_size=310]"], r"vocab_size: is 310, smaller than the tokenizer's 2048"),
+    ([f"{SFT}=[model.overrides.mask_token_id=7]"],
+     r"sft: train\.model with the tokenizer trained by data_prep: .*model mask_token_id=7 but the tokenizer's mask id is 2"),
+    ([f"{SFT}=[model.overrides.vocab_size=310]"], r"sft: train\.model .*the tokenizer has 2048 ids but the model's vocab_size is 310"),
+    ([f"{SFT}=[model.overrides.pad_token_id=3000]"], r"sft: train\.model .*'pad_token_id'=3000 is outside the vocabulary"),
     # RL
     ([f"{RL}=[rollout.preset=turbo]"], r"rl\.rollout\.preset: must be one of \['quality', 'speedy'\]"),
     ([f"{RL}=[rollout.threshold=1.5]"], r"rl\.rollout.*threshold:? must be in \[0, 1\]"),

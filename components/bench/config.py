@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from components.config import ConfigError, conf_defaults, conf_names, fail
+from components.config import ConfigError, check_choice, check_min, check_positive, conf_defaults, conf_names, fail
 
 QUANTS = ("none", "fp8", "int8_dynamic", "int8_weight_only", "int8_dynamic_fbgemm")
 DEVICES = ("cpu", "cuda", "auto")
@@ -109,21 +109,15 @@ def validate_bench_config(cfg: BenchConfig) -> None:
     reserved = {"reference", "autoregressive"} & set(labels)
     if reserved:
         fail("bench.settings", f"{sorted(reserved)} are the baselines' names; name the setting differently")
-    if cfg.repeats < 1:
-        fail("bench.repeats", f"must be >= 1, got {cfg.repeats}")
-    if cfg.warmup < 0:
-        fail("bench.warmup", f"must be >= 0, got {cfg.warmup}")
-    if cfg.threads is not None and cfg.threads < 1:
-        fail("bench.threads", f"must be >= 1 or null, got {cfg.threads}")
-    if cfg.device not in DEVICES:
-        fail("bench.device", f"must be one of {DEVICES}, got {cfg.device!r}")
+    check_min("bench.repeats", cfg.repeats, 1)
+    check_min("bench.warmup", cfg.warmup, 0)
+    check_min("bench.threads", cfg.threads, 1, allow_none=True)
+    check_choice("bench.device", cfg.device, DEVICES)
     if cfg.dtype is not None and cfg.dtype not in DTYPES:
         fail("bench.dtype", f"must be one of {DTYPES} or null, got {cfg.dtype!r}")
-    if cfg.memory_limit_mb is not None and cfg.memory_limit_mb <= 0:
-        fail("bench.memory_limit_mb", f"must be > 0 or null, got {cfg.memory_limit_mb}")
+    check_positive("bench.memory_limit_mb", cfg.memory_limit_mb, allow_none=True)
     p = cfg.prompts
-    if p.num_prompts < 1:
-        fail("bench.prompts.num_prompts", f"must be >= 1, got {p.num_prompts}")
+    check_min("bench.prompts.num_prompts", p.num_prompts, 1)
     if not 1 <= p.random_min_length <= p.random_max_length:
         fail("bench.prompts.random_min_length", f"need 1 <= random_min_length <= random_max_length, got "
                                                 f"{p.random_min_length}, {p.random_max_length}")

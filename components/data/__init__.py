@@ -19,7 +19,7 @@ from components.data.config import (
 )
 from components.data.datasets import CPTDataset, SFTCollator, SFTDataset, cpt_collate
 from components.data.packing import PAD_DOC, SequenceTooLongError, format_sft, pack_cpt
-from components.data.prepare import PreparedData, cache_key, check_model_compatibility, load_prepared, prepare_data
+from components.data.prepare import PreparedData, cache_key, load_prepared, prepare_data
 from components.data.sources import DataError
 
 DEFAULT_DATA_CONFIG = CONF_DIR / "data" / "default.yaml"
@@ -37,6 +37,6 @@ __all__ = [
     "CPTConfig", "CPTDataset", "DataConfig", "DataError", "DEFAULT_DATA_CONFIG", "ExternalSource", "PAD_DOC",
     "PreparedData", "SFTCollator", "SFTConfig", "SFTDataset", "SequenceTooLongError", "StdlibSource",
     "SyntheticSource", "TokenizerConfig",
-    "cache_key", "check_model_compatibility", "cpt_collate", "format_sft", "load_data_config", "load_prepared",
+    "cache_key", "cpt_collate", "format_sft", "load_data_config", "load_prepared",
     "pack_cpt", "prepare_data", "train_bpe_tokenizer",
 ]

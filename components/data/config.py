@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import conf_defaults, fail
+from components.config import check_choice, check_min, conf_defaults, fail
 
 EXTERNAL_KINDS = ("file", "hub")
 FILE_FORMATS = ("auto", "json", "parquet", "csv", "text")
@@ -114,26 +114,20 @@ class DataConfig:
 
 def validate_data_config(cfg: DataConfig) -> None:
     """Raise ConfigError (a ValueError) naming the key path of the first invalid value."""
-    if cfg.block_length < 1:
-        fail("data.block_length", f"must be >= 1, got {cfg.block_length}")
+    check_min("data.block_length", cfg.block_length, 1)
     if cfg.max_seq_len < cfg.block_length or cfg.max_seq_len % cfg.block_length:
         fail("data.max_seq_len", f"must be a positive multiple of block_length ({cfg.block_length}), got {cfg.max_seq_len}")
     tok = cfg.tokenizer
     if tok.path is None:
-        if tok.vocab_size < 300:
-            fail("data.tokenizer.vocab_size", f"must be >= 300 (256 bytes + special tokens), got {tok.vocab_size}")
-        if tok.min_frequency < 1:
-            fail("data.tokenizer.min_frequency", f"must be >= 1, got {tok.min_frequency}")
-        if tok.max_train_bytes < 1:
-            fail("data.tokenizer.max_train_bytes", f"must be >= 1, got {tok.max_train_bytes}")
+        check_min("data.tokenizer.vocab_size", tok.vocab_size, 300, note=" (256 bytes + special tokens)")
+        check_min("data.tokenizer.min_frequency", tok.min_frequency, 1)
+        check_min("data.tokenizer.max_train_bytes", tok.max_train_bytes, 1)
     if cfg.cpt.enabled and (cfg.cpt.seq_len < cfg.block_length or cfg.cpt.seq_len % cfg.block_length):
         fail("data.cpt.seq_len", f"must be a positive multiple of block_length ({cfg.block_length}), got {cfg.cpt.seq_len}")
     if cfg.cpt.enabled and cfg.cpt.seq_len > cfg.max_seq_len:
         fail("data.cpt.seq_len", f"({cfg.cpt.seq_len}) exceeds max_seq_len ({cfg.max_seq_len})")
-    if cfg.sft.fill not in FILL_POLICIES:
-        fail("data.sft.fill", f"must be one of {FILL_POLICIES}, got {cfg.sft.fill!r}")
-    if cfg.sft.too_long not in TOO_LONG_POLICIES:
-        fail("data.sft.too_long", f"must be one of {TOO_LONG_POLICIES}, got {cfg.sft.too_long!r}")
+    check_choice("data.sft.fill", cfg.sft.fill, FILL_POLICIES)
+    check_choice("data.sft.too_long", cfg.sft.too_long, TOO_LONG_POLICIES)
     if not (cfg.cpt.enabled or cfg.sft.enabled):
         fail("data.cpt.enabled", "both cpt and sft are disabled: nothing to prepare")
     for stage in ("cpt", "sft"):
@@ -160,8 +154,7 @@ def stage_sources(cfg: DataConfig, stage: str) -> list[tuple[str, object]]:
 def _validate_source(key: str, src: object) -> None:
     if isinstance(src, StdlibSource):
         for name in ("max_files", "max_bytes", "max_file_bytes"):
-            if getattr(src, name) < 1:
-                fail(f"data.{key}.{name}", f"must be >= 1, got {getattr(src, name)}")
+            check_min(f"data.{key}.{name}", getattr(src, name), 1)
     elif isinstance(src, SyntheticSource):
         from components.families import SYNTHETIC_FAMILIES
 
@@ -170,8 +163,7 @@ def _validate_source(key: str, src: object) -> None:
         unknown = [f for f in src.families if f not in SYNTHETIC_FAMILIES]
         if unknown:
             fail(f"data.{key}.families", f"unknown {unknown}; known: {sorted(SYNTHETIC_FAMILIES)}")
-        if src.num_examples < 1:
-            fail(f"data.{key}.num_examples", f"must be >= 1, got {src.num_examples}")
+        check_min(f"data.{key}.num_examples", src.num_examples, 1)
         for fam, params in src.params.items():
             if fam not in src.families:
                 fail(f"data.{key}.params.{fam}", f"is not one of the selected families {list(src.families)}")
@@ -184,13 +176,10 @@ def _validate_source(key: str, src: object) -> None:
             except (ValueError, TypeError) as exc:
                 fail(f"data.{key}.params.{fam}", str(exc))
     elif isinstance(src, ExternalSource):
-        if src.kind not in EXTERNAL_KINDS:
-            fail(f"data.{key}.kind", f"must be one of {EXTERNAL_KINDS}, got {src.kind!r}")
+        check_choice(f"data.{key}.kind", src.kind, EXTERNAL_KINDS)
         if not src.path:
             fail(f"data.{key}.path", f"is required for kind {src.kind!r}")
-        if src.format not in FILE_FORMATS:
-            fail(f"data.{key}.format", f"must be one of {FILE_FORMATS}, got {src.format!r}")
-        if src.max_examples < 0:
-            fail(f"data.{key}.max_examples", f"must be >= 0, got {src.max_examples}")
+        check_choice(f"data.{key}.format", src.format, FILE_FORMATS)
+        check_min(f"data.{key}.max_examples", src.max_examples, 0)
     else:
         raise TypeError(f"{key}: unexpected source type {type(src).__name__}")

@@ -190,23 +190,3 @@ def load_prepared(root: str | os.PathLike, *, cache_hit: bool = True) -> Prepare
                                  stats=manifest["stats"].get("sft", {})))
     return PreparedData(root, tokenizer, cpt, sft, manifest, cache_hit)
 
-
-def check_model_compatibility(tokenizer: Tokenizer, data_cfg: DataConfig, model_cfg: Any) -> None:
-    """Stop before training when the data cannot feed the model (names the mismatching field).
-
-    `model_cfg` is a `model.ModelConfig` (duck-typed: vocab_size, mask/eos/pad_token_id,
-    max_position_embeddings).
-    """
-    problems = []
-    if tokenizer.vocab_size > model_cfg.vocab_size:
-        problems.append(f"tokenizer has {tokenizer.vocab_size} ids but model vocab_size is {model_cfg.vocab_size}")
-    for name in ("mask", "eos", "pad"):
-        want = getattr(model_cfg, f"{name}_token_id", None)
-        got = getattr(tokenizer, f"{name}_id")
-        if want is not None and want != got:
-            problems.append(f"model {name}_token_id={want} but the tokenizer's {name} id is {got}")
-    limit = getattr(model_cfg, "max_position_embeddings", None)
-    if limit is not None and data_cfg.max_seq_len > limit:
-        problems.append(f"data.max_seq_len={data_cfg.max_seq_len} exceeds model max_position_embeddings={limit}")
-    if problems:
-        raise ValueError("data and model do not match: " + "; ".join(problems))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from components.config import CONF_DIR, ConfigError, conf_defaults, fail, load_config
+from components.config import CONF_DIR, ConfigError, check_min, conf_defaults, fail, load_config
 
 TASK_DIR = CONF_DIR / "task"
 EVAL_DIR = CONF_DIR / "eval"
@@ -181,21 +181,16 @@ def validate_suite(cfg: EvalConfig) -> None:
         check_preset("eval.presets", preset)
     if cfg.editing_ablation and not cfg.presets:
         fail("eval.editing_ablation", "needs the presets to ablate (presets: [quality, speedy])")
-    if cfg.limit is not None and cfg.limit < 1:
-        fail("eval.limit", f"must be >= 1 or null, got {cfg.limit}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        fail("eval.batch_size", f"must be >= 1 or null, got {cfg.batch_size}")
+    check_min("eval.limit", cfg.limit, 1, allow_none=True)
+    check_min("eval.batch_size", cfg.batch_size, 1, allow_none=True)
 
 
 def validate_lm_eval(cfg: LmEvalConfig) -> None:
     """The lm_eval section's checks that need neither lm-eval nor a model (task names are checked by
     lm-eval's task index, model args by the model: `harness.prepare_harness`, before anything decodes)."""
-    if cfg.limit is not None and cfg.limit < 1:
-        fail("lm_eval.limit", f"must be >= 1 or null, got {cfg.limit}")
-    if cfg.batch_size < 1:
-        fail("lm_eval.batch_size", f"must be >= 1, got {cfg.batch_size}")
-    if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
-        fail("lm_eval.num_fewshot", f"must be >= 0 or null, got {cfg.num_fewshot}")
+    check_min("lm_eval.limit", cfg.limit, 1, allow_none=True)
+    check_min("lm_eval.batch_size", cfg.batch_size, 1)
+    check_min("lm_eval.num_fewshot", cfg.num_fewshot, 0, allow_none=True)
     if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
         fail("lm_eval.include_path", f"must be a folder of task YAMLs; {cfg.include_path} is not a folder")
     for key in ("pretrained", "batch_size", "seed", "lm", "tokenizer"):

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from components.config import ConfigError, conf_names, fail, load_config, resolve_conf
+from components.config import ConfigError, check_choice, check_min, conf_names, fail, load_config, resolve_conf
 from components.data.records import COLUMN_TYPES
 from components.evaluate.config import (
     FILE_FORMATS,
@@ -33,8 +33,7 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
     src = cfg.source
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name or ""):
         fail(f"{where}: name", f"must be a simple name (letters, digits, _ - .; it names the output folder), got {cfg.name!r}")
-    if src.kind not in SOURCE_KINDS:
-        fail(f"{where}: source.kind", f"must be one of {SOURCE_KINDS}, got {src.kind!r}")
+    check_choice(f"{where}: source.kind", src.kind, SOURCE_KINDS)
     if src.kind == "synthetic":
         from components.families import SPLITS, SYNTHETIC_FAMILIES
 
@@ -42,8 +41,7 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
             fail(f"{where}: source.name", f"must name a synthetic family {sorted(SYNTHETIC_FAMILIES)}, got {src.name!r}")
         if src.split is not None and src.split not in SPLITS:
             fail(f"{where}: source.split", f"must be one of {SPLITS}, got {src.split!r}")
-        if src.num_examples < 1:
-            fail(f"{where}: source.num_examples", f"must be >= 1, got {src.num_examples}")
+        check_min(f"{where}: source.num_examples", src.num_examples, 1)
     if src.kind == "file" and not src.path:
         fail(f"{where}: source.path", "is required for kind 'file' (a JSONL/JSON/parquet/CSV file)")
     if src.kind == "file" and not src.answer_field and cfg.scorer in REFERENCE_SCORERS:
@@ -55,14 +53,11 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
         fail(f"{where}: source.answer_field", f"is required for kind 'hub' with scorer {cfg.scorer!r} (the column "
               "holding the reference answer)")
     for column, kind in src.columns.items():
-        if kind not in COLUMN_TYPES:
-            fail(f"{where}: source.columns.{column}", f"must be one of {COLUMN_TYPES}, got {kind!r}")
+        check_choice(f"{where}: source.columns.{column}", kind, COLUMN_TYPES)
     if src.columns and src.kind not in ("file", "hub"):
         fail(f"{where}: source.columns", f"applies to sources of kind 'file' or 'hub', not {src.kind!r}")
-    if src.on_missing not in ON_MISSING:
-        fail(f"{where}: source.on_missing", f"must be one of {ON_MISSING}, got {src.on_missing!r}")
-    if src.format not in FILE_FORMATS:
-        fail(f"{where}: source.format", f"must be one of {FILE_FORMATS}, got {src.format!r}")
+    check_choice(f"{where}: source.on_missing", src.on_missing, ON_MISSING)
+    check_choice(f"{where}: source.format", src.format, FILE_FORMATS)
     try:
         parse_template(cfg.prompt.template)
     except TemplateError as exc:
@@ -86,10 +81,8 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
         fail(f"{where}: scorer", "'synthetic' needs source.kind 'synthetic' (it calls the family's verifier)")
     if cfg.scorer == "unit_tests" and src.kind != "humaneval":
         fail(f"{where}: scorer", "'unit_tests' needs a source with tests (source.kind 'humaneval')")
-    if cfg.metric not in METRICS:
-        fail(f"{where}: metric", f"must be one of {METRICS}, got {cfg.metric!r}")
-    if cfg.samples_per_prompt < 1:
-        fail(f"{where}: samples_per_prompt", f"must be >= 1, got {cfg.samples_per_prompt}")
+    check_choice(f"{where}: metric", cfg.metric, METRICS)
+    check_min(f"{where}: samples_per_prompt", cfg.samples_per_prompt, 1)
     if cfg.metric == "pass_at_k":
         if not cfg.k or any(k < 1 for k in cfg.k):
             fail(f"{where}: k", f"must be a non-empty list of positive ints, got {list(cfg.k)}")
@@ -97,12 +90,9 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
             fail(f"{where}: k", f"pass@{max(cfg.k)} needs samples_per_prompt >= {max(cfg.k)}, got {cfg.samples_per_prompt}")
     elif cfg.samples_per_prompt != 1:
         fail(f"{where}: samples_per_prompt", "must be 1 for metric 'accuracy' (use metric 'pass_at_k' for several samples)")
-    if cfg.limit is not None and cfg.limit < 1:
-        fail(f"{where}: limit", f"must be >= 1 or null, got {cfg.limit}")
-    if cfg.batch_size < 1:
-        fail(f"{where}: batch_size", f"must be >= 1, got {cfg.batch_size}")
-    if cfg.sandbox.workers < 1:
-        fail(f"{where}: sandbox.workers", f"must be >= 1, got {cfg.sandbox.workers}")
+    check_min(f"{where}: limit", cfg.limit, 1, allow_none=True)
+    check_min(f"{where}: batch_size", cfg.batch_size, 1)
+    check_min(f"{where}: sandbox.workers", cfg.sandbox.workers, 1)
     from components.presets import check_preset
 
     check_preset(f"{where}: decode.preset", cfg.decode.preset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from components.config import conf_defaults, fail
+from components.config import check_choice, check_min, conf_defaults, fail
 
 # fp8: per-block float8 e4m3 in the Hugging Face fine-grained layout (portable; dequantized on CPU).
 # int8_*: CPU-fast paths applied by a converter after loading (see components/quantize/int8.py).
@@ -30,13 +30,11 @@ class QuantizeConfig:
     probe_tokens: int  # length of the random probe sequence used by the check
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            fail("quantize.method", f"must be one of {METHODS}, got {self.method!r}")
+        check_choice("quantize.method", self.method, METHODS)
         if (len(self.block_size) != 2 or not all(isinstance(b, int) and b > 0 for b in self.block_size)):
             fail("quantize.block_size", f"must be two positive integers, got {list(self.block_size)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             fail("quantize.dtype", f"must be one of {DTYPES} or null, got {self.dtype!r}")
         if any(not s or s.startswith(".") or s.endswith(".") for s in self.skip_modules):
             fail("quantize.skip_modules", f"entries must be dotted module names, got {list(self.skip_modules)}")
-        if self.probe_tokens < 1:
-            fail("quantize.probe_tokens", f"must be >= 1, got {self.probe_tokens}")
+        check_min("quantize.probe_tokens", self.probe_tokens, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import conf_defaults, fail
+from components.config import check_choice, check_fraction, check_min, check_positive, conf_defaults, fail
 
 PROMPT_SOURCES = ("synthetic", "jsonl")
 PROMPT_TEMPLATES = ("chat", "raw")
@@ -40,17 +40,13 @@ class PromptsConfig:
     params: dict  # synthetic family difficulty, e.g. {max_value: 9, max_len: 10}
 
     def validate(self) -> None:
-        if self.source not in PROMPT_SOURCES:
-            fail("rl.prompts.source", f"must be one of {PROMPT_SOURCES}, got {self.source!r}")
-        if self.template not in PROMPT_TEMPLATES:
-            fail("rl.prompts.template", f"must be one of {PROMPT_TEMPLATES}, got {self.template!r}")
+        check_choice("rl.prompts.source", self.source, PROMPT_SOURCES)
+        check_choice("rl.prompts.template", self.template, PROMPT_TEMPLATES)
         if self.source == "jsonl" and not self.train_path:
             fail("rl.prompts.train_path", f"must be a JSONL file when prompts.source is 'jsonl', "
                                           f"got {self.train_path!r}")
-        if self.train_size < 1:
-            fail("rl.prompts.train_size", f"must be >= 1, got {self.train_size!r}")
-        if self.eval_size < 0:
-            fail("rl.prompts.eval_size", f"must be >= 0, got {self.eval_size!r}")
+        check_min("rl.prompts.train_size", self.train_size, 1)
+        check_min("rl.prompts.eval_size", self.eval_size, 0)
         if self.source == "synthetic":
             from components.families import SYNTHETIC_FAMILIES, get_family
 
@@ -126,10 +122,8 @@ class EstimatorConfig:
     edit_rate: float  # share of the visible response tokens shown substituted per noise level
 
     def validate(self) -> None:
-        if self.num_levels < 1:
-            fail("rl.estimator.num_levels", f"must be >= 1, got {self.num_levels!r}")
-        if self.schedule not in NOISE_SCHEDULES:
-            fail("rl.estimator.schedule", f"must be one of {NOISE_SCHEDULES}, got {self.schedule!r}")
+        check_min("rl.estimator.num_levels", self.num_levels, 1)
+        check_choice("rl.estimator.schedule", self.schedule, NOISE_SCHEDULES)
         if not 0.0 < self.t_min <= self.t_max <= 1.0:
             fail("rl.estimator.t_min/t_max", f"must be 0 < t_min <= t_max <= 1, got {(self.t_min, self.t_max)!r}")
         if self.schedule == "fixed":
@@ -143,14 +137,10 @@ class EstimatorConfig:
                                          f"got {list(self.weights)!r}")
         if any(w < 0 for w in self.weights):
             fail("rl.estimator.weights", f"must be non-negative, got {list(self.weights)!r}")
-        if self.ratio not in RATIO_NORMALIZATIONS:
-            fail("rl.estimator.ratio", f"must be one of {RATIO_NORMALIZATIONS}, got {self.ratio!r}")
-        if self.keep_weight < 0:
-            fail("rl.estimator.keep_weight", f"must be >= 0, got {self.keep_weight!r}")
-        if self.edit_weight < 0:
-            fail("rl.estimator.edit_weight", f"must be >= 0, got {self.edit_weight!r}")
-        if not 0.0 <= self.edit_rate < 1.0:
-            fail("rl.estimator.edit_rate", f"must be in [0, 1), got {self.edit_rate!r}")
+        check_choice("rl.estimator.ratio", self.ratio, RATIO_NORMALIZATIONS)
+        check_min("rl.estimator.keep_weight", self.keep_weight, 0)
+        check_min("rl.estimator.edit_weight", self.edit_weight, 0)
+        check_fraction("rl.estimator.edit_rate", self.edit_rate, include_one=False)
         if self.edit_weight > 0 and self.edit_rate == 0.0:
             fail("rl.estimator.edit_rate", "must be > 0 when rl.estimator.edit_weight > 0 (no token is substituted)")
 
@@ -187,28 +177,17 @@ class OptimConfig:
     permute_advantages: bool
 
     def validate(self) -> None:
-        if not self.lr > 0:
-            fail("rl.optim.lr", f"must be > 0, got {self.lr!r}")
-        if self.inner_steps < 1:
-            fail("rl.optim.inner_steps", f"must be >= 1, got {self.inner_steps!r}")
-        if self.micro_batch_size < 1:
-            fail("rl.optim.micro_batch_size", f"must be >= 1, got {self.micro_batch_size!r}")
-        if not 0.0 <= self.eps_low < 1.0:
-            fail("rl.optim.eps_low", f"must be in [0, 1), got {self.eps_low!r}")
-        if self.eps_high < 0.0:
-            fail("rl.optim.eps_high", f"must be >= 0, got {self.eps_high!r}")
-        if self.kl_coef < 0.0:
-            fail("rl.optim.kl_coef", f"must be >= 0, got {self.kl_coef!r}")
-        if self.grad_clip < 0.0:
-            fail("rl.optim.grad_clip", f"must be >= 0, got {self.grad_clip!r}")
-        if not 0.0 <= self.negative_scale <= 1.0:
-            fail("rl.optim.negative_scale", f"must be in [0, 1], got {self.negative_scale!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            fail("rl.optim.ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay!r}")
-        if self.schedule not in LR_SCHEDULES:
-            fail("rl.optim.schedule", f"must be one of {LR_SCHEDULES}, got {self.schedule!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            fail("rl.optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
+        check_positive("rl.optim.lr", self.lr)
+        check_min("rl.optim.inner_steps", self.inner_steps, 1)
+        check_min("rl.optim.micro_batch_size", self.micro_batch_size, 1)
+        check_fraction("rl.optim.eps_low", self.eps_low, include_one=False)
+        check_min("rl.optim.eps_high", self.eps_high, 0)
+        check_min("rl.optim.kl_coef", self.kl_coef, 0)
+        check_min("rl.optim.grad_clip", self.grad_clip, 0)
+        check_fraction("rl.optim.negative_scale", self.negative_scale)
+        check_fraction("rl.optim.ema_decay", self.ema_decay, include_one=False, note=" (0 = off)")
+        check_choice("rl.optim.schedule", self.schedule, LR_SCHEDULES)
+        check_fraction("rl.optim.min_lr_ratio", self.min_lr_ratio)
 
 
 @dataclass
@@ -237,17 +216,13 @@ class EvalConfig:
     max_batch_size: int | None
 
     def validate(self) -> None:
-        if self.every_steps < 0:
-            fail("rl.eval.every_steps", f"must be >= 0, got {self.every_steps!r}")
-        if self.temperature < 0:
-            fail("rl.eval.temperature", f"must be >= 0, got {self.temperature!r}")
-        if self.samples_per_prompt < 1:
-            fail("rl.eval.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt!r}")
+        check_min("rl.eval.every_steps", self.every_steps, 0)
+        check_min("rl.eval.temperature", self.temperature, 0)
+        check_min("rl.eval.samples_per_prompt", self.samples_per_prompt, 1)
         if self.samples_per_prompt > 1 and self.temperature == 0:
             fail("rl.eval.samples_per_prompt", "must be 1 when eval.temperature is 0 (greedy draws are "
                                                f"identical), got {self.samples_per_prompt!r}")
-        if self.max_batch_size is not None and self.max_batch_size < 1:
-            fail("rl.eval.max_batch_size", f"must be null or >= 1, got {self.max_batch_size!r}")
+        check_min("rl.eval.max_batch_size", self.max_batch_size, 1, allow_none=True)
 
 
 @dataclass
@@ -284,12 +259,9 @@ class RLConfig:
     def validate(self) -> None:
         from .rewards import REWARDS  # late: rewards imports the sandbox
 
-        if self.max_steps < 1:
-            fail("rl.max_steps", f"must be >= 1, got {self.max_steps!r}")
-        if self.max_minutes < 0:
-            fail("rl.max_minutes", f"must be >= 0, got {self.max_minutes!r}")
-        if self.checkpoint_every_steps < 0:
-            fail("rl.checkpoint_every_steps", f"must be >= 0 (0 = never), got {self.checkpoint_every_steps!r}")
+        check_min("rl.max_steps", self.max_steps, 1)
+        check_min("rl.max_minutes", self.max_minutes, 0)
+        check_min("rl.checkpoint_every_steps", self.checkpoint_every_steps, 0, note=" (0 = never)")
         for part in (self.prompts, self.rollout, self.estimator, self.optim, self.eval):
             part.validate()
         if not self.rewards:

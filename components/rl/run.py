@@ -48,14 +48,6 @@ def resolve_config(cfg: RLConfig | str | os.PathLike | None, overrides: list[str
     return load_config(RLConfig, cfg if cfg is not None else DEFAULT_CONFIG, overrides)
 
 
-def _check_model(lm, tokenizer) -> None:
-    mc = lm.config
-    if tokenizer.vocab_size > mc.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {mc.vocab_size}")
-    if mc.mask_token_id is not None and mc.mask_token_id != tokenizer.mask_id:
-        raise ValueError(f"model mask_token_id={mc.mask_token_id} differs from the tokenizer's mask id {tokenizer.mask_id}")
-
-
 def _progress_figures(trainer, module) -> dict[str, float]:
     """Latest rollout reward and held-out accuracy, for the live progress line."""
     out = {}
@@ -72,7 +64,7 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from model import DiffusionLM
+    from model import DiffusionLM, check_tokenizer
     from model.decoding import validate as validate_decode
     from model.tokenizer import load_tokenizer
 
@@ -94,7 +86,7 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
             reward.check_verifiable(held)
         tokenizer = load_tokenizer(cfg.tokenizer_path or model_dir)
         lm = DiffusionLM.from_pretrained(model_dir)
-        _check_model(lm, tokenizer)
+        check_tokenizer(lm.config, tokenizer)
         dcfg = decode_config(cfg.rollout, tokenizer, temperature=cfg.rollout.temperature, seed=cfg.seed)
         validate_decode(lm, [encode_prompt(tokenizer, e.prompt, cfg.prompts.template) for e in train + held], dcfg)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import check_choice, check_fraction, conf_defaults, fail
+from components.config import ConfigError, check_choice, check_fraction, check_min, check_positive, conf_defaults, fail
 
 STAGES = ("cpt", "sft")
 PRESETS = ("tiny", "tiny_moe")
@@ -31,6 +31,22 @@ class ModelSection:
     # come from the tokenizer unless set here.
     overrides: dict[str, Any]
     gradient_checkpointing: str  # auto (on GPU only) | on | off
+
+
+def model_config(section: ModelSection, tokenizer: Any = None):
+    """The `model.ModelConfig` of `section.preset`: sized to the tokenizer and with its special ids when
+    one is given, then `section.overrides`. Training builds its network from it; preflight checks it."""
+    from model.config import ModelConfig
+
+    fields: dict[str, Any] = {}
+    if tokenizer is not None:
+        fields = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
+                  "eos_token_id": tokenizer.eos_id, "mask_token_id": tokenizer.mask_id}
+    fields.update(dict(section.overrides))
+    try:
+        return getattr(ModelConfig, section.preset)(**fields)
+    except TypeError as exc:
+        raise ConfigError(f"train.model.overrides: {exc}") from exc
 
 
 @dataclass
@@ -210,30 +226,23 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if not isinstance(o.mtf_start_step, int) or o.mtf_start_step < 0:
         fail("train.objective.mtf_start_step", f"must be a non-negative integer, got {o.mtf_start_step!r}")
     for name in ("t2t_weight", "keep_weight", "mtf_weight", "cap_weight", "mtf_temperature"):
-        if getattr(o, name) < 0:
-            fail(f"train.objective.{name}", f"must be >= 0, got {getattr(o, name)}")
-    if o.t2t_warmup_steps < 0:
-        fail("train.objective.t2t_warmup_steps", f"must be >= 0, got {o.t2t_warmup_steps}")
+        check_min(f"train.objective.{name}", getattr(o, name), 0)
+    check_min("train.objective.t2t_warmup_steps", o.t2t_warmup_steps, 0)
     p = cfg.optim
-    if p.lr <= 0:
-        fail("train.optim.lr", f"must be > 0, got {p.lr}")
+    check_positive("train.optim.lr", p.lr)
     check_fraction("train.optim.min_lr_ratio", p.min_lr_ratio)
     if len(p.betas) != 2 or not all(0.0 <= b < 1.0 for b in p.betas):
         fail("train.optim.betas", f"must be two numbers in [0, 1), got {list(p.betas)}")
     for name in ("warmup_steps", "weight_decay", "grad_clip", "eps"):
-        if getattr(p, name) < 0:
-            fail(f"train.optim.{name}", f"must be >= 0, got {getattr(p, name)}")
+        check_min(f"train.optim.{name}", getattr(p, name), 0)
     t = cfg.trainer
     for name in ("max_steps", "batch_size", "accumulate_grad_batches", "log_every_steps",
                  "checkpoint_every_steps", "val_every_steps", "num_nodes"):
-        if getattr(t, name) < 1:
-            fail(f"train.trainer.{name}", f"must be >= 1, got {getattr(t, name)}")
-    if t.block_length < 0:
-        fail("train.trainer.block_length", f"must be >= 0 (0 = whole row), got {t.block_length}")
+        check_min(f"train.trainer.{name}", getattr(t, name), 1)
+    check_min("train.trainer.block_length", t.block_length, 0, note=" (0 = whole row)")
     last = 0
     for i, s in enumerate(t.block_schedule):
-        if s.block_length < 0:
-            fail(f"train.trainer.block_schedule[{i}].block_length", f"must be >= 0 (0 = whole row), got {s.block_length}")
+        check_min(f"train.trainer.block_schedule[{i}].block_length", s.block_length, 0, note=" (0 = whole row)")
         if s.until_step <= last:
             fail(f"train.trainer.block_schedule[{i}].until_step", f"must increase and be > {last}, got {s.until_step}")
         last = s.until_step
@@ -242,25 +251,19 @@ def validate_train_config(cfg: TrainConfig) -> None:
     check_choice("train.trainer.strategy", t.strategy, STRATEGIES)
     if t.devices == 0 or t.devices < -1:
         fail("train.trainer.devices", f"must be >= 1 or -1 (all), got {t.devices}")
-    if t.num_threads < 0:
-        fail("train.trainer.num_threads", f"must be >= 0, got {t.num_threads}")
+    check_min("train.trainer.num_threads", t.num_threads, 0)
     d = cfg.data
-    if not 0.0 <= d.val_fraction < 1.0:
-        fail("train.data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
-    if d.val_max_rows < 1:
-        fail("train.data.val_max_rows", f"must be >= 1, got {d.val_max_rows}")
-    if d.num_workers < 0:
-        fail("train.data.num_workers", f"must be >= 0, got {d.num_workers}")
-    if cfg.averaging.top_k < 0:
-        fail("train.averaging.top_k", f"must be >= 0, got {cfg.averaging.top_k}")
+    check_fraction("train.data.val_fraction", d.val_fraction, include_one=False)
+    check_min("train.data.val_max_rows", d.val_max_rows, 1)
+    check_min("train.data.num_workers", d.num_workers, 0)
+    check_min("train.averaging.top_k", cfg.averaging.top_k, 0)
     if cfg.averaging.top_k > 1 and d.val_fraction == 0.0 and cfg.averaging.monitor.startswith("val/"):
         fail("train.averaging.top_k", f"averaging by {cfg.averaging.monitor!r} needs validation data (data.val_fraction > 0)")
-    if cfg.moe.bias_update_rate < 0:
-        fail("train.moe.bias_update_rate", f"must be >= 0, got {cfg.moe.bias_update_rate}")
+    check_min("train.moe.bias_update_rate", cfg.moe.bias_update_rate, 0)
     lo = cfg.lora
     if lo.enabled:
-        if lo.r < 1 or lo.alpha < 1:
-            fail("train.lora.r", f"r and alpha must be >= 1, got r={lo.r}, alpha={lo.alpha}")
+        check_min("train.lora.r", lo.r, 1)
+        check_min("train.lora.alpha", lo.alpha, 1)
         check_fraction("train.lora.dropout", lo.dropout)
         if not lo.target_modules:
             fail("train.lora.target_modules", "is empty")

@@ -32,11 +32,11 @@ from components.progress import ConsoleProgress
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from components.config import REPO_ROOT, save_config
-from model import DiffusionLM, ModelConfig
+from model import ConfigError, DiffusionLM, ModelConfig, check_tokenizer
 from model.files import atomic_dir, atomic_path, atomic_write, atomic_writer
 
 from .averaging import average_checkpoints, lightning_weights
-from .config import TrainConfig
+from .config import TrainConfig, model_config
 from .data import TrainingData, split_validation
 from .module import DiffusionTrainingModule
 
@@ -137,21 +137,16 @@ def load_training_data(cfg: TrainConfig):
 
 def build_model(cfg: TrainConfig, tokenizer) -> DiffusionLM:
     """A checkpoint (`model.init_from`) or a preset sized to the tokenizer, with its special ids."""
-    ids = {"mask_token_id": tokenizer.mask_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     if cfg.model.init_from:
         if cfg.model.overrides:
             raise TrainingInputError("train.model.overrides cannot change a checkpoint loaded by model.init_from")
         lm = DiffusionLM.from_pretrained(_resolve(cfg.model.init_from))
+        ids = {"mask_token_id": tokenizer.mask_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
         for name, value in ids.items():  # a checkpoint without special ids takes the tokenizer's
             if getattr(lm.config, name) is None:
                 setattr(lm.config, name, value)
         return lm
-    fields: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, **ids}
-    fields.update(dict(cfg.model.overrides))
-    try:
-        model_cfg = getattr(ModelConfig, cfg.model.preset)(**fields)
-    except TypeError as exc:
-        raise TrainingInputError(f"train.model.overrides: {exc}") from exc
+    model_cfg = model_config(cfg.model, tokenizer)
     torch.manual_seed(cfg.trainer.seed)
     return DiffusionLM(model_cfg)
 
@@ -163,24 +158,16 @@ def row_lengths(dataset) -> int:
     return int(max(dataset.lengths()))
 
 
-def check_compatibility(model_cfg: ModelConfig, tokenizer, longest_row: int) -> None:
-    problems = []
-    if model_cfg.mask_token_id is None:
-        problems.append("the model has no mask_token_id (a diffusion LM cannot train without one)")
-    if tokenizer.vocab_size > model_cfg.vocab_size:
-        problems.append(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
-                        f"{model_cfg.vocab_size}")
-    for name in ("mask", "eos", "pad"):
-        want = getattr(model_cfg, f"{name}_token_id")
-        got = getattr(tokenizer, f"{name}_id")
-        if want is not None and want != got:
-            problems.append(f"model {name}_token_id={want} but the tokenizer's {name} id is {got}")
+def check_fits(model_cfg: ModelConfig, tokenizer, longest_row: int) -> None:
+    """The tokenizer agrees with the model, which has a mask id to train with, and every row fits its positions."""
+    try:
+        check_tokenizer(model_cfg, tokenizer, need_mask_id=True)
+    except ConfigError as exc:
+        raise TrainingInputError(str(exc)) from exc
     if longest_row > model_cfg.max_position_embeddings:
-        problems.append(f"a training row has {longest_row} tokens, more than the model's "
-                        f"max_position_embeddings={model_cfg.max_position_embeddings} (lower data.max_seq_len / "
-                        "data.cpt.seq_len)")
-    if problems:
-        raise TrainingInputError("data and model do not match: " + "; ".join(problems))
+        raise TrainingInputError(f"a training row has {longest_row} tokens, more than the model's "
+                                 f"max_position_embeddings={model_cfg.max_position_embeddings} (lower "
+                                 "data.max_seq_len / data.cpt.seq_len)")
 
 
 def make_collate(cfg: TrainConfig, prepared):
@@ -303,7 +290,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
     prepared, dataset = load_training_data(cfg)
     tokenizer = prepared.tokenizer
     lm = build_model(cfg, tokenizer).train()  # from_pretrained returns eval mode
-    check_compatibility(lm.config, tokenizer, row_lengths(dataset))
+    check_fits(lm.config, tokenizer, row_lengths(dataset))
     model_cfg = lm.config
     on_gpu = _on_gpu(cfg)
     gc = cfg.model.gradient_checkpointing
