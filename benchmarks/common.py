@@ -23,13 +23,21 @@ HELDOUT_SEED = 123  # the held-out sample every recipe decodes (choose settings 
 
 
 def load_checkpoint(path: str | Path):
-    """(model in eval mode, tokenizer) of a checkpoint folder; one clear line if it is not one."""
-    from model import DiffusionLM
-    from model.tokenizer import load_tokenizer
+    """(model in eval mode, tokenizer) of a checkpoint folder, quantized or not; one clear line if it is not one."""
+    from components.quantize import load_checkpoint as load
 
-    if not (Path(path) / "config.json").is_file():
-        raise SystemExit(f"{path}: not a checkpoint folder (no config.json)")
-    return DiffusionLM.from_pretrained(path).eval(), load_tokenizer(path)
+    try:
+        return load(path)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, train_help: str) -> None:
+    """`--data-set` and `--set`: dotlist overrides of the data config and of the training config."""
+    parser.add_argument("--data-set", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="data config override (conf/data), repeatable")
+    parser.add_argument("--set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=train_help)
 
 
 def heldout_examples(families: list[str], n: int, params: dict | None = None, seed: int = HELDOUT_SEED) -> list:

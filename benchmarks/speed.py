@@ -43,6 +43,7 @@ import torch
 
 from components.bench.machine import describe_machine
 from components.bench.measure import sync_device as sync
+from benchmarks.common import add_override_arguments
 from components.bench.random_model import INITS, build_random_model, random_prompts
 
 
@@ -463,10 +464,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--stage", choices=["cpt", "sft"], default="sft")
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--data-cache", default="outputs/data")
-    t.add_argument("--data-set", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="data config override (conf/data), repeatable")
-    t.add_argument("--set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training config override (conf/train/<stage>.yaml), repeatable")
+    add_override_arguments(t, "training config override (conf/train/<stage>.yaml), repeatable")
     e = sub.add_parser("estimator", help="EBPO's vectorised block likelihood vs per-block loops")
     e.add_argument("--blocks", type=int, nargs="+", default=[8, 16, 32])
     e.add_argument("--block-length", type=int, default=8)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import decode_and_score, encode_prompts, heldout_examples, load_checkpoint
+from benchmarks.common import (add_override_arguments, decode_and_score, encode_prompts, heldout_examples,
+                               load_checkpoint)
 from components.presets import EDITING_OFF, load_decode_config
 from model.files import atomic_write
 
@@ -206,10 +207,7 @@ def main(argv=None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--retrain", action="store_true")
-    r.add_argument("--data-set", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="data config override (conf/data) for every stage, repeatable")
-    r.add_argument("--set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training config override of both stages (before the variant's SFT-only ones), repeatable")
+    add_override_arguments(r, "training config override of both stages (before the variant's SFT-only ones), repeatable")
     r.add_argument("--no-speculative", dest="speculative", action="store_false",
                    help="decode without speculative verification (the S/Q presets have it on; outputs are "
                         "the same, only forwards differ)")
