@@ -18,6 +18,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+SERVE_PRESET_KEY = "serve_preset"  # model config key of the preset a request without one decodes with
 # Decoding settings a request may change besides the preset (all numeric; see DecodeConfig).
 REQUEST_PARAMS = {"gen_length": int, "threshold": float, "editing_threshold": float, "temperature": float, "seed": int}
 # Prompts are wrapped in the checkpoint's chat template (one user turn) unless params say chat=false.
@@ -108,7 +109,9 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
         if not ckpt or not Path(ckpt).is_dir():
             raise FileNotFoundError(f"draftedit pyfunc: checkpoint folder not found: {ckpt!r}")
         self.checkpoint_dir = str(ckpt)
-        self.default_preset = config["preset"]  # written by log_pyfunc_model: the pipeline's serve_preset
+        # written by log_pyfunc_model: the pipeline's serve_preset (models logged before it had its own
+        # key wrote "preset")
+        self.default_preset = config.get(SERVE_PRESET_KEY) or config["preset"]
         self.lm, self.tokenizer = load_checkpoint(self.checkpoint_dir)
 
     def decode_config(self, params: dict[str, Any] | None):
@@ -219,7 +222,9 @@ def log_pyfunc_model(
     checkpoint_dir = Path(checkpoint_dir).resolve()
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(f"not a checkpoint folder (no config.json): {checkpoint_dir}")
-    config = {"preset": preset}
+    # MLflow also logs the model config as run params; the evaluate run's own `preset` param (the suite's
+    # headline preset) must not collide with it
+    config = {SERVE_PRESET_KEY: preset}
     artifacts = None
     if copy_checkpoint:
         artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint_dir)}
