@@ -67,12 +67,11 @@ def run(args: argparse.Namespace) -> int:
     # Bad configs (ConfigError), data (TaskDataError), sandbox or checkpoint: one line at flows.cli.
     with config_errors(args.config, args.suite_overrides):
         suite = load_eval_config(args.config, args.suite_overrides)
-    if args.task:
-        suite = dataclasses.replace(suite, tasks=list(args.task))
-    if not suite.tasks:
+    if not (args.task or suite.tasks):
         raise ConfigError("no tasks: pass --task or list tasks in the suite config")
     suite = dataclasses.replace(
         suite,
+        tasks=list(args.task or suite.tasks),
         preset=args.preset or suite.preset,
         limit=args.limit if args.limit is not None else suite.limit,
         batch_size=args.batch_size if args.batch_size is not None else suite.batch_size,
