@@ -46,17 +46,16 @@ import yaml
 
 from benchmarks.common import (decode_and_score, decode_overrides, encode_prompts, heldout_examples, load_checkpoint,
                                spread_cell)
+from components.presets import EDITING_OFF, DecodeChoice, preset_names
 
 SHORT = {"speedy": "S", "quality": "Q"}
 
 
 def settings(presets: list[str], block_length: int | None, mbe_windows: list[int] = (),
-             grid: dict[str, list] | None = None) -> dict[str, dict]:
+             grid: dict[str, list] | None = None) -> dict[str, DecodeChoice]:
     """Each preset (S = speedy, Q = quality, ...) with editing on and off, and with editing on plus
     Multi-Block Editing over each window in `mbe_windows`; with a `grid`, each preset at every point
     of the grid instead (named by the values that differ from the preset)."""
-    from components.presets import EDITING_OFF
-
     over = {} if block_length is None else {"block_length": block_length}
     out = {}
     for preset in presets:
@@ -64,30 +63,27 @@ def settings(presets: list[str], block_length: int | None, mbe_windows: list[int
         if grid:
             for point in itertools.product(*grid.values()):
                 fields = dict(zip(grid, point))
-                out[f"{label} " + " ".join(f"{k}={v}" for k, v in fields.items())] = {"preset": preset, **over,
-                                                                                     **fields}
+                name = f"{label} " + " ".join(f"{k}={v}" for k, v in fields.items())
+                out[name] = DecodeChoice(preset, {**over, **fields})
             continue
-        out[f"{label} edit"] = {"preset": preset, **over}
-        out[f"{label} no-edit"] = {"preset": preset, "editing_threshold": EDITING_OFF, **over}
+        out[f"{label} edit"] = DecodeChoice(preset, dict(over))
+        out[f"{label} no-edit"] = DecodeChoice(preset, {"editing_threshold": EDITING_OFF, **over})
         for w in mbe_windows:
-            out[f"{label} edit MBE{w}"] = {"preset": preset, "mbe_window": w, **over}
+            out[f"{label} edit MBE{w}"] = DecodeChoice(preset, {"mbe_window": w, **over})
     return out
 
 
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
-                        arms: dict[str, dict], decode_fields: dict | None = None) -> dict:
+                        arms: dict[str, DecodeChoice], decode_fields: dict | None = None) -> dict:
     """{(family, setting name): cell} for one checkpoint (cells as benchmarks.common.decode_and_score)."""
-    from components.presets import load_decode_config
-
     lm, tok = load_checkpoint(path)
     out: dict = {}
     for fam in families:
         examples = heldout_examples([fam], n, params)
         prompts = encode_prompts(tok, examples)
-        for name, s in arms.items():
-            fields = {**(decode_fields or {}), **{k: v for k, v in s.items() if k != "preset"}}
-            cfg = load_decode_config(s["preset"], gen_length=gen_length, eos_id=tok.eos_id, mask_id=tok.mask_id,
-                                     max_batch_size=64, **fields)
+        for name, choice in arms.items():
+            cfg = choice.load(overrides=decode_fields, gen_length=gen_length, eos_id=tok.eos_id, mask_id=tok.mask_id,
+                              max_batch_size=64)
             where = mbe_edit_filters(cfg.block_length) if cfg.mbe_window else {}
             cell = decode_and_score(lm, tok, examples, prompts, cfg, params, where)
             cell.pop("families")  # one family per cell here
@@ -163,8 +159,8 @@ def mbe_lines(cells: dict) -> list[str]:
              "draft / edit / verify / mbe | MBE edits in earlier blocks: fixes / breaks | in the block just ended: "
              "fixes / breaks |", "|---|---|---|---|---|---|---|---|"]
     for (label, fam, name), runs in cells.items():
-        mode, _, window = name.partition(" edit MBE")
-        base = cells.get((label, fam, f"{mode} edit"))
+        preset, _, window = name.partition(" edit MBE")
+        base = cells.get((label, fam, f"{preset} edit"))
         if not window or not base:
             continue
         mean = lambda rs, k: statistics.mean(r[k] for r in rs)  # noqa: E731
@@ -250,8 +246,6 @@ def parse_grid(items: list[str], parser: argparse.ArgumentParser) -> dict[str, l
 
 
 def main(argv=None) -> int:
-    from components.presets import preset_names
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True,
                    help="LABEL=checkpoint folder (repeat; same label = seeds); LABEL@fam1,fam2=folder decodes that "

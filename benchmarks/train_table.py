@@ -30,19 +30,19 @@ import yaml
 
 from benchmarks.common import (add_override_arguments, decode_and_score, encode_prompts, heldout_examples,
                                load_checkpoint)
-from components.presets import EDITING_OFF, load_decode_config
+from components.presets import EDITING_OFF, DecodeChoice
 from model.files import atomic_write
 
 VARIANTS_FILE = Path(__file__).with_name("train_variants.yaml")
 VARIANT_KEYS = {"base", "overrides", "sft"}
 FAMILIES = ["sudoku4", "permutation", "sum"]
-# name -> (decoding preset in conf/decode/, its overrides): S and Q are the shipped presets themselves;
-# the no-edit arms are the M2T-only threshold sweep (editing_threshold EDITING_OFF: no token is edited).
+# S and Q are the shipped presets themselves; the no-edit arms are the M2T-only threshold sweep
+# (editing_threshold EDITING_OFF: no token is edited).
 SETTINGS = {
-    "Q": ("quality", {}),
-    "S": ("speedy", {}),
-    "S-lo": ("speedy", {"threshold": 0.3}),
-    **{f"noedit@{tau}": ("quality", {"threshold": tau, "editing_threshold": EDITING_OFF})
+    "Q": DecodeChoice("quality", {}),
+    "S": DecodeChoice("speedy", {}),
+    "S-lo": DecodeChoice("speedy", {"threshold": 0.3}),
+    **{f"noedit@{tau}": DecodeChoice("quality", {"threshold": tau, "editing_threshold": EDITING_OFF})
        for tau in (0.95, 0.9, 0.7, 0.5, 0.3)},
 }
 
@@ -112,10 +112,9 @@ def evaluate(checkpoint: Path, args) -> dict:
     examples = heldout_examples(args.families, args.eval_n, params)
     prompts = encode_prompts(tok, examples)
     results = {}
-    for name, (preset, overrides) in SETTINGS.items():
-        cfg = load_decode_config(preset, block_length=args.block, gen_length=args.gen_length, eos_id=tok.eos_id,
-                                 mask_id=tok.mask_id, max_batch_size=64, speculative_verify=args.speculative,
-                                 **overrides)
+    for name, choice in SETTINGS.items():
+        cfg = choice.load(block_length=args.block, speculative_verify=args.speculative, gen_length=args.gen_length,
+                          eos_id=tok.eos_id, mask_id=tok.mask_id, max_batch_size=64)
         results[name] = cell = decode_and_score(lm, tok, examples, prompts, cfg, params)
         print(f"  {name:12s} score {cell['score']:5.1f}  TPF {cell['tpf']:.2f}  "
               + "  ".join(f"{f} {d['score']:.0f}" for f, d in cell["families"].items()), flush=True)
@@ -144,8 +143,7 @@ def cmd_run(args) -> int:
 
 
 def _setting_label(name: str) -> str:
-    preset, overrides = SETTINGS[name]
-    cfg = load_decode_config(preset, **overrides)
+    cfg = SETTINGS[name].load()
     return f"{cfg.threshold} / {'off' if cfg.editing_threshold > 1 else cfg.editing_threshold}"
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from model import DecodeConfig
 
-from .config import check_choice, conf_names, load_config, resolve_conf
+from .config import check_choice, conf_defaults, conf_names, load_config, resolve_conf
 
 # tau_edit above 1 can never be exceeded by a probability: no token is edited (the "editing off" arm
 # of every ablation).
@@ -43,6 +44,30 @@ def load_decode_config(name_or_path: str | os.PathLike,
     dotlist = list(overrides or []) + [f"{k}={_dotlist_value(v)}" for k, v in merged.items()]
     path = resolve_conf("decode", name_or_path, what="decoding preset")
     return load_config(DecodeConfig, path, dotlist)
+
+
+@dataclass
+@conf_defaults("decode/defaults/choice.yaml")
+class DecodeChoice:
+    """How something decodes: a preset in conf/decode/ plus overrides of its fields.
+
+    The one shape of every config that decodes (a task's `decode`, a benchmark setting's `decode`, the
+    RL rollouts' `rollout.decode`), so that `decode.preset=quality decode.overrides.threshold=0.8` means
+    the same wherever it is written. The preset's default is the enclosing config's (a task decodes
+    with quality, the rollouts with speedy)."""
+
+    preset: str
+    overrides: dict[str, Any]
+
+    def check(self, key: str) -> None:
+        """The preset exists (one line naming `key`.preset and the known presets)."""
+        check_preset(f"{key}.preset", self.preset)
+
+    def load(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None,
+             **fields: Any) -> DecodeConfig:
+        """The DecodeConfig: this preset (or `preset`, which replaces it), `overrides` under this
+        choice's own, then keyword `fields` that the caller owns (ids, batch size, sampling seed)."""
+        return load_decode_config(preset or self.preset, overrides={**(overrides or {}), **self.overrides}, **fields)
 
 
 def _dotlist_value(value: Any) -> str:

@@ -127,7 +127,7 @@ def quantize(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
 
 
 def benchmark(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
-    """The benchmark logs its own metrics (bench/<setting>/*, bench/<mode>/*) and tables into the stage run;
+    """The benchmark logs its own metrics (bench/<setting>/*, bench/<preset>/*) and tables into the stage run;
     quantized settings are quantized on the fly from the same weights (cfg.settings[].quant)."""
     import mlflow
 

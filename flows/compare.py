@@ -1,4 +1,4 @@
-"""`draftedit compare`: runs side by side (score, TPF, TPS per decoding mode) and a comparison plot.
+"""`draftedit compare`: runs side by side (score, TPF, TPS per measured arm) and a comparison plot.
 
     draftedit compare                      # the last 5 pipeline runs of the experiment
     draftedit compare --last 10
@@ -6,7 +6,7 @@
     draftedit compare --parent RUN_ID      # the stage runs of one pipeline
 
 A pipeline run is shown with the metrics of its stage runs merged (evaluate: eval/*, benchmark:
-bench/<mode>/*). Per mode: `eval` (the evaluation suite) and each benchmark mode.
+bench/<setting>/*). The arms: `eval` (the evaluation suite), `eval/<preset or task>` and each benchmark setting.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class RunView:
     label: str
     metrics: dict[str, float] = field(default_factory=dict)
 
-    def modes(self) -> dict[str, dict[str, float]]:
-        """mode -> {score, tpf, tps} from eval/* (mode `eval`), eval/<mode or task>/* and bench/<setting>/*."""
+    def arms(self) -> dict[str, dict[str, float]]:
+        """arm -> {score, tpf, tps} from eval/* (arm `eval`), eval/<preset or task>/* and bench/<setting>/*."""
         out: dict[str, dict[str, float]] = {}
         for q in QUANTITIES:
             if f"eval/{q}" in self.metrics:
@@ -37,7 +37,7 @@ class RunView:
         for key, value in sorted(self.metrics.items()):
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "eval" and parts[2] in QUANTITIES:
-                out.setdefault(f"eval/{parts[1]}", {})[parts[2]] = value  # a decoding mode or a task
+                out.setdefault(f"eval/{parts[1]}", {})[parts[2]] = value  # a decoding preset or a task
         for key, value in sorted(self.metrics.items()):
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "bench" and parts[2] in QUANTITIES:
@@ -69,26 +69,26 @@ def collect(client, run_ids: list[str]) -> list[RunView]:
 
 
 def table_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
-    """Header (metric, run labels...) and one row per (mode, quantity) present in any run."""
-    modes: list[str] = []
+    """Header (arm, metric, run labels...) and one row per (arm, quantity) present in any run."""
+    arms: list[str] = []
     for view in views:
-        for mode in view.modes():
-            if mode not in modes:
-                modes.append(mode)
-    header = ["mode", "metric"] + [v.label for v in views]
+        for arm in view.arms():
+            if arm not in arms:
+                arms.append(arm)
+    header = ["arm", "metric"] + [v.label for v in views]
     rows = []
-    for mode in modes:
+    for arm in arms:
         for q in QUANTITIES:
-            values = [v.modes().get(mode, {}).get(q) for v in views]
+            values = [v.arms().get(arm, {}).get(q) for v in views]
             if all(x is None for x in values):
                 continue
             fmt = {"score": ".3f", "tpf": ".2f", "tps": ".1f"}[q]
-            rows.append([mode, q.upper() if q != "score" else q] + ["-" if x is None else format(x, fmt) for x in values])
+            rows.append([arm, q.upper() if q != "score" else q] + ["-" if x is None else format(x, fmt) for x in values])
     return header, rows
 
 
 def plot(views: list[RunView], path: str | os.PathLike) -> Path:
-    """Score against TPS, one marker per (run, mode); written atomically."""
+    """Score against TPS, one marker per (run, arm); written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,10 +97,10 @@ def plot(views: list[RunView], path: str | os.PathLike) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "osD^vP*X"
     for i, view in enumerate(views):
-        for mode, values in view.modes().items():
+        for arm, values in view.arms().items():
             if "score" in values and "tps" in values:
                 ax.scatter(values["tps"], values["score"], marker=markers[i % len(markers)], s=60,
-                           label=f"{view.label} · {mode}")
+                           label=f"{view.label} · {arm}")
     ax.set_xlabel("tokens per second (TPS)")
     ax.set_ylabel("score")
     ax.set_title("draftedit runs: score vs throughput")

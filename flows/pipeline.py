@@ -261,7 +261,7 @@ def _run_one_stage(stage: str, pool: str | None, request: StageRequest, client, 
 
 
 def _log_stage_plot(client, parent_id: str, rows: list[dict], output_dir: str) -> str | None:
-    """The parent run's `stages.png`: score and TPF per stage and decoding mode (None when nothing was probed)."""
+    """The parent run's `stages.png`: score and TPF per stage and decoding preset (None when nothing was probed)."""
     path = Path(output_dir) / "pipelines" / parent_id / "stages.png"
     if plot_stages(rows, path) is None:
         return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import REPO_ROOT, ConfigError, fail
-from components.presets import check_preset, load_decode_config
+from components.presets import check_preset
 from components.tracking import TrackingError, resolve_uri
 
 from .config import MODEL_STAGES, PipelineConfig, stage_config_path, stage_overrides
@@ -136,7 +136,7 @@ def _check_data(cfg) -> None:
 def _check_rl(cfg) -> None:
     from components.rl.rollouts import decode_config
 
-    check_preset("rl.rollout.preset", cfg.rollout.preset)
+    cfg.rollout.decode.check("rl.rollout.decode")
     special = TokenizerIds(vocab_size=None, **DEFAULT_SPECIAL_IDS)
     with _context("rl.rollout"):
         decode_config(cfg.rollout, special, temperature=cfg.rollout.temperature, seed=None)
@@ -151,7 +151,7 @@ def _check_bench(cfg) -> None:
 
     for i, setting in enumerate(cfg.settings):
         with _context(f"bench.settings[{i}]"):
-            load_decode_config(setting.preset, overrides={**cfg.decode, **setting.decode})
+            setting.decode.load(overrides=cfg.decode_overrides)
     if cfg.prompts.task:
         with _context("bench.prompts.task"):
             load_task(cfg.prompts.task, list(cfg.prompts.task_overrides))
@@ -168,7 +168,7 @@ def _check_eval(cfg) -> None:
     for i, name in enumerate(cfg.tasks):
         with _context(f"eval.tasks[{i}]"):
             task = resolve_task(name, list(cfg.task_overrides))
-            check_preset("decode.preset", task.decode.preset)
+            task.decode.check("decode")
             for preset in {cfg.preset or task.decode.preset, *cfg.presets}:
                 build_decode_config(task, preset)
             check_source(task)
@@ -253,14 +253,12 @@ def _decode_block_lengths(configs: dict[str, Any]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     rl = configs.get("rl")
     if rl is not None:
-        length = rl.rollout.block_length or load_decode_config(rl.rollout.preset).block_length
-        out.append(("stage rl: rl.rollout.block_length", length))
+        out.append(("stage rl: rl.rollout.decode.overrides.block_length", rl.rollout.decode.load().block_length))
     bench = configs.get("benchmark")
     if bench is not None:
         for i, s in enumerate(bench.settings):
-            overrides = {**bench.decode, **s.decode}
             out.append((f"stage benchmark: bench.settings[{i}].decode.block_length",
-                        load_decode_config(s.preset, overrides=overrides).block_length))
+                        s.decode.load(overrides=bench.decode_overrides).block_length))
     ev = configs.get("evaluate")
     if ev is not None:
         from components.evaluate.runner import build_decode_config, resolve_task
@@ -278,7 +276,8 @@ def _decode_ids(configs: dict[str, Any]) -> list[tuple[str, dict]]:
     bench = configs.get("benchmark")
     if bench is not None:
         for i, s in enumerate(bench.settings):
-            out.append((f"stage benchmark: bench.settings[{i}].decode", {**bench.decode, **s.decode}))
+            out.append((f"stage benchmark: bench.settings[{i}].decode.overrides",
+                        {**bench.decode_overrides, **s.decode.overrides}))
     ev = configs.get("evaluate")
     if ev is not None:
         from components.evaluate.runner import resolve_task

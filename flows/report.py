@@ -39,7 +39,7 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
                     _fmt(m.get("val/acc_masked")), _fmt(row["seconds"], ".1f")))
         if row["stage"] == "benchmark":
             names = sorted({k.split("/")[1] for k in m if k.startswith("bench/") and k.count("/") == 2})
-            # `bench/<mode>/*` repeats the first unquantized setting of that mode (`<mode>_b1`): skip it.
+            # `bench/<preset>/*` repeats the first unquantized setting of that preset (`<preset>_b1`): skip it.
             aliases = {n for n in names if any(other.startswith(n + "_b") for other in names)}
             for name in (n for n in names if n not in aliases):
                 out.append((f"  {name}", "", "", _fmt(m.get(f"bench/{name}/score")),
@@ -49,7 +49,7 @@ def summary_rows(rows: list[dict]) -> list[tuple[str, ...]]:
 
 
 def final_model_rows(rows: list[dict]) -> list[tuple[str, ...]]:
-    """The evaluate stage's suite per decoding mode, editing on and off (score, TPF, TPS, edits, precision)."""
+    """The evaluate stage's suite per decoding preset, editing on and off (score, TPF, TPS, edits, precision)."""
     final = next((r for r in reversed(rows) if r["stage"] == "evaluate" and r["run_id"]), None)
     if final is None:
         return []
@@ -63,7 +63,7 @@ def final_model_rows(rows: list[dict]) -> list[tuple[str, ...]]:
 
 
 def rl_line(rows: list[dict]) -> str | None:
-    """What RL did to its held-out accuracy (its own curve, in its rollout mode)."""
+    """What RL did to its held-out accuracy (its own curve, in its rollout preset)."""
     rl = next((r for r in rows if r["stage"] == "rl" and r["run_id"]), None)
     if rl is None or "rl_eval/initial_accuracy" not in rl["metrics"]:
         return None
@@ -101,7 +101,7 @@ def print_summary(result: dict, wall_seconds: float) -> None:
         console.print(f"Registered model [bold]{reg['name']}[/] version {reg['version']} "
                       f"(score {reg['score']:.4g}; models:/{reg['name']}/latest; {champ})")
     if result.get("plot"):
-        console.print(f"Plot (score and TPF per stage and mode): {result['plot']}")
+        console.print(f"Plot (score and TPF per stage and preset): {result['plot']}")
     console.print(f"Wall time: {wall_seconds:.0f} s")
     console.print(f"Tracking: {result['tracking_uri']}  (experiment '{result['experiment']}')")
     console.print(f"Outputs:  {result['output_dir']}")
@@ -116,11 +116,11 @@ def print_summary(result: dict, wall_seconds: float) -> None:
     console.print(f"Compare its stages: [bold]draftedit compare --parent {result['parent_run_id']}[/]")
 
 
-NOEDIT = "_noedit"  # the evaluate stage's suffix for a mode re-run with T2T editing off
+NOEDIT = "_noedit"  # the evaluate stage's suffix for a preset re-run with T2T editing off
 
 
 def decoding_arms(metrics) -> list[tuple[str, str]]:
-    """(metric key, label) of every decoding mode the evaluation reported, `eval/<preset>/score` and
+    """(metric key, label) of every decoding preset the evaluation reported, `eval/<preset>/score` and
     `eval/<preset>_noedit/score`, presets in conf/decode/ order, editing on before off. The presets
     are discovered (components.presets.preset_names), never listed here."""
     from components.presets import preset_names
@@ -134,7 +134,7 @@ def decoding_arms(metrics) -> list[tuple[str, str]]:
 
 
 def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
-    """Score and TPF of every evaluated stage (probes and the final evaluation) per decoding mode:
+    """Score and TPF of every evaluated stage (probes and the final evaluation) per decoding preset:
     what each stage adds. `rows` are the pipeline's summary rows; None when no stage has eval metrics."""
     import matplotlib
 
@@ -147,9 +147,9 @@ def plot_stages(rows: list[dict], path: str | os.PathLike) -> Path | None:
     arms = list(dict.fromkeys(arm for r in stages for arm in decoding_arms(r["metrics"])))
     fig, (ax_score, ax_tpf) = plt.subplots(1, 2, figsize=(10, 4))
     x = list(range(len(stages)))
-    for mode, label in arms:
+    for arm, label in arms:
         for ax, quantity in ((ax_score, "score"), (ax_tpf, "tpf")):
-            ys = [r["metrics"].get(f"eval/{mode}/{quantity}", float("nan")) for r in stages]
+            ys = [r["metrics"].get(f"eval/{arm}/{quantity}", float("nan")) for r in stages]
             if any(y == y for y in ys):
                 ax.plot(x, ys, marker="o", label=label)
     for ax, title in ((ax_score, "held-out score"), (ax_tpf, "tokens per forward (TPF)")):

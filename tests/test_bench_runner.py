@@ -18,7 +18,7 @@ from model import DiffusionLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["prompts.num_prompts=3", "decode.gen_length=8", "decode.block_length=8", "repeats=2", "warmup=1",
+FAST = ["prompts.num_prompts=3", "decode_overrides.gen_length=8", "decode_overrides.block_length=8", "repeats=2", "warmup=1",
         "baselines.max_prompts=2", "threads=1"]
 
 
@@ -36,13 +36,14 @@ def _cfg(*overrides, settings=None):
     return cfg
 
 
-TWO = [{"preset": "speedy", "batch_size": 1}, {"preset": "quality", "batch_size": 2, "quant": "fp8"}]
+TWO = [{"decode": {"preset": "speedy"}, "batch_size": 1},
+       {"decode": {"preset": "quality"}, "batch_size": 2, "quant": "fp8"}]
 
 
 @pytest.fixture(scope="module")
 def result(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out")
-    settings = TWO + [{"preset": "quality", "batch_size": 2}]
+    settings = TWO + [{"decode": {"preset": "quality"}, "batch_size": 2}]
     return run_benchmark(_cfg(settings=settings), model_dir, out), out
 
 
@@ -148,7 +149,7 @@ def test_random_prompts_give_speed_without_score(model_dir, tmp_path):
 def test_edits_are_classified_in_one_untimed_pass(model_dir, tmp_path, monkeypatch):
     # sort has one valid answer per prompt: every edit is judged. tau_edit = 0 makes the untrained model edit.
     cfg = _cfg("prompts.task=sort", "repeats=1", "baselines.reference=false", "baselines.autoregressive=false",
-               settings=[{"preset": "speedy", "batch_size": 2, "decode": {"editing_threshold": 0.0}}])
+               settings=[{"decode": {"preset": "speedy", "overrides": {"editing_threshold": 0.0}}, "batch_size": 2}])
     recorded = []  # record_trajectory of every decode call: warm-up, timed passes, then the accounting pass
     real = measure._decode_chunk
     monkeypatch.setattr(measure, "_decode_chunk",
@@ -214,7 +215,8 @@ def test_not_a_checkpoint_folder(tmp_path):
 def test_a_setting_that_does_not_fit_fails_before_any_measurement(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "measure", lambda *a, **k: pytest.fail("measured despite the memory check"))
     cfg = _cfg("memory_limit_mb=60", "baselines.reference=false", "baselines.autoregressive=false",
-               settings=[{"preset": "speedy", "batch_size": 1}, {"preset": "speedy", "batch_size": 4096}])
+               settings=[{"decode": {"preset": "speedy"}, "batch_size": 1},
+                         {"decode": {"preset": "speedy"}, "batch_size": 4096}])
     cfg.prompts.num_prompts = 4096
     cfg.prompts.task = None
     with pytest.raises(BenchmarkError, match=r"setting speedy_b4096 \(batch_size 4096.*MiB.*lower its batch_size"):
@@ -233,7 +235,7 @@ def test_out_of_memory_while_running_is_named(model_dir, tmp_path, monkeypatch):
 
 def test_prompts_that_do_not_fit_the_model_are_refused(model_dir, tmp_path):
     with pytest.raises(BenchmarkError, match="setting speedy_b1: .*max_position_embeddings"):
-        run_benchmark(_cfg("prompts.task=null", "decode.gen_length=2000", settings=TWO[:1]), model_dir, tmp_path)
+        run_benchmark(_cfg("prompts.task=null", "decode_overrides.gen_length=2000", settings=TWO[:1]), model_dir, tmp_path)
 
 
 def test_a_task_needs_a_tokenizer(model_dir, tmp_path):
@@ -244,10 +246,10 @@ def test_a_task_needs_a_tokenizer(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ('settings=[{preset: speedy, quant: int4}]', r"settings\[0\]\.quant"),
-    ('settings=[{preset: speedy, batch_size: 0}]', r"settings\[0\]\.batch_size"),
-    ('settings=[{preset: speedy}, {preset: speedy}]', "unique"),
-    ('settings=[{preset: speedy, decode: {use_cache: false}}]', "use_cache"),
+    ('settings=[{decode: {preset: speedy}, quant: int4}]', r"settings\[0\]\.quant"),
+    ('settings=[{decode: {preset: speedy}, batch_size: 0}]', r"settings\[0\]\.batch_size"),
+    ('settings=[{decode: {preset: speedy}}, {decode: {preset: speedy}}]', "unique"),
+    ('settings=[{decode: {preset: speedy, overrides: {use_cache: false}}}]', "use_cache"),
     ("repeats=0", "repeats"),
     ("device=tpu", "device"),
     ("bogus=1", "bogus"),
@@ -259,8 +261,8 @@ def test_bad_config_names_the_key(override, needle):
 
 def test_unknown_decoding_preset_is_named():
     # caught when the config loads, before a model is read: the presets are the files in conf/decode/
-    with pytest.raises(ConfigError, match=r"settings\[0\].preset: unknown decoding preset 'turbo'; known: \['quality', 'speedy'\]"):
-        _cfg(settings=[{"preset": "turbo"}])
+    with pytest.raises(ConfigError, match=r"settings\[0\].decode.preset: unknown decoding preset 'turbo'; known: \['quality', 'speedy'\]"):
+        _cfg(settings=[{"decode": {"preset": "turbo"}}])
 
 
 @pytest.mark.parametrize("path", sorted((CONF_DIR / "bench").glob("*.yaml")) + sorted((CONF_DIR / "quantize").glob("*.yaml")),
@@ -276,7 +278,7 @@ def test_cli_quantize_then_bench(model_dir, tmp_path, capsys):
     assert main(["quantize", "--model", str(model_dir), "--out", str(tmp_path / "fp8"), "--set", "check=false"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "fp8"
     sets = [*FAST, "prompts.task=null", "baselines.reference=false", "baselines.autoregressive=false",
-            "settings=[{preset: speedy}]"]
+            "settings=[{decode: {preset: speedy}}]"]
     args = ["bench", "--model", str(tmp_path / "fp8"), "--out", str(tmp_path / "bench")]
     args += [a for s in sets for a in ("--set", s)]
     assert main(args) == 0
@@ -298,7 +300,7 @@ def test_cli_bench_tracks_to_mlflow(model_dir, tmp_path, mlflow_uri, capsys):
 
     from flows.cli import main
 
-    sets = [*FAST, "prompts.task=null", "baselines.reference=false", "settings=[{preset: quality}]"]
+    sets = [*FAST, "prompts.task=null", "baselines.reference=false", "settings=[{decode: {preset: quality}}]"]
     args = ["bench", "--model", str(model_dir), "--out", str(tmp_path / "bench"), "--track",
             "--tracking-uri", mlflow_uri, "--experiment", "bench-test"]
     assert main(args + [a for s in sets for a in ("--set", s)]) == 0
@@ -332,7 +334,7 @@ def test_cli_bench_random_model_reports_fp8_size_and_reuses_the_model(tmp_path, 
 
     sizes = ["vocab=64", "hidden=32", "intermediate=64", "layers=2", "heads=2", "kv_heads=1", "head_dim=16"]
     sets = [*FAST, "baselines.reference=false", "baselines.autoregressive=false",
-            "settings=[{preset: speedy}, {preset: speedy, quant: fp8}]"]
+            "settings=[{decode: {preset: speedy}}, {decode: {preset: speedy}, quant: fp8}]"]
     args = ["bench", "--config", "table3", "--random-model", *sizes, "--out", str(tmp_path)]
     args += [a for s in sets for a in ("--set", s)]
     assert main(args) == 0

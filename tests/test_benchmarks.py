@@ -144,7 +144,7 @@ def test_speed_estimator_gives_the_same_likelihoods_three_ways(tmp_path):
 
 # ------------------------------------------------------------------------------------------ rl_table
 RL_FAST = ["max_steps=2", "prompts.train_size=8", "prompts.eval_size=4", "prompts.params={}",
-           "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.gen_length=8", "rollout.block_length=4",
+           "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.gen_length=8", "rollout.decode.overrides.block_length=4",
            "eval.every_steps=1", "optim.inner_steps=1", "trainer.num_threads=1", "checkpoint_every_steps=0"]
 
 

@@ -13,7 +13,7 @@ def test_compare_rows_put_runs_side_by_side_per_mode(tmp_path):
                                     "bench/speedy_b8/tps": 300.0, "train/loss_m2t": 1.0})
     b = RunView("b" * 32, "run b", {"eval/score": 0.75, "bench/quality/tps": 50.0})
     header, rows = table_rows([a, b])
-    assert header == ["mode", "metric", "run a", "run b"]
+    assert header == ["arm", "metric", "run a", "run b"]
     assert ["eval", "score", "0.500", "0.750"] in rows
     assert ["eval", "TPF", "2.00", "-"] in rows
     assert ["speedy", "TPS", "100.0", "-"] in rows

@@ -14,7 +14,7 @@ from model.files import atomic_write, atomic_writer
 
 SCHEMA_MODULES = ["components.training.config", "components.data.config", "components.bench.config",
                   "components.quantize.config", "components.rl.config", "components.evaluate.config",
-                  "flows.config", "components.serving"]
+                  "flows.config", "components.serving", "components.presets"]
 
 
 def _write(tmp_path, text: str) -> str:
@@ -89,6 +89,43 @@ def test_decode_values_are_checked_when_loaded(fields, needle):
     with pytest.raises(ConfigError, match=needle):
         load_decode_config("quality", **fields)
     assert load_decode_config("quality", editing_threshold=1.01).editing_threshold == 1.01  # editing off is valid
+
+
+def _bench_choice(overrides):
+    from components.bench.config import BenchConfig
+    from components.config import load_config
+
+    return load_config(BenchConfig, CONF_DIR / "bench" / "default.yaml", [f"settings=[{{decode: {overrides}}}]"]).settings[0].decode
+
+
+def _rollout_choice(overrides):
+    from components.config import load_config
+    from components.rl.config import RLConfig
+
+    sets = [f"rollout.decode.overrides.{k}={v}" for k, v in overrides.items()]
+    return load_config(RLConfig, CONF_DIR / "rl" / "default.yaml", sets).rollout.decode
+
+
+@pytest.mark.parametrize("choice_of", [_bench_choice, _rollout_choice], ids=["bench setting", "rl rollout"])
+def test_one_decoding_choice_everywhere(choice_of):
+    """A benchmark setting and the RL rollouts decode through the same `decode: {preset, overrides}` as
+    a task: overrides given without a preset keep the enclosing config's preset (speedy for both)."""
+    text = {_bench_choice: "{overrides: {threshold: 0.5}}", _rollout_choice: {"threshold": 0.5}}[choice_of]
+    choice = choice_of(text)
+    assert choice.preset == "speedy" and choice.overrides == {"threshold": 0.5}
+    decode = choice.load()
+    assert decode.threshold == 0.5 and decode.editing_threshold == load_decode_config("speedy").editing_threshold
+    assert choice.load("quality").block_length == load_decode_config("quality").block_length  # preset replaced
+    with pytest.raises(ConfigError, match=r"threshold.*must be in \[0, 1\]"):
+        choice_of({_bench_choice: "{overrides: {threshold: 1.5}}", _rollout_choice: {"threshold": 1.5}}[choice_of]).load()
+
+
+def test_the_rollouts_own_their_sampling_fields():
+    from components.config import load_config
+    from components.rl.config import RLConfig
+
+    with pytest.raises(ConfigError, match=r"rl\.rollout\.decode\.overrides\.temperature: is set by the rollouts"):
+        load_config(RLConfig, CONF_DIR / "rl" / "default.yaml", ["rollout.decode.overrides.temperature=0.5"])
 
 
 def test_atomic_write_never_leaves_half_a_file(tmp_path):

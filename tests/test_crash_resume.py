@@ -215,7 +215,7 @@ def test_rl_killed_mid_training_continues_in_the_same_run(tmp_path, mlflow_uri, 
     model = make_checkpoint(tmp_path / "model")
     overrides = ["max_steps=5", "max_minutes=0", "checkpoint_every_steps=2", "prompts.family=sum",
                  "prompts.params={}", "prompts.train_size=16", "prompts.eval_size=4", "rollout.prompts_per_step=2",
-                 "rollout.group_size=4", "rollout.gen_length=8", "rollout.block_length=4", "eval.every_steps=2",
+                 "rollout.group_size=4", "rollout.gen_length=8", "rollout.decode.overrides.block_length=4", "eval.every_steps=2",
                  "optim.inner_steps=1", "trainer.num_threads=1",
                  'rewards=[{name: format, params: {pattern: ".*[0-9].*", require_eos: false}}]']
     stage = Stage(tmp_path, mlflow_uri, prefect_api,

@@ -100,7 +100,7 @@ def test_end_to_end_writes_records_and_results(lm, tok, tmp_path):
     assert res.mean_length == pytest.approx(sum(r["tokens"] for r in records) / 6)
     assert res.score == pytest.approx(sum(r["correct"] for r in records) / 6)
     saved = json.loads((tmp_path / "sum" / "result.json").read_text())
-    assert saved["decode"]["gen_length"] == 16 and saved["mode"] == "quality" and "records" not in saved
+    assert saved["decode"]["gen_length"] == 16 and saved["preset"] == "quality" and "records" not in saved
     assert saved["score"] == pytest.approx(res.score) and saved["tpf"] == pytest.approx(res.tpf)
     metrics = res.metrics()
     assert metrics["eval/sum/accuracy"] == pytest.approx(res.score) and metrics["eval/sum/tpf"] == pytest.approx(res.tpf)
@@ -116,8 +116,8 @@ def test_batch_size_does_not_change_which_output_belongs_to_which_sample(lm, tok
 
 def test_mode_switches_the_decoding_preset(lm, tok):
     quality = evaluate_task(lm, tok, "addition", limit=2, overrides=SHORT)
-    speedy = evaluate_task(lm, tok, "addition", limit=2, overrides=SHORT, mode="speedy")
-    assert quality.mode == "quality" and speedy.mode == "speedy"
+    speedy = evaluate_task(lm, tok, "addition", limit=2, overrides=SHORT, preset="speedy")
+    assert quality.preset == "quality" and speedy.preset == "speedy"
     assert speedy.decode["threshold"] < quality.decode["threshold"]
 
 
@@ -276,7 +276,7 @@ def test_bad_arguments(lm, tok):
     with pytest.raises(ValueError, match="limit"):
         evaluate_task(lm, tok, "sum", limit=0)
     with pytest.raises(ValueError, match="unknown decoding preset 'warp'; known: quality, speedy"):
-        evaluate_task(lm, tok, "sum", mode="warp")
+        evaluate_task(lm, tok, "sum", preset="warp")
 
 
 # ------------------------------------------------------------------------------------ suite and CLI

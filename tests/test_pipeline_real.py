@@ -35,9 +35,9 @@ def write_config(tmp_path: Path, mlflow_uri: str) -> Path:
             "rollout.prompts_per_step=2", "rollout.gen_length=8", "eval.every_steps=0"]},
         "quantize": {"config": "quantize/int8.yaml"},
         "benchmark": {"config": "bench/default.yaml", "overrides": [
-            "prompts.num_prompts=2", "repeats=1", "warmup=0", "baselines.max_prompts=1", "decode={gen_length: 8}",
-            "settings=[{preset: speedy, batch_size: 2}, {preset: quality, batch_size: 1}, "
-            "{preset: speedy, batch_size: 2, quant: int8_dynamic}]"]},
+            "prompts.num_prompts=2", "repeats=1", "warmup=0", "baselines.max_prompts=1", "decode_overrides={gen_length: 8}",
+            "settings=[{decode: {preset: speedy}, batch_size: 2}, {decode: {preset: quality}, batch_size: 1}, "
+            "{decode: {preset: speedy}, batch_size: 2, quant: int8_dynamic}]"]},
         "evaluate": {"config": "eval/default.yaml", "overrides": [
             "tasks=[sum, sort]", "limit=2", "task_overrides=[decode.overrides.gen_length=8]"]},
     }

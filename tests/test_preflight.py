@@ -64,14 +64,14 @@ BAD = [
     ([f"{SFT}=[model.overrides.vocab_size=310]"], r"sft: train\.model .*the tokenizer has 2048 ids but the model's vocab_size is 310"),
     ([f"{SFT}=[model.overrides.pad_token_id=3000]"], r"sft: train\.model .*'pad_token_id'=3000 is outside the vocabulary"),
     # RL
-    ([f"{RL}=[rollout.preset=turbo]"], r"rl\.rollout\.preset: must be one of \['quality', 'speedy'\]"),
-    ([f"{RL}=[rollout.threshold=1.5]"], r"rl\.rollout.*threshold:? must be in \[0, 1\]"),
+    ([f"{RL}=[rollout.decode.preset=turbo]"], r"rl\.rollout\.decode\.preset: must be one of \['quality', 'speedy'\]"),
+    ([f"{RL}=[rollout.decode.overrides.threshold=1.5]"], r"rl\.rollout.*threshold:? must be in \[0, 1\]"),
     ([f"{RL}=[rollout.group_size=1]"], r"rl\.rollout\.group_size"),
     ([f"{RL}=[max_minutes=-1]"], r"rl\.max_minutes"),
     ([f"{RL}=[prompts.family=nosuch]"], r"nosuch"),
     # benchmark
-    ([f"{BENCH}=['settings=[{{preset: turbo}}]']"], r"bench\.settings\[0\]\.preset: unknown decoding preset 'turbo'"),
-    ([f"{BENCH}=['settings=[{{preset: speedy, decode: {{threshold: 2.0}}}}]']"], r"settings\[0\].*threshold"),
+    ([f"{BENCH}=['settings=[{{decode: {{preset: turbo}}}}]']"], r"bench\.settings\[0\]\.decode\.preset: unknown decoding preset 'turbo'"),
+    ([f"{BENCH}=['settings=[{{decode: {{preset: speedy, overrides: {{threshold: 2.0}}}}}}]']"], r"settings\[0\].*threshold"),
     ([f"{BENCH}=[repeats=0]"], r"bench\.repeats: must be >= 1"),
     ([f"{BENCH}=[prompts.task=nosuchtask]"], r"bench\.prompts\.task.*nosuchtask"),
     # quantization

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from components.config import ConfigError, load_config
+from components.presets import DecodeChoice
 from components.rl import rewards as rewards_module
 from components.rl.config import RLConfig, RolloutConfig
 from components.rl.module import EBPOModule
@@ -23,7 +24,7 @@ from model.tokenizer import load_tokenizer
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "rl"
 # Overrides that make a run take seconds: tiny batches, short answers, one block per answer.
 FAST = ["max_steps=2", "max_minutes=0", "prompts.train_size=16", "prompts.eval_size=4", "rollout.prompts_per_step=2",
-        "rollout.group_size=4", "rollout.gen_length=8", "rollout.block_length=4", "eval.every_steps=1",
+        "rollout.group_size=4", "rollout.gen_length=8", "rollout.decode.overrides.block_length=4", "eval.every_steps=1",
         "estimator.num_levels=2", "optim.inner_steps=2", "trainer.num_threads=1"]
 DIGIT_REWARD = 'rewards=[{name: format, params: {pattern: ".*[0-9].*", require_eos: false}}]'
 
@@ -57,7 +58,7 @@ def test_every_rl_config_loads():
     ("rollout.group_size=1", "rl.rollout.group_size: must be >= 2"),
     ("rewards=[{name: no_such_reward}]", "rl.rewards\\[0\\].name: unknown reward 'no_such_reward'"),
     ("rollout.temperature=0", "rl.rollout.temperature: must be > 0"),
-    ("rollout.preset=turbo", "rl.rollout.preset: must be one of \\['quality', 'speedy'\\]"),
+    ("rollout.decode.preset=turbo", "rl.rollout.decode.preset: must be one of \\['quality', 'speedy'\\]"),
     ("estimator.schedule=fixed", "rl.estimator.levels: must be 1 values"),
     ("optim.negative_scale=1.5", "rl.optim.negative_scale: must be in \\[0, 1\\]"),
     ("eval.samples_per_prompt=0", "rl.eval.samples_per_prompt: must be >= 1"),
@@ -90,7 +91,7 @@ def test_rollouts_group_and_cut_at_block_ends(tiny_model_dir):
     lm = DiffusionLM.from_pretrained(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
     examples = get_family("sum").make("train", 2, 0)
-    dcfg = decode_config(RolloutConfig(gen_length=8, block_length=4), tok, temperature=1.0, seed=0)
+    dcfg = decode_config(RolloutConfig(gen_length=8, decode=DecodeChoice("speedy", {"block_length": 4})), tok, temperature=1.0, seed=0)
     assert dcfg.threshold == 0.5 and dcfg.temperature == 1.0  # the speedy preset, sampling on
     batch = generate_rollouts(lm, tok, examples, 3, dcfg, "chat")
     assert len(batch.rollouts) == 6
@@ -111,7 +112,7 @@ def test_evaluation_reports_the_edit_accounting(tiny_model_dir):
     lm = DiffusionLM.from_pretrained(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
     examples = get_family("sort").make("heldout", 4, 0)  # one valid answer: every edit is judged
-    dcfg = decode_config(RolloutConfig(gen_length=8, block_length=4), tok, temperature=0.0, seed=0)
+    dcfg = decode_config(RolloutConfig(gen_length=8, decode=DecodeChoice("speedy", {"block_length": 4})), tok, temperature=0.0, seed=0)
     dcfg = replace(dcfg, threshold=0.0, editing_threshold=0.0, max_post_steps=2)  # a random model that edits
     reward = CombinedReward.from_specs(load_config(RLConfig, DEFAULT_CONFIG).rewards)
     out = evaluate_policy(lm, tok, examples, dcfg, reward, "chat")
@@ -129,7 +130,7 @@ def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
     lm = DiffusionLM.from_pretrained(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
     examples = get_family("sum").make("heldout", 3, 0)
-    dcfg = decode_config(RolloutConfig(gen_length=8, block_length=4), tok, temperature=1.0, seed=0)
+    dcfg = decode_config(RolloutConfig(gen_length=8, decode=DecodeChoice("speedy", {"block_length": 4})), tok, temperature=1.0, seed=0)
     calls = []
 
     class Digit(CombinedReward):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from components.config import ConfigError, check_choice, check_min, check_positive, conf_defaults, conf_names, fail
+from components.presets import DecodeChoice
 
 QUANTS = ("none", "fp8", "int8_dynamic", "int8_weight_only", "int8_dynamic_fbgemm")
 DEVICES = ("cpu", "cuda", "auto")
@@ -38,14 +39,14 @@ class SettingConfig:
     """One decoding setting measured by the benchmark."""
 
     name: Optional[str]  # default: <preset>_b<batch_size>[_<quant>]
-    preset: str  # decoding preset in conf/decode/ (S = speedy, Q = quality)
+    decode: DecodeChoice  # decoding preset in conf/decode/ (S = speedy, Q = quality) and its overrides
     batch_size: int
     quant: str  # none | fp8 | int8_dynamic | int8_weight_only | int8_dynamic_fbgemm
-    decode: dict[str, Any]  # overrides of the preset's fields
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.preset}_b{self.batch_size}" + ("" if self.quant == "none" else f"_{self.quant}")
+        suffix = "" if self.quant == "none" else f"_{self.quant}"
+        return self.name or f"{self.decode.preset}_b{self.batch_size}{suffix}"
 
 
 @dataclass
@@ -66,7 +67,7 @@ class BenchConfig:
     prompts: PromptSetConfig
     settings: list[SettingConfig]
     baselines: BaselineConfig
-    decode: dict[str, Any]  # overrides for every setting and baseline
+    decode_overrides: dict[str, Any]  # under every setting's and baseline's preset
     repeats: int  # timed runs per setting; medians are reported
     warmup: int  # untimed runs of the first batch before timing
     threads: Optional[int]  # torch.set_num_threads for the run (null = leave as is)
@@ -95,13 +96,14 @@ def validate_bench_config(cfg: BenchConfig) -> None:
             fail(f"bench.settings[{i}].batch_size", f"must be >= 1, got {s.batch_size}")
         if s.quant not in QUANTS:
             fail(f"bench.settings[{i}].quant", f"must be one of {QUANTS}, got {s.quant!r}")
-        if s.preset not in conf_names("decode"):
-            fail(f"bench.settings[{i}].preset", f"unknown decoding preset {s.preset!r}; known: {conf_names('decode')}")
+        if s.decode.preset not in conf_names("decode"):
+            fail(f"bench.settings[{i}].decode.preset",
+                 f"unknown decoding preset {s.decode.preset!r}; known: {conf_names('decode')}")
         if s.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", s.name):
             fail(f"bench.settings[{i}].name", f"must be letters, digits, '_', '-', '.', got {s.name!r}")
         for key in ("max_batch_size", "use_cache"):
-            if key in s.decode:
-                fail(f"bench.settings[{i}].decode.{key}", "is set by the benchmark (use batch_size)")
+            if key in s.decode.overrides:
+                fail(f"bench.settings[{i}].decode.overrides.{key}", "is set by the benchmark (use batch_size)")
         labels.append(s.label)
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

@@ -28,6 +28,7 @@ from typing import Any, Optional
 import torch
 
 from components.config import save_config, to_container
+from components.presets import DecodeChoice
 from model.files import atomic_write
 
 from .baselines import autoregressive_config
@@ -61,28 +62,26 @@ def _check_model_dir(model_dir: Path) -> None:
         raise BenchmarkError(f"{model_dir} is not a model checkpoint folder: it has no *.safetensors weights")
 
 
-def _decode_for(preset: str, overrides: dict[str, Any], where: str):
-    from components.presets import load_decode_config
-
+def _decode_for(choice: DecodeChoice, overrides: dict[str, Any], where: str):
     try:
-        return load_decode_config(preset, overrides=overrides)
+        return choice.load(overrides=overrides)
     except (ValueError, TypeError) as exc:
         raise BenchmarkError(f"{where}: {exc}") from exc
 
 
 def make_plans(cfg: BenchConfig, prompts: PromptSet) -> list[Plan]:
     """Settings first, then the autoregressive baseline, then the (slow) reference loop."""
-    common = {**prompts.decode_overrides, **cfg.decode}
+    common = {**prompts.decode_overrides, **cfg.decode_overrides}
     everyone = list(range(len(prompts.ids)))
     plans = []
     for i, s in enumerate(cfg.settings):
-        decode = _decode_for(s.preset, {**common, **s.decode}, f"bench.settings[{i}] ({s.label})")
+        decode = _decode_for(s.decode, common, f"bench.settings[{i}] ({s.label})")
         decode = dataclasses.replace(decode, max_batch_size=s.batch_size, use_cache=True)
-        plans.append(Plan(s.label, "setting", s.preset, s.batch_size, s.quant, decode, everyone))
+        plans.append(Plan(s.label, "setting", s.decode.preset, s.batch_size, s.quant, decode, everyone))
     b = cfg.baselines
     subset = everyone[: b.max_prompts] if b.max_prompts else everyone
     if b.autoregressive or b.reference:
-        base = _decode_for(b.preset, common, "bench.baselines.preset")
+        base = _decode_for(DecodeChoice(b.preset, {}), common, "bench.baselines.preset")
         if b.autoregressive:
             plans.append(Plan("autoregressive", "autoregressive", b.preset, 1, "none",
                               dataclasses.replace(autoregressive_config(base), max_batch_size=1), subset))

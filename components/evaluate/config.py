@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from components.config import CONF_DIR, ConfigError, check_min, conf_defaults, fail, load_config
+from components.presets import DecodeChoice
 
 TASK_DIR = CONF_DIR / "task"
 EVAL_DIR = CONF_DIR / "eval"
@@ -79,15 +80,6 @@ class PromptConfig:
 
 
 @dataclass
-@conf_defaults("task/defaults/task.yaml", "decode")
-class TaskDecodeConfig:
-    """Decoding preset (`conf/decode/<preset>.yaml`) plus overrides of its fields."""
-
-    preset: str
-    overrides: dict[str, Any]
-
-
-@dataclass
 @conf_defaults("task/defaults/task.yaml", "sandbox")
 class TaskSandboxConfig:
     """Limits for running generated code (scorer `unit_tests`), see components.sandbox."""
@@ -110,7 +102,7 @@ class TaskConfig:
     metric: str  # accuracy | pass_at_k
     k: list[int]  # pass@k values reported (metric pass_at_k)
     samples_per_prompt: int  # n generations per problem; pass@k needs n >= max(k)
-    decode: TaskDecodeConfig
+    decode: DecodeChoice
     limit: Optional[int]  # evaluate the first `limit` samples only
     seed: int
     batch_size: int

@@ -37,7 +37,7 @@ class TaskResult:
     wall_seconds: float
     generation_seconds: float
     tokens_per_second: float
-    mode: str
+    preset: str  # the decoding preset, or "custom" for a DecodeConfig given whole
     decode: dict[str, Any]
     sandbox: Optional[dict[str, str]] = None  # code tasks: which sandbox protections were active
     edits: Optional[dict[str, float]] = None  # components.edits.EditStats.as_dict() over the task
@@ -120,7 +120,7 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-TABLE_COLUMNS = ("task", "metric", "score", "mode", "TPF", "fwd/sample", "len", "n", "errors", "tok/s", "time s")
+TABLE_COLUMNS = ("task", "metric", "score", "preset", "TPF", "fwd/sample", "len", "n", "errors", "tok/s", "time s")
 
 
 def table_rows(results: Iterable[TaskResult]) -> list[list[str]]:
@@ -129,7 +129,7 @@ def table_rows(results: Iterable[TaskResult]) -> list[list[str]]:
         metric = "accuracy" if r.metric == "accuracy" else ", ".join(r.scores)
         score = _fmt(r.score) if r.metric == "accuracy" else " / ".join(_fmt(v) for v in r.scores.values())
         rows.append([
-            r.task, metric, score, r.mode, _fmt(r.tpf, 2), _fmt(r.mean_forwards, 1), _fmt(r.mean_length, 1),
+            r.task, metric, score, r.preset, _fmt(r.tpf, 2), _fmt(r.mean_forwards, 1), _fmt(r.mean_length, 1),
             str(r.num_generations), str(r.num_errors), _fmt(r.tokens_per_second, 1), _fmt(r.wall_seconds, 1),
         ])
     return rows
@@ -141,7 +141,7 @@ def render_table(results: Iterable[TaskResult], title: str = "evaluation"):
 
     table = Table(title=title)
     for col in TABLE_COLUMNS:
-        table.add_column(col, justify="left" if col in ("task", "metric", "mode") else "right")
+        table.add_column(col, justify="left" if col in ("task", "metric", "preset") else "right")
     for row in table_rows(results):
         table.add_row(*row)
     return table

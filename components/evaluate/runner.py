@@ -66,12 +66,10 @@ def resolve_task(task: TaskLike, overrides: Sequence[str] = ()) -> TaskConfig:
     return validate_task(cfg, where=where)
 
 
-def build_decode_config(task: TaskConfig, mode: Optional[str] = None):
-    """The task's decoding preset (or `mode`, a preset in conf/decode/ that replaces it) with the task's
+def build_decode_config(task: TaskConfig, preset: Optional[str] = None):
+    """The task's decoding preset (or `preset`, a name in conf/decode/ that replaces it) with the task's
     overrides applied; an unknown preset or a bad value fails here with the known presets named."""
-    from components.presets import load_decode_config
-
-    return load_decode_config(mode or task.decode.preset, overrides=dict(task.decode.overrides))
+    return task.decode.load(preset)
 
 
 def render_prompt(sample: Sample, task: TaskConfig, tokenizer) -> str:
@@ -190,13 +188,13 @@ def evaluate_task(
     limit: Optional[int] = None,
     batch_size: Optional[int] = None,
     *,
-    mode: Optional[str] = None,
+    preset: Optional[str] = None,
     overrides: Sequence[str] = (),
     output_dir: str | os.PathLike | None = None,
 ) -> TaskResult:
     """Evaluate `lm` on one task and return its TaskResult (also written under `output_dir`).
 
-    `decode_cfg` (a DecodeConfig) replaces the task's preset entirely; `mode` picks the speedy or
+    `decode_cfg` (a DecodeConfig) replaces the task's preset entirely; `preset` picks the speedy or
     quality preset instead of the task's own; `limit` and `batch_size` override the task's.
     """
     start = time.perf_counter()
@@ -209,7 +207,7 @@ def evaluate_task(
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         task.batch_size = batch_size
-    decode = decode_cfg if decode_cfg is not None else build_decode_config(task, mode)
+    decode = decode_cfg if decode_cfg is not None else build_decode_config(task, preset)
     if decode.seed is None:
         decode = dataclasses.replace(decode, seed=task.seed)
     decode = dataclasses.replace(decode, record_trajectory=True)  # every edit is classified (fix/break)
@@ -243,7 +241,7 @@ def evaluate_task(
                 edit_stats = edit_stats + _account_edits(job, task, tokenizer, eos)
             log.info("%s: %d/%d generations", task.name, min(first + task.batch_size, len(runnable)), len(runnable))
 
-    label = (mode or task.decode.preset) if decode_cfg is None else "custom"
+    label = (preset or task.decode.preset) if decode_cfg is None else "custom"
     result = _aggregate(task, jobs, decode, label, time.perf_counter() - start, gen_seconds)
     result.sandbox = sandbox
     result.edits = edit_stats.as_dict()
@@ -252,7 +250,7 @@ def evaluate_task(
     return result
 
 
-def _aggregate(task: TaskConfig, jobs: list[_Job], decode, mode: str, wall: float, gen_seconds: float) -> TaskResult:
+def _aggregate(task: TaskConfig, jobs: list[_Job], decode, preset: str, wall: float, gen_seconds: float) -> TaskResult:
     records = [j.record for j in jobs]
     generated = [r for r in records if r["output"] is not None]
     tpf, fwd, length = TokensPerForward(), MeanForwards(), MeanLength()
@@ -290,7 +288,7 @@ def _aggregate(task: TaskConfig, jobs: list[_Job], decode, mode: str, wall: floa
         wall_seconds=wall,
         generation_seconds=gen_seconds,
         tokens_per_second=tokens / gen_seconds if gen_seconds > 0 else float("nan"),
-        mode=mode,
+        preset=preset,
         decode=dataclasses.asdict(decode),
         records=records,
     )
@@ -302,7 +300,7 @@ def evaluate_suite(
     tasks: Sequence[TaskLike],
     *,
     decode_cfg=None,
-    mode: Optional[str] = None,
+    preset: Optional[str] = None,
     limit: Optional[int] = None,
     batch_size: Optional[int] = None,
     task_overrides: Sequence[str] = (),
@@ -319,11 +317,11 @@ def evaluate_suite(
         raise TaskConfigError(f"the suite lists task name(s) {dupes} more than once; their results would collide")
     for cfg in configs:  # a bad preset, missing data or a broken sandbox fails before any task decodes
         if decode_cfg is None:
-            build_decode_config(cfg, mode)
+            build_decode_config(cfg, preset)
         load_samples(cfg)
         preflight(cfg)
     results = [
-        evaluate_task(lm, tokenizer, cfg, decode_cfg, limit, batch_size, mode=mode, output_dir=output_dir)
+        evaluate_task(lm, tokenizer, cfg, decode_cfg, limit, batch_size, preset=preset, output_dir=output_dir)
         for cfg in configs
     ]
     if output_dir is not None:

@@ -51,7 +51,7 @@ def run_eval(lm, tokenizer, cfg: EvalConfig, out_dir: str | Path) -> EvalRun:
         harness = prepare_harness(lm, tokenizer, cfg.lm_eval, cfg.tasks)
 
     def suite(preset, extra: list[str], folder: Path) -> list[TaskResult]:
-        return evaluate_suite(lm, tokenizer, list(cfg.tasks), mode=preset, limit=cfg.limit, batch_size=cfg.batch_size,
+        return evaluate_suite(lm, tokenizer, list(cfg.tasks), preset=preset, limit=cfg.limit, batch_size=cfg.batch_size,
                               task_overrides=list(cfg.task_overrides) + extra, output_dir=folder)
 
     results = suite(cfg.preset, [], out_dir)

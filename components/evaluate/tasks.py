@@ -93,9 +93,7 @@ def validate_task(cfg: TaskConfig, where: str = "task") -> TaskConfig:
     check_min(f"{where}: limit", cfg.limit, 1, allow_none=True)
     check_min(f"{where}: batch_size", cfg.batch_size, 1)
     check_min(f"{where}: sandbox.workers", cfg.sandbox.workers, 1)
-    from components.presets import check_preset
-
-    check_preset(f"{where}: decode.preset", cfg.decode.preset)
+    cfg.decode.check(f"{where}: decode")
     return cfg
 
 

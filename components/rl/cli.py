@@ -1,7 +1,7 @@
 """`draftedit rl`: EBPO reinforcement learning from a checkpoint.
 
     draftedit rl --model outputs/sft/checkpoint --out outputs/rl [--config conf/rl/default.yaml] \
-        rollout.preset=quality estimator.num_levels=1 max_minutes=5
+        rollout.decode.preset=quality estimator.num_levels=1 max_minutes=5
 
 Prints the summary (held-out accuracy and TPF before / after, checkpoint folder) as JSON.
 """

@@ -10,12 +10,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.config import check_choice, check_fraction, check_min, check_positive, conf_defaults, fail
+from components.presets import DecodeChoice
 
 PROMPT_SOURCES = ("synthetic", "jsonl")
 PROMPT_TEMPLATES = ("chat", "raw")
 NOISE_SCHEDULES = ("stratified", "fixed")
 RATIO_NORMALIZATIONS = ("sum", "mean")
 LR_SCHEDULES = ("constant", "cosine")
+# DecodeConfig fields the rollouts set themselves (sampling, answer length, ids, batching): not overridable
+# through rollout.decode.overrides, so that each has one key.
+ROLLOUT_OWNED = ("gen_length", "temperature", "top_k", "top_p", "eos_early_stop", "seed", "eos_id", "mask_id",
+                 "max_batch_size")
 
 
 @dataclass
@@ -63,28 +68,26 @@ class PromptsConfig:
 class RolloutConfig:
     """G sampled responses per prompt from the draft-and-edit decoder, with the S or Q preset.
 
-    `preset` picks the decode preset (conf/decode/<preset>.yaml); the fields below that are not None
-    override it. Sampling must be on (temperature > 0) or a group has nothing to compare.
+    `decode` is the preset (conf/decode/<preset>.yaml) and overrides of its thresholds, block length and
+    edit rules; the sampling fields and the answer length are the rollouts' own, set here. Sampling must be
+    on (temperature > 0) or a group has nothing to compare.
     """
 
-    preset: str
+    decode: DecodeChoice
     group_size: int
     prompts_per_step: int
     temperature: float
     top_k: int | None
     top_p: float | None
     gen_length: int
-    block_length: int | None
-    threshold: float | None
-    editing_threshold: float | None
-    max_post_steps: int | None
     eos_early_stop: bool
     max_batch_size: int | None
 
     def validate(self) -> None:
-        from components.presets import check_preset
-
-        check_preset("rl.rollout.preset", self.preset)
+        self.decode.check("rl.rollout.decode")
+        owned = sorted(set(self.decode.overrides) & set(ROLLOUT_OWNED))
+        if owned:
+            fail(f"rl.rollout.decode.overrides.{owned[0]}", f"is set by the rollouts (rl.rollout.{owned[0]})")
         if self.group_size < 2:
             fail("rl.rollout.group_size", "must be >= 2 (group-relative advantages compare responses to one "
                                           f"prompt), got {self.group_size!r}")
@@ -94,8 +97,6 @@ class RolloutConfig:
             fail("rl.rollout.temperature", f"must be > 0 (rollouts must sample), got {self.temperature!r}")
         if self.gen_length < 1:
             fail("rl.rollout.gen_length", f"must be >= 1, got {self.gen_length!r}")
-        if self.block_length is not None and self.block_length < 1:
-            fail("rl.rollout.block_length", f"must be >= 1 or null (the preset's), got {self.block_length!r}")
 
 
 @dataclass
@@ -203,7 +204,7 @@ class RewardSpec:
 @dataclass
 @conf_defaults("rl/defaults/rl.yaml", "eval")
 class EvalConfig:
-    """Held-out accuracy and TPF in the rollout mode (the improvement curve).
+    """Held-out accuracy and TPF in the rollouts' preset (the improvement curve).
 
     temperature 0 measures the greedy decoder. The policy EBPO optimises is the rollouts' sampled
     one, so `temperature` = the rollouts' with `samples_per_prompt` > 1 measures that policy, averaged

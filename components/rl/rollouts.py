@@ -82,16 +82,11 @@ def encode_prompt(tokenizer, text: str, template: str) -> list[int]:
 
 def decode_config(cfg: RolloutConfig, tokenizer, *, temperature: float, seed: int | None,
                   max_batch_size: int | None = None) -> DecodeConfig:
-    """The rollout's preset (S = speedy, Q = quality) with the rollout's overrides."""
-    from components.presets import load_decode_config
-
-    fields = dict(gen_length=cfg.gen_length, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                  eos_early_stop=cfg.eos_early_stop, seed=seed, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id,
-                  max_batch_size=max_batch_size if max_batch_size is not None else cfg.max_batch_size)
-    for name in ("block_length", "threshold", "editing_threshold", "max_post_steps"):
-        if getattr(cfg, name) is not None:
-            fields[name] = getattr(cfg, name)
-    return load_decode_config(cfg.preset, **fields)
+    """The rollout's preset (S = speedy, Q = quality) with its overrides, and the rollouts' own sampling."""
+    return cfg.decode.load(gen_length=cfg.gen_length, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                           eos_early_stop=cfg.eos_early_stop, seed=seed, eos_id=tokenizer.eos_id,
+                           mask_id=tokenizer.mask_id,
+                           max_batch_size=max_batch_size if max_batch_size is not None else cfg.max_batch_size)
 
 
 # ---------------------------------------------------------------------------------------- rollouts
