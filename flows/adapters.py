@@ -55,22 +55,21 @@ def _quiet_lightning() -> None:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
+def _active_run() -> tuple[str, str] | None:
+    """(tracking URI, run id) of the active MLflow run (the stage's), or None outside one."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return None if run is None else (mlflow.get_tracking_uri(), run.info.run_id)
+
+
 def _mlflow_logger():
     """A Lightning logger writing into the active MLflow run (the stage's; see
     components.tracking.runs.stage_mlflow_logger), or None outside one."""
-    import mlflow
+    from components.tracking.runs import continuing_mlflow_logger
 
-    from components.tracking.liveness import TAG_RESUMED
-    from components.tracking.runs import logged_steps, stage_mlflow_logger
-
-    run = mlflow.active_run()
-    if run is None:
-        return None
-    uri, run_id = mlflow.get_tracking_uri(), run.info.run_id
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    # A continued (reopened) run already holds the steps replayed since its last checkpoint.
-    skip = logged_steps(client, run_id) if TAG_RESUMED in client.get_run(run_id).data.tags else None
-    return stage_mlflow_logger(uri, run_id, skip)
+    run = _active_run()
+    return None if run is None else continuing_mlflow_logger(*run)
 
 
 def prepare(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
@@ -94,14 +93,18 @@ def prepare(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
 def train(cfg, out_dir: Path, inputs: dict[str, Path]) -> dict:
     """CPT or SFT (cfg.stage) on the prepared data, from the input checkpoint when there is one."""
     from components.training import run_training
+    from components.training.launch import launch_training, needs_launcher
 
     cfg = dataclasses.replace(cfg)
     cfg.data = dataclasses.replace(cfg.data, prepared=str(inputs["data"]))
     if inputs.get("checkpoint") is not None:
         cfg.model = dataclasses.replace(cfg.model, init_from=str(inputs["checkpoint"]))
     _quiet_lightning()
-    logger = _mlflow_logger()
-    result = run_training(cfg, out_dir, loggers=[logger] if logger is not None else None)
+    if needs_launcher(cfg):  # several processes: started by torchrun, not by re-running this flow
+        result = launch_training(cfg, out_dir, mlflow_run=_active_run())
+    else:
+        logger = _mlflow_logger()
+        result = run_training(cfg, out_dir, loggers=[logger] if logger is not None else None)
     return {
         "checkpoint_dir": result["checkpoint_dir"],
         "metrics": _flat_metrics(result, "train"),

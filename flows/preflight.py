@@ -78,10 +78,10 @@ def check_device(stage: str, cfg: Any, hardware: str | None) -> None:
     if section and value in ("gpu", "cuda"):
         hint = "" if hardware == "cpu" else " (hardware=cpu runs the preset on this machine's CPU)"
         fail(f"stage {stage}: {section}.{key}", f"is {value!r} but this machine has no CUDA device{hint}")
-    if section and getattr(trainer, "strategy", None) == "fsdp" and value not in ("gpu", "cuda"):
-        # Lightning's Trainer refuses FSDP on any accelerator but CUDA
-        fail(f"stage {stage}: {section}.trainer.strategy", f"fsdp needs trainer.accelerator=gpu, got {value!r} "
-                                                          "(ddp runs on CPU processes)")
+    if section and getattr(trainer, "strategy", None) == "deepspeed" and value not in ("gpu", "cuda"):
+        # DeepSpeed runs on CUDA only; fsdp and ddp also run on CPU processes (gloo)
+        fail(f"stage {stage}: {section}.trainer.strategy", f"deepspeed needs trainer.accelerator=gpu, got {value!r} "
+                                                          "(fsdp and ddp run on CPU processes)")
 
 
 def check_stage(stage: str, cfg: Any, inputs: dict[str, str], tracking_uri: str | None) -> None:

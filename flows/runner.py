@@ -303,12 +303,9 @@ def run_stage(stage: str, request: StageRequest) -> dict:
                         "evaluate", probe_cfg, {"checkpoint": str(ckpt)}, str(out_dir / "probe")
                     )
                     probe_metrics = probe.get("metrics", {})
-                    metrics.update(log_metrics(client, run_id, {**probe_metrics, **summarize_eval(probe_metrics)}))
+                    metrics.update(log_metrics(client, run_id, probe_metrics))
             if not result.get("artifacts_logged"):
                 _log_results(client, run_id, out_dir, skip)
-            if stage == "evaluate":  # suite aggregates, when the component did not give them
-                aggregates = {k: v for k, v in summarize_eval(metrics).items() if k not in metrics}
-                metrics.update(log_metrics(client, run_id, aggregates))
             if register:
                 registration = _register(client, run_id, local_inputs["checkpoint"], inputs["checkpoint"], register)
                 client.set_tag(run_id, TAG_REGISTERED_VERSION, registration["version"])
@@ -330,33 +327,6 @@ def stage_result_from_run(stage: str, run) -> dict:
     registration = run.data.tags.get(TAG_REGISTRATION)
     return stage_result(stage, run.info.run_id, run_outputs(run), dict(run.data.metrics), TAG_CACHE_HIT in run.data.tags,
                         (end - run.info.start_time) / 1000, json.loads(registration) if registration else None)
-
-
-def summarize_eval(metrics: dict[str, float]) -> dict[str, float]:
-    """`eval/score`, `eval/tpf`, `eval/tps`: the evaluation's aggregates, or the mean over its tasks.
-
-    Per-task metrics are `eval/<task>/<name>`; the score of a task is its `score`, `accuracy` or
-    `pass@1` (first found).
-    """
-    out: dict[str, float] = {}
-    per_task: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "eval":
-            per_task.setdefault(parts[1], {})[parts[2]] = value
-    for name, candidates in (("score", ("score", "accuracy", "pass@1")), ("tpf", ("tpf",)), ("tps", ("tps",))):
-        key = f"eval/{name}"
-        if key in metrics:
-            out[key] = metrics[key]
-            continue
-        values = []
-        for task_metrics in per_task.values():
-            found = next((task_metrics[c] for c in candidates if c in task_metrics), None)
-            if found is not None:
-                values.append(found)
-        if values:
-            out[key] = sum(values) / len(values)
-    return out
 
 
 def _register(client, run_id: str, checkpoint_dir: str, checkpoint_uri: str, spec: RegistrationSpec) -> dict:

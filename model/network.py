@@ -159,6 +159,12 @@ class SparseMoE(nn.Module):
             token_idx, slot = (indices == e).nonzero(as_tuple=True)
             expert_out = self.experts[e](flat[token_idx])
             out.index_add_(0, token_idx, expert_out * weights[token_idx, slot, None].to(expert_out.dtype))
+        if self.training and torch.is_grad_enabled():
+            # Experts no token chose still run, on zero tokens: their gradient is then zero instead of
+            # missing, so every data-parallel rank reduces the same parameters (FSDP's reduce-scatter
+            # and DDP's all-reduce need that) and one process trains as several do.
+            for e in (load == 0).nonzero().flatten().tolist():
+                out = out + self.experts[e](flat[:0]).sum()
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.view(shape)

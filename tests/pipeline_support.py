@@ -105,7 +105,9 @@ def fake_evaluate(cfg: FakeEvalConfig, out_dir: Path, inputs: dict) -> dict:
     CALLS.append(("evaluate", dict(inputs)))
     assert (inputs["checkpoint"] / "config.json").is_file()
     (out_dir / "summary.json").write_text(json.dumps({"score": cfg.score}))
-    return {"metrics": {"eval/sum/accuracy": cfg.score, "eval/sum/tpf": 3.0, "eval/sum/tps": 40.0}}
+    # per task and the suite's aggregates, as components.evaluate.suite.run_eval reports them
+    return {"metrics": {"eval/sum/accuracy": cfg.score, "eval/sum/tpf": 3.0, "eval/sum/tps": 40.0,
+                        "eval/score": cfg.score, "eval/tpf": 3.0, "eval/tps": 40.0}}
 
 
 def install_fakes(monkeypatch) -> None:

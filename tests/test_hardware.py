@@ -45,13 +45,16 @@ def test_gpu_preset_on_a_machine_without_gpu_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_fsdp_on_cpu_is_one_line(tmp_path, monkeypatch):
+def test_a_strategy_the_hardware_cannot_run_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = load_pipeline_config("llada2.1-mini", [f"init_checkpoint={tmp_path}"])
     sft = load_stage_config("sft", stage_config_path(cfg.stage("sft")), ["trainer.accelerator=cpu"])
     assert sft.trainer.strategy == "fsdp"
-    with pytest.raises(ConfigError, match=r"^stage sft: train\.trainer\.strategy: fsdp needs trainer\.accelerator=gpu"):
-        check_device("sft", sft, "cpu")
+    check_device("sft", sft, "cpu")  # FSDP runs on CPU processes
+    deepspeed = load_stage_config("sft", stage_config_path(cfg.stage("sft")),
+                                  ["trainer.accelerator=cpu", "trainer.strategy=deepspeed"])
+    with pytest.raises(ConfigError, match=r"^stage sft: train\.trainer\.strategy: deepspeed needs trainer\.accelerator=gpu"):
+        check_device("sft", deepspeed, "cpu")
 
 
 def test_unknown_hardware_names_the_key():

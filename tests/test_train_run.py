@@ -154,6 +154,35 @@ def test_lora_trains_only_adapters_and_exports_merged_weights(prepared, tmp_path
     assert not any("word_embeddings" in k or "norm" in k for k in changed)  # everything else frozen
 
 
+def test_merged_lora_weights_give_the_adapted_models_logits():
+    """The export folds W + (alpha / r) B A from the state dict alone; the plain model it loads into
+    computes what the adapted model computes."""
+    pytest.importorskip("peft")
+    from components.training.run import apply_lora, merge_lora_weights
+    from model import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = load_train_config(None, ["lora.enabled=true", "lora.r=4", "lora.alpha=12", "lora.dropout=0.0",
+                                   "lora.target_modules=[query_key_value,dense,gate_proj]"])
+    adapted = apply_lora(DiffusionLM(ModelConfig.tiny(vocab_size=64)), cfg).eval()
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # peft starts B at zero: a trained adapter is not
+    tokens = torch.randint(3, 64, (2, 12))
+    with torch.no_grad():
+        want = adapted(tokens).logits
+    merged = merge_lora_weights(adapted.state_dict(), alpha=12, r=4)
+    plain = DiffusionLM(ModelConfig.tiny(vocab_size=64)).eval()
+    assert merged.keys() == plain.state_dict().keys()
+    plain.load_state_dict(merged)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(tokens).logits, want, rtol=1e-4, atol=1e-5)
+    base = {k.replace(".base_layer.", "."): v for k, v in adapted.state_dict().items() if ".lora_" not in k}
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(k.endswith(("query_key_value.weight", "dense.weight", "gate_proj.weight")) for k in changed)
+
+
 def test_lora_without_peft_stops_before_training(prepared, tmp_path, monkeypatch):
     import sys
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from components.config import to_container, to_yaml
 
-from .liveness import TAG_FAILURE, TAG_INTERRUPTED, Heartbeat, owner_tags, reopen_run
+from .liveness import TAG_FAILURE, TAG_INTERRUPTED, TAG_RESUMED, Heartbeat, owner_tags, reopen_run
 from .store import git_commit
 
 TAG_STAGE = "draftedit.stage"
@@ -186,6 +186,16 @@ def logged_steps(client, run_id: str) -> dict[str, int]:
     """Metric name -> the highest step already logged in the run (what a continued run must not log again)."""
     run = client.get_run(run_id)
     return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+
+
+def continuing_mlflow_logger(tracking_uri: str, run_id: str):
+    """stage_mlflow_logger on `run_id`; a continued (reopened) run already holds the steps replayed
+    since its last checkpoint, so those are skipped."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    skip = logged_steps(client, run_id) if TAG_RESUMED in client.get_run(run_id).data.tags else None
+    return stage_mlflow_logger(tracking_uri, run_id, skip)
 
 
 def stage_mlflow_logger(tracking_uri: str, run_id: str, skip: Mapping[str, int] | None = None):

@@ -11,6 +11,7 @@ import time
 
 import lightning as L
 import torch
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from .config import TrainConfig
 from .moe import ExpertLoadTracker
@@ -41,6 +42,20 @@ class DiffusionTrainingModule(L.LightningModule):
         self._tokens = 0
         self.step_metrics: dict[str, float] = {}  # everything logged for the last optimizer step
         self.history: list[dict[str, float]] = []  # step_metrics of every optimizer step of this process
+
+    def configure_model(self) -> None:
+        """Under the fsdp strategy (Lightning's ModelParallelStrategy gives the device mesh): shard each
+        decoder layer, then the rest of the network, with FSDP2. Frozen (LoRA base) and trainable
+        parameters may share a layer. Gradient checkpointing stays the network's own switch."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or isinstance(self.lm, FSDPModule):
+            return
+        from model.network import DecoderLayer
+
+        for layer in self.lm.modules():
+            if isinstance(layer, DecoderLayer):
+                fully_shard(layer, mesh=mesh["data_parallel"])
+        fully_shard(self.lm, mesh=mesh["data_parallel"])
 
     # ------------------------------------------------------------------ helpers
     def block_length(self, step: int, seq_len: int) -> int:

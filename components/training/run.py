@@ -195,22 +195,21 @@ def apply_lora(lm: DiffusionLM, cfg: TrainConfig):
     return peft.inject_adapter_in_model(config, lm)
 
 
-def merge_lora(lm: torch.nn.Module) -> None:
-    """Fold every LoRA adapter into its base weight, in place (so the export is a plain checkpoint)."""
-    from peft.tuners.lora import LoraLayer
-
-    for module in lm.modules():
-        if isinstance(module, LoraLayer):
-            module.merge()
-
-
-def plain_state_dict(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The network's state dict under the checkpoint's own key names (LoRA wrappers removed)."""
-    out = {}
-    for k, v in lm.state_dict().items():
-        if "lora_" in k:
+def merge_lora_weights(weights: dict[str, torch.Tensor], alpha: float, r: int) -> dict[str, torch.Tensor]:
+    """A peft LoRA state dict folded into the checkpoint's own key names: W + (alpha / r) B A per adapted
+    linear layer, the adapter tensors dropped. It works on the gathered weights alone, so a sharded
+    (FSDP) run exports without rebuilding the model, and a 16B export needs no second copy of it."""
+    scale = alpha / r
+    out: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        if ".lora_" in key:
             continue
-        out[k.replace(".base_layer.", ".")] = v
+        if ".base_layer." in key and key.endswith(".weight"):
+            prefix = key[: -len("base_layer.weight")]
+            a, b = weights.get(f"{prefix}lora_A.default.weight"), weights.get(f"{prefix}lora_B.default.weight")
+            if a is not None and b is not None:
+                value = (value.float() + scale * (b.float() @ a.float())).to(value.dtype)
+        out[key.replace(".base_layer.", ".")] = value
     return out
 
 
@@ -224,17 +223,23 @@ def _precision(cfg: TrainConfig, on_gpu: bool) -> str:
 
 
 def _strategy(cfg: TrainConfig):
-    if cfg.trainer.strategy == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+    """`fsdp` is FSDP2 (`fully_shard`, applied in DiffusionTrainingModule.configure_model) through
+    Lightning's ModelParallelStrategy: pure data parallelism over every process, on CUDA and on CPU
+    processes (gloo) alike, so the path a GPU run takes is the one the CPU tests run. Checkpoints
+    are gathered into one full state dict (the export and exact resume read it)."""
+    t = cfg.trainer
+    if t.strategy != "fsdp":
+        return t.strategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-        from model.network import DecoderLayer
+    devices = t.devices if t.devices > 0 else (torch.cuda.device_count() if _on_gpu(cfg) else 1)
+    return ModelParallelStrategy(data_parallel_size=devices * t.num_nodes, tensor_parallel_size=1,
+                                 save_distributed_checkpoint=False)
 
-        policy = {DecoderLayer}
-        checkpointing = policy if cfg.model.gradient_checkpointing == "on" else None
-        # use_orig_params: LoRA leaves most parameters frozen inside each wrapped unit.
-        return FSDPStrategy(auto_wrap_policy=policy, activation_checkpointing_policy=checkpointing,
-                            state_dict_type="full", use_orig_params=cfg.lora.enabled)
-    return cfg.trainer.strategy
+
+def _count_parameters(model_cfg: ModelConfig) -> int:
+    with torch.device("meta"):  # shapes only: counting a 16B model allocates nothing
+        return int(sum(p.numel() for p in DiffusionLM(model_cfg).parameters()))
 
 
 def _on_gpu(cfg: TrainConfig) -> bool:
@@ -339,10 +344,13 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
         log.info("train: resuming from %s (step %d)", resume, resumed_from)
     trainer.fit(module, datamodule=data, ckpt_path=resume)
 
-    # Replicas must agree after data-parallel training: compare a checksum of every rank's weights.
-    checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in lm.parameters())])
-    sums = trainer.strategy.all_gather(checksum.to(module.device)).flatten().cpu().tolist() \
-        if trainer.world_size > 1 else checksum.tolist()
+    # Replicas must agree after data-parallel training: compare a checksum of every rank's weights
+    # (under fsdp each rank holds a shard, not a replica: nothing to compare).
+    sums = None
+    if cfg.trainer.strategy != "fsdp":
+        checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in lm.parameters())])
+        sums = trainer.strategy.all_gather(checksum.to(module.device)).flatten().cpu().tolist() \
+            if trainer.world_size > 1 else checksum.tolist()
     final_ckpt = ckpt_dir / "final.ckpt"
     trainer.save_checkpoint(final_ckpt, weights_only=True)  # a full state dict, whatever the strategy
     result: dict[str, Any] = {}
@@ -350,9 +358,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
         best = sorted(topk_cb.best_k_models) if topk_cb is not None and topk_cb.best_k_models else []
         weights = average_checkpoints(best) if len(best) > 1 else lightning_weights(final_ckpt)
         if cfg.lora.enabled:
-            lm.load_state_dict(weights)
-            merge_lora(lm)
-            weights = plain_state_dict(lm)
+            weights = merge_lora_weights(weights, cfg.lora.alpha, cfg.lora.r)
         checkpoint_dir = export_model(weights, model_cfg, tokenizer, out_dir, cfg)
         result = {
             **_summary(module.history),
@@ -361,11 +367,11 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
             "steps": int(trainer.global_step),
             "resumed_from_step": resumed_from,
             "averaged_checkpoints": len(best) if len(best) > 1 else 0,
-            "num_parameters": int(sum(p.numel() for p in DiffusionLM(model_cfg).parameters())),
+            "num_parameters": _count_parameters(model_cfg),
             "trainable_parameters": int(sum(p.numel() for p in lm.parameters() if p.requires_grad)),
             "world_size": trainer.world_size,
-            "replica_checksums": sums,
-            "replicas_in_sync": max(sums) - min(sums) <= 1e-6 * max(1.0, abs(sums[0])),
+            **({} if sums is None else {"replica_checksums": sums,
+                                        "replicas_in_sync": max(sums) - min(sums) <= 1e-6 * max(1.0, abs(sums[0]))}),
             "wall_seconds": time.perf_counter() - t0,
             "data_dir": str(prepared.root),
             "tokenizer_dir": str(checkpoint_dir),
