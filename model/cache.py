@@ -65,8 +65,10 @@ class KVCache:
         if self._write_index is None:
             raise RuntimeError("KVCache.begin() must be called before a forward writes to the cache")
         rows, cols, slots = self._write_index
-        self.keys[layer][rows, :, slots] = key[rows, :, cols]
-        self.values[layer][rows, :, slots] = value[rows, :, cols]
+        # Under autocast the keys leave the rotary embedding in float32 and the values a bf16 matmul:
+        # the cache holds one dtype (the weights'), so both are stored in it.
+        self.keys[layer][rows, :, slots] = key[rows, :, cols].to(self.keys[layer].dtype)
+        self.values[layer][rows, :, slots] = value[rows, :, cols].to(self.values[layer].dtype)
         return self.keys[layer][:, :, :self.width], self.values[layer][:, :, :self.width]
 
     def layer(self, i: int) -> LayerCache:

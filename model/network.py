@@ -158,7 +158,8 @@ class SparseMoE(nn.Module):
         for e in load.nonzero().flatten().tolist():
             token_idx, slot = (indices == e).nonzero(as_tuple=True)
             expert_out = self.experts[e](flat[token_idx])
-            out.index_add_(0, token_idx, expert_out * weights[token_idx, slot, None].to(expert_out.dtype))
+            weighted = expert_out * weights[token_idx, slot, None].to(expert_out.dtype)
+            out.index_add_(0, token_idx, weighted.to(out.dtype))  # under autocast the experts compute in bf16
         if self.training and torch.is_grad_enabled():
             # Experts no token chose still run, on zero tokens: their gradient is then zero instead of
             # missing, so every data-parallel rank reduces the same parameters (FSDP's reduce-scatter

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -66,9 +67,17 @@ def log_config(client, run_id: str, cfg: Any, prefix: str = "", artifact_name: s
         client.log_artifact(run_id, str(path))
 
 
+def metric_name(key: str) -> str:
+    """`key` as an MLflow metric name, which may hold only letters, digits and `_-. :/`: the field's
+    `pass@1` becomes `pass_at_1`, a config path's `external[0]` becomes `external.0`, anything else
+    MLflow refuses becomes `_`."""
+    key = re.sub(r"\[(\d+)\]", r".\1", key.replace("@", "_at_"))
+    return re.sub(r"[^\w\-. :/]", "_", key)
+
+
 def log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int | None = None,
                 skip: Mapping[str, int] | None = None) -> dict[str, float]:
-    """Log the finite numeric entries of `metrics`; return them.
+    """Log the finite numeric entries of `metrics` under their MLflow names (`metric_name`); return them.
 
     `skip` (metric -> highest step already logged, see `logged_steps`) leaves out the entries the run
     already holds at this step or later, so a final summary never duplicates a point of a curve.
@@ -83,7 +92,7 @@ def log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int | Non
             continue
         value = float(value)
         if math.isfinite(value):
-            logged[key] = value
+            logged[metric_name(key)] = value
     items = [Metric(k, v, now, step or 0) for k, v in logged.items() if (step or 0) > (skip or {}).get(k, -1)]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, metrics=items[i : i + _BATCH])

@@ -165,12 +165,14 @@ class MoESection:
 @dataclass
 @conf_defaults("train/default.yaml", "lora")
 class LoraSection:
+    """peft LoRA adapters on the named modules; the export always merges them into the base weights
+    (a plain checkpoint in the model's own layout, which every loader reads)."""
+
     enabled: bool
     r: int
     alpha: int
     dropout: float
     target_modules: list[str]
-    merge: bool  # merge the adapters into the exported weights
 
 
 @dataclass

@@ -76,7 +76,8 @@ class DiffusionTrainingModule(L.LightningModule):
         self._micro += 1
         bsz, seq_len = batch["input_ids"].shape
         block = self.block_length(step, seq_len)
-        out = self.objective(self.lm, batch, block, g, step=step)
+        agree = self._agree_on_mtf if self.trainer.world_size > 1 else None
+        out = self.objective(self.lm, batch, block, g, step=step, agree=agree)
         self._tokens += bsz * seq_len
         metrics = dict(out.metrics)
         metrics["block_length"] = float(block)
@@ -84,6 +85,14 @@ class DiffusionTrainingModule(L.LightningModule):
         self._log_metrics("train", metrics, bsz, on_step=True, on_epoch=False, sync_dist=False)
         self.step_metrics = {f"train/{k}": v for k, v in metrics.items()}
         return out.loss
+
+    def _agree_on_mtf(self, drawn: bool, possible: bool) -> bool:
+        """Every process runs the MTF turn or none does: a second forward on some ranks only would
+        misalign the collectives of FSDP (and DDP). Rank 0's draw decides, so the MTF rate stays
+        mtf_prob; it runs where every rank's batch has masked tokens to draft."""
+        flags = torch.tensor([float(drawn), float(possible)], device=self.device)
+        gathered = self.trainer.strategy.all_gather(flags).reshape(-1, 2)
+        return bool(gathered[0, 0]) and bool(gathered[:, 1].all())
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self._micro < self.cfg.trainer.accumulate_grad_batches:

@@ -32,6 +32,7 @@ Prompt and padding positions are never noised and never in any loss (`corruption
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -184,8 +185,10 @@ class DraftEditObjective:
         return parts["m2t"] + cfg.t2t_weight * parts["t2t"] + cfg.keep_weight * parts["keep"] + cfg.cap_weight * parts["cap"]
 
     def __call__(self, lm, batch: dict[str, torch.Tensor], block_length: int, generator: torch.Generator,
-                 step: int = 0, mtf: bool | None = None) -> ObjectiveOutput:
-        """One training (or validation) step's loss. `mtf=None` draws the MTF turn with prob `mtf_prob`."""
+                 step: int = 0, mtf: bool | None = None,
+                 agree: Callable[[bool, bool], bool] | None = None) -> ObjectiveOutput:
+        """One training (or validation) step's loss. `mtf=None` draws the MTF turn with prob `mtf_prob`.
+        `agree(drawn, possible)` makes the processes of a data-parallel run take the same decision."""
         cfg = self.cfg
         c = self.corrupt(batch, block_length, generator, step)
         doc_ids = batch.get("doc_ids")
@@ -200,7 +203,10 @@ class DraftEditObjective:
             mtf = cfg.mtf_prob > 0 and float(torch.rand(1, generator=generator)) < cfg.mtf_prob
             mtf = mtf and step >= cfg.mtf_start_step
         out = ObjectiveOutput(loss=loss, metrics=metrics, corruption=c)
-        if mtf and c.m2t.any():
+        possible = bool(c.m2t.any())
+        if agree is not None:
+            mtf = agree(mtf, possible)
+        if mtf and possible:
             c2, draft = mtf_corrupt(c, logits.detach(), mask_id=self.mask_id, fill_min=cfg.mtf_fill_min,
                                     fill_max=cfg.mtf_fill_max, select=cfg.mtf_select, generator=generator,
                                     temperature=cfg.mtf_temperature)
