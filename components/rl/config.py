@@ -11,6 +11,7 @@ from typing import Any
 
 from components.config import check_choice, check_fraction, check_min, check_positive, conf_defaults, fail
 from components.presets import DecodeChoice
+from components.training.config import LoraSection
 
 PROMPT_SOURCES = ("synthetic", "jsonl")
 PROMPT_TEMPLATES = ("chat", "raw")
@@ -253,6 +254,9 @@ class RLConfig:
     accuracy_reward: str | None  # which reward defines "correct" (default: the first)
     eval: EvalConfig
     trainer: TrainerConfig
+    # LoRA adapters on the policy, SFT's schema (train.lora): only the adapters train, the KL reference
+    # is the same network with its adapters off, the export merges them (conf/rl/defaults/rl.yaml).
+    lora: LoraSection
 
     def __post_init__(self) -> None:
         self.validate()
@@ -274,6 +278,13 @@ class RLConfig:
         if self.optim.ema_decay and self.trainer.strategy == "fsdp":
             fail("rl.optim.ema_decay", "must be 0 under trainer.strategy 'fsdp' (the average needs the full "
                                        f"weights), got {self.optim.ema_decay!r}")
+        self.lora.validate("rl.lora")
+        if self.lora.enabled and not self.lora.merge:
+            fail("rl.lora.merge", "must be true (the exported checkpoint is a released-layout folder, which has "
+                                  "no place for separate adapters)")
+        if self.lora.enabled and self.trainer.strategy == "fsdp":
+            fail("rl.lora.enabled", "must be false under trainer.strategy 'fsdp' (FSDP decodes with a full copy of "
+                                    "the weights on every rank, which LoRA exists to avoid)")
         names = [s.name for s in self.rewards]
         if self.accuracy_reward is not None and self.accuracy_reward not in names:
             fail("rl.accuracy_reward", f"must be null or one of the configured rewards {names}, "
