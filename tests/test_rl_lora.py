@@ -250,3 +250,13 @@ def test_a_lora_run_resumes_from_a_state_without_the_base_weights(standin, tmp_p
     assert first["metrics"]["rl/steps"] == 1
     assert resumed["metrics"]["rl/resumed_from_step"] == 1 and resumed["metrics"]["rl/steps"] == 2
 
+
+def test_the_16b_preset_runs_rl_with_the_sft_adapters(tmp_path):
+    from flows.config import load_pipeline_config, stage_config_path, stage_overrides
+    from flows.stages import load_stage_config
+
+    cfg = load_pipeline_config("llada2.1-mini", [f"init_checkpoint={tmp_path}"])
+    sft, rl = (load_stage_config(s, stage_config_path(cfg.stage(s)), stage_overrides(cfg, s)) for s in ("sft", "rl"))
+    assert sft.lora.enabled and rl.lora.enabled
+    assert rl.lora.target_modules == sft.lora.target_modules
+    assert (rl.lora.r, rl.lora.alpha) == (sft.lora.r, sft.lora.alpha)
