@@ -159,16 +159,17 @@ class OptimConfig:
     micro_batch_size: int  # sequences per forward/backward
     eps_low: float
     eps_high: float
-    kl_coef: float  # weight of the KL to the frozen initial model (0 = no reference kept)
+    kl_coef: float  # weight of the KL to the frozen initial model (0 = none; with LoRA: the adapters-off base)
     scale_advantages: bool  # divide by the group's reward std (False: Dr. GRPO's plain centring)
     skip_zero_advantage: bool  # groups with equal rewards carry no policy gradient
     # Multiplies negative advantages. 1.0 is the symmetric objective of eq. 4. A failed response
     # mostly shares its tokens with the successful ones, so pushing all of them down lowers the
     # model's confidence broadly (fewer tokens pass the threshold: TPF falls); < 1 damps that.
     negative_scale: float
-    # Polyak average of the weights after every optimizer step (0 = off). Rollouts still come from
-    # the online policy; evaluations and the exported checkpoint use the average. Why: with a few
-    # informative groups per step the online iterate jitters, and its greedy accuracy with it.
+    # Polyak average of the trained weights (with LoRA: the adapters) after every optimizer step
+    # (0 = off). Rollouts still come from the online policy; evaluations and the exported checkpoint
+    # use the average. Why: with a few informative groups per step the online iterate jitters, and
+    # its greedy accuracy with it.
     ema_decay: float
     # constant, or cosine from lr to lr * min_lr_ratio over the run. The run ends at max_steps or
     # max_minutes, whichever comes first, so the cosine follows whichever is further along.
