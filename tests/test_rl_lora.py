@@ -242,14 +242,20 @@ def test_full_weight_rl_with_kl_holds_more_than_one_copy(standin, tmp_path, monk
 
 
 def test_a_lora_run_resumes_from_a_state_without_the_base_weights(standin, tmp_path):
-    out = tmp_path / "rl"
-    first = run_rl(DEFAULT_CONFIG, standin, out, overrides=FAST + ["max_steps=1", "checkpoint_every_steps=1"])
+    """The state holds the adapters (and buffers), not the frozen base: a run stopped after step 1 and
+    continued to step 2 exports what the uninterrupted 2-step run exports."""
+    overrides = FAST + ["optim.ema_decay=0.5", "checkpoint_every_steps=1"]
+    whole = run_rl(DEFAULT_CONFIG, standin, tmp_path / "whole", overrides=overrides)
+    out = tmp_path / "stopped"
+    run_rl(DEFAULT_CONFIG, standin, out, overrides=overrides + ["max_steps=1"])
     state = torch.load(out / "rl_state.pt", map_location="cpu", weights_only=False)
     assert any("lora_" in k for k in state["lm"]) and not any(".base_layer." in k for k in state["lm"])
-    resumed = run_rl(DEFAULT_CONFIG, standin, out, overrides=FAST + ["max_steps=2", "checkpoint_every_steps=1"])
-    assert first["metrics"]["rl/steps"] == 1
+    resumed = run_rl(DEFAULT_CONFIG, standin, out, overrides=overrides)
     assert resumed["metrics"]["rl/resumed_from_step"] == 1 and resumed["metrics"]["rl/steps"] == 2
-
+    got, want = _weights(out / "checkpoint"), _weights(tmp_path / "whole" / "checkpoint")
+    assert got.keys() == want.keys() and whole["metrics"]["rl/steps"] == 2
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], msg=key)
 
 def test_the_16b_preset_runs_rl_with_the_sft_adapters(tmp_path):
     from flows.config import load_pipeline_config, stage_config_path, stage_overrides

@@ -92,6 +92,7 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         dcfg = decode_config(cfg.rollout, tokenizer, temperature=cfg.rollout.temperature, seed=cfg.seed)
         validate_decode(lm, [encode_prompt(tokenizer, e.prompt, cfg.prompts.template) for e in train + held], dcfg)
         if cfg.lora.enabled:
+            torch.manual_seed(cfg.seed)  # the adapters' initial values: the same for every run of this config
             lm = inject_lora(lm, cfg.lora, "rl.lora")
     except (ValueError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
