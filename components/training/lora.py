@@ -43,7 +43,6 @@ def _lora_layers(lm: nn.Module) -> list[nn.Module]:
         from peft.tuners.lora import LoraLayer
     except ImportError:  # without peft no network has adapters
         return []
-
     return [m for m in lm.modules() if isinstance(m, LoraLayer)]
 
 
@@ -96,8 +95,8 @@ def released_network(lm: nn.Module) -> Iterator[nn.Module]:
     """For saving a live network: one of `lm`'s class whose weights are `lm`'s with the adapters folded
     in, under the released key names and sharing `lm`'s storage. peft merges in place, so no second
     copy of the weights exists (`merge_lora_weights` would build new adapted weights: on a GPU, a
-    second copy of most of an MoE); the merge is undone after. A network without adapters is yielded
-    as it is."""
+    second copy of most of an MoE); the merge is undone after, up to rounding in the weights' dtype
+    (an export ends a run). A network without adapters is yielded as it is."""
     layers = _lora_layers(lm)
     if not layers:
         yield lm
