@@ -259,7 +259,8 @@ def test_weight_average_is_evaluated_and_exported_while_rollouts_use_the_online_
     cfg = load_config(RLConfig, DEFAULT_CONFIG, FAST + ["optim.lr=1e-2", "optim.inner_steps=1", "optim.ema_decay=0.75",
                                                         "rollout.group_size=8", "rollout.prompts_per_step=4"])
     module = EBPOModule(lm, tok, cfg, CombinedReward([(DigitFraction(), 1.0)]))
-    assert module.policy is lm  # no average before training starts
+    with module.evaluated_policy() as policy:
+        assert policy is lm  # no average before training starts
     module.on_train_start()
     opt = module.configure_optimizers()
     module.optimizers = lambda: opt  # the real _optimizer_step (lr schedule, clip, step, average) without a Trainer
@@ -271,12 +272,16 @@ def test_weight_average_is_evaluated_and_exported_while_rollouts_use_the_online_
     assert module.history[-1]["trained_fraction"] > 0
     # the random model solves no prompt, yet trains: the signal is the format reward, not accuracy
     assert module.history[-1]["all_failed_fraction"] == 1.0
-    assert module.rollout_policy is lm and module.policy is not lm
+    assert module.rollout_policy is lm
+    online = [p.detach().clone() for p in lm.parameters()]
     moved = False
-    for avg, old, new in zip(module.policy.parameters(), before, lm.parameters()):
-        torch.testing.assert_close(avg, 0.75 * old + 0.25 * new.detach())
-        moved |= not torch.equal(old, new)
+    with module.evaluated_policy() as policy:
+        for avg, old, new in zip(policy.parameters(), before, online):
+            torch.testing.assert_close(avg, 0.75 * old + 0.25 * new)
+            moved |= not torch.equal(old, new)
     assert moved
+    for p, new in zip(lm.parameters(), online):  # the online values are back for the next rollouts
+        assert torch.equal(p, new)
 
 
 def test_cosine_schedule_follows_steps_or_the_clock_whichever_is_further(tiny_model_dir):

@@ -11,6 +11,7 @@ from typing import Any
 
 from components.config import check_choice, check_fraction, check_min, check_positive, conf_defaults, fail
 from components.presets import DecodeChoice
+from components.training.config import LoraSection
 
 PROMPT_SOURCES = ("synthetic", "jsonl")
 PROMPT_TEMPLATES = ("chat", "raw")
@@ -158,16 +159,17 @@ class OptimConfig:
     micro_batch_size: int  # sequences per forward/backward
     eps_low: float
     eps_high: float
-    kl_coef: float  # weight of the KL to the frozen initial model (0 = no reference kept)
+    kl_coef: float  # weight of the KL to the frozen initial model (0 = none; with LoRA: the adapters-off base)
     scale_advantages: bool  # divide by the group's reward std (False: Dr. GRPO's plain centring)
     skip_zero_advantage: bool  # groups with equal rewards carry no policy gradient
     # Multiplies negative advantages. 1.0 is the symmetric objective of eq. 4. A failed response
     # mostly shares its tokens with the successful ones, so pushing all of them down lowers the
     # model's confidence broadly (fewer tokens pass the threshold: TPF falls); < 1 damps that.
     negative_scale: float
-    # Polyak average of the weights after every optimizer step (0 = off). Rollouts still come from
-    # the online policy; evaluations and the exported checkpoint use the average. Why: with a few
-    # informative groups per step the online iterate jitters, and its greedy accuracy with it.
+    # Polyak average of the trained weights (with LoRA: the adapters) after every optimizer step
+    # (0 = off). Rollouts still come from the online policy; evaluations and the exported checkpoint
+    # use the average. Why: with a few informative groups per step the online iterate jitters, and
+    # its greedy accuracy with it.
     ema_decay: float
     # constant, or cosine from lr to lr * min_lr_ratio over the run. The run ends at max_steps or
     # max_minutes, whichever comes first, so the cosine follows whichever is further along.
@@ -253,6 +255,9 @@ class RLConfig:
     accuracy_reward: str | None  # which reward defines "correct" (default: the first)
     eval: EvalConfig
     trainer: TrainerConfig
+    # LoRA adapters on the policy, SFT's schema (train.lora): only the adapters train, the KL reference
+    # is the same network with its adapters off, the export merges them (conf/rl/defaults/rl.yaml).
+    lora: LoraSection
 
     def __post_init__(self) -> None:
         self.validate()
@@ -274,6 +279,10 @@ class RLConfig:
         if self.optim.ema_decay and self.trainer.strategy == "fsdp":
             fail("rl.optim.ema_decay", "must be 0 under trainer.strategy 'fsdp' (the average needs the full "
                                        f"weights), got {self.optim.ema_decay!r}")
+        self.lora.validate("rl.lora")
+        if self.lora.enabled and self.trainer.strategy == "fsdp":
+            fail("rl.lora.enabled", "must be false under trainer.strategy 'fsdp' (FSDP decodes with a full copy of "
+                                    "the weights on every rank, which LoRA exists to avoid)")
         names = [s.name for s in self.rewards]
         if self.accuracy_reward is not None and self.accuracy_reward not in names:
             fail("rl.accuracy_reward", f"must be null or one of the configured rewards {names}, "

@@ -7,9 +7,10 @@ gradient clipping exactly as for SFT. Everything else lives in `rollouts`, `esti
 
 from __future__ import annotations
 
-import copy
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -69,8 +70,10 @@ class EBPOModule(L.LightningModule):
         self.lm = lm
         self.model_config = lm.config
         self._decoder: torch.nn.Module | None = None  # FSDP only: full-weight copy for decoding
-        self._average: torch.nn.Module | None = None  # optim.ema_decay > 0: the Polyak-averaged policy
-        self.ref_lm = ref_lm
+        # optim.ema_decay > 0: the Polyak average of the trainable parameters (all of them, or with LoRA
+        # the adapters alone), by name; the rest of the network is shared with the online policy.
+        self._average: dict[str, torch.Tensor] | None = None
+        self.ref_lm = ref_lm  # the frozen initial network for the KL term (None with LoRA: adapters off)
         if ref_lm is not None:
             ref_lm.requires_grad_(False).eval()
         self.tokenizer, self.cfg, self.reward = tokenizer, cfg, reward
@@ -86,10 +89,11 @@ class EBPOModule(L.LightningModule):
 
     def restore(self, state: dict) -> None:
         """Continue from a saved state (components.rl.state): weights, average, counters, curves, clock, RNG."""
-        self.lm.load_state_dict(state["lm"])
-        if state["average"] is not None:
-            self._average = copy.deepcopy(self.lm).requires_grad_(False)
-            self._average.load_state_dict(state["average"])
+        from .state import load_weights
+
+        load_weights(self.lm, state["lm"])
+        if state["average"] is not None:  # moved to the parameters' device at train start
+            self._average = {name: state["average"][name] for name in self._trainable()}
         self.rl_steps = int(state["rl_steps"])
         self.history, self.eval_curve = list(state["history"]), list(state["eval_curve"])
         self._last_eval_seconds = float(state["last_eval_seconds"])
@@ -112,9 +116,14 @@ class EBPOModule(L.LightningModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # a list of Examples (text); rollouts build their own tensors on the model's device
 
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters the optimizer moves: all of them, or with LoRA the adapters alone."""
+        return {name: p for name, p in self.lm.named_parameters() if p.requires_grad}
+
     def configure_optimizers(self):
         o = self.cfg.optim
-        return torch.optim.AdamW(self.lm.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+        return torch.optim.AdamW(list(self._trainable().values()), lr=o.lr, betas=(o.beta1, o.beta2),
+                                 weight_decay=o.weight_decay)
 
     def _seed(self, salt: int) -> int:
         return (self.cfg.seed * 1_000_003 + self.rl_steps * 7919 + self.global_rank * 104_729 + salt) % (2 ** 62)
@@ -127,8 +136,9 @@ class EBPOModule(L.LightningModule):
         start = time.monotonic()
         dcfg = decode_config(c.rollout, self.tokenizer, temperature=c.eval.temperature, seed=c.seed,
                              max_batch_size=c.eval.max_batch_size)
-        result = evaluate_policy(self.policy, self.tokenizer, self.eval_examples, dcfg, self.reward, c.prompts.template,
-                                 c.eval.samples_per_prompt)
+        with self.evaluated_policy() as policy:
+            result = evaluate_policy(policy, self.tokenizer, self.eval_examples, dcfg, self.reward, c.prompts.template,
+                                     c.eval.samples_per_prompt)
         self._last_eval_seconds = time.monotonic() - start
         point = {"step": self.rl_steps, **result, "elapsed_s": time.monotonic() - self._clock[0],
                  "cpu_s": time.process_time() - self._clock[1]}
@@ -182,24 +192,45 @@ class EBPOModule(L.LightningModule):
         """The online network rollouts decode with."""
         return self._decoder if self._decoder is not None else self.lm
 
-    @property
-    def policy(self) -> torch.nn.Module:
-        """The network evaluations decode with and `run_rl` exports: the weight average when
-        `optim.ema_decay` > 0, else the online network."""
-        return self._average if self._average is not None else self.rollout_policy
+    @contextmanager
+    def evaluated_policy(self) -> Iterator[torch.nn.Module]:
+        """The network evaluations decode with and `run_rl` exports: the online network, or when
+        `optim.ema_decay` > 0 the same network with the averaged values swapped into its trainable
+        parameters for the duration (the online values swap back after; nothing is copied)."""
+        if self._average is None:
+            yield self.rollout_policy
+            return
+        self._swap_average()
+        try:
+            yield self.lm
+        finally:
+            self._swap_average()
+
+    @torch.no_grad()
+    def _swap_average(self) -> None:
+        """Exchange the storage of the trainable parameters with the average's (its own inverse)."""
+        params = self._trainable()
+        for name, avg in self._average.items():
+            p = params[name]
+            p.data, self._average[name] = avg, p.data
 
     @torch.no_grad()
     def _update_average(self) -> None:
         if self._average is None:
             return
         keep = self.cfg.optim.ema_decay
-        for avg, p in zip(self._average.parameters(), self.lm.parameters()):
-            avg.lerp_(p.detach(), 1.0 - keep)
+        params = self._trainable()
+        for name, avg in self._average.items():
+            avg.lerp_(params[name].detach(), 1.0 - keep)
 
     # ------------------------------------------------------------------ hooks (outside the training forward)
     def on_train_start(self) -> None:
-        if self.cfg.optim.ema_decay > 0 and self._average is None:
-            self._average = copy.deepcopy(self.lm).requires_grad_(False)
+        if self.cfg.optim.ema_decay > 0:
+            params = self._trainable()
+            if self._average is None:
+                self._average = {name: p.detach().clone() for name, p in params.items()}
+            else:  # restored from a state (read on the CPU)
+                self._average = {name: avg.to(params[name].device) for name, avg in self._average.items()}
         if self._pending_optimizer is not None:
             optimizer = self.optimizers()
             getattr(optimizer, "optimizer", optimizer).load_state_dict(self._pending_optimizer)
@@ -300,8 +331,8 @@ class EBPOModule(L.LightningModule):
                                         self.tokenizer.special_ids | {self.tokenizer.mask_id}, g)
             prepared = PreparedBatch(layout, adv[keep].to(self.device), masks, weights, self.tokenizer.mask_id,
                                      substitutes=subs)
-            if self.ref_lm is not None and c.optim.kl_coef > 0:
-                prepared.ref_token_logp = reference_token_logp(self.ref_lm, prepared, c.optim.micro_batch_size)
+            if c.optim.kl_coef > 0 and (self.ref_lm is not None or c.lora.enabled):
+                prepared.ref_token_logp = self.reference_logp(prepared)
             self.lm.train()
             row.update(optimise_batch(self.lm, prepared, c.estimator, c.optim, self.manual_backward,
                                       self._optimizer_step))
@@ -314,6 +345,17 @@ class EBPOModule(L.LightningModule):
         self._emit("rl", row)
         self.write_progress()
         return None
+
+    def reference_logp(self, prepared: PreparedBatch) -> torch.Tensor:
+        """Token log-probs of the KL reference (the initial network) under the batch's masks: the frozen
+        copy, or with LoRA the policy itself with its adapters switched off (the base never trains)."""
+        micro = self.cfg.optim.micro_batch_size
+        if not self.cfg.lora.enabled:
+            return reference_token_logp(self.ref_lm, prepared, micro)
+        from components.training.lora import adapters_disabled
+
+        with adapters_disabled(self.lm) as base:
+            return reference_token_logp(base, prepared, micro)
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1

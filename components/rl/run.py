@@ -3,7 +3,8 @@
 Everything that can be wrong with the inputs (config, reward names, unverifiable prompts, prompts too
 long for the model, tokenizer/model mismatch) is checked before the first rollout. Outputs:
 
-  out_dir/checkpoint/       the trained policy, HF layout (config.json, model.safetensors, tokenizer)
+  out_dir/checkpoint/       the trained policy, HF layout (config.json, model.safetensors, tokenizer); with
+                            `lora.enabled` the adapters merged, under the input's key names
   out_dir/metrics.jsonl     one line per rollout step (the logged statistics)
   out_dir/eval_curve.json   held-out accuracy / TPF before, during and after training
   out_dir/summary.json      the returned metrics
@@ -64,6 +65,7 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from components.training.lora import inject_lora, released_network
     from model import DiffusionLM, check_tokenizer
     from model.decoding import validate as validate_decode
     from model.tokenizer import load_tokenizer
@@ -89,6 +91,9 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         check_tokenizer(lm.config, tokenizer)
         dcfg = decode_config(cfg.rollout, tokenizer, temperature=cfg.rollout.temperature, seed=cfg.seed)
         validate_decode(lm, [encode_prompt(tokenizer, e.prompt, cfg.prompts.template) for e in train + held], dcfg)
+        if cfg.lora.enabled:
+            torch.manual_seed(cfg.seed)  # the adapters' initial values: the same for every run of this config
+            lm = inject_lora(lm, cfg.lora, "rl.lora")
     except (ValueError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise RLInputError(message) from exc
@@ -103,7 +108,9 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         raise RLInputError(str(exc)) from exc
     save_config(cfg, out_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
-    ref_lm = copy.deepcopy(lm) if cfg.optim.kl_coef > 0 else None  # the initial weights, also when resuming
+    # The KL reference: the initial weights, also when resuming. With LoRA the policy's base is exactly
+    # that (adapters off), so no copy is made.
+    ref_lm = copy.deepcopy(lm) if cfg.optim.kl_coef > 0 and not cfg.lora.enabled else None
     if state is not None:
         start -= float(state["elapsed_s"])  # the budget continues; it does not restart
     deadline = start + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
@@ -127,7 +134,8 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
     checkpoint = out_dir / "checkpoint"
     if trainer.is_global_zero:
         with atomic_dir(checkpoint) as tmp:  # a reader never sees half a checkpoint
-            module.policy.save_pretrained(tmp)
+            with module.evaluated_policy() as policy, released_network(policy) as network:
+                network.save_pretrained(tmp)
             tokenizer.save(tmp)
         module.write_progress()  # metrics.jsonl, eval_curve.json
     metrics: dict[str, float] = {"rl/steps": float(module.rl_steps), "rl/wall_seconds": time.monotonic() - start,

@@ -3,10 +3,11 @@
 
 It holds everything a continued run needs to take exactly the steps the uninterrupted run would
 have taken: the step counter (which also fixes the data position and every rollout/mask seed, all
-pure in (seed, step)), the online weights, the optimizer state, the Polyak average, the torch RNG,
-the per-step history and the held-out curve, and the time already spent (so a wall-clock budget and
-a time-based schedule continue rather than restart). The run's resolved config is stored too: a
-state is only continued under the same config.
+pure in (seed, step)), the online weights that training changes (all of them; with LoRA the adapters
+and the buffers, the frozen base being the model folder's, read again), the optimizer state, the
+Polyak average, the torch RNG, the per-step history and the held-out curve, and the time already
+spent (so a wall-clock budget and a time-based schedule continue rather than restart). The run's
+resolved config is stored too: a state is only continued under the same config.
 """
 
 from __future__ import annotations
@@ -33,14 +34,29 @@ def _comparable(cfg) -> dict:
     return {k: v for k, v in data.items() if k not in _FREE_KEYS}
 
 
+def changing_weights(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`lm`'s state dict less its frozen parameters (the LoRA base): what a continued run cannot reread."""
+    frozen = {name for name, p in lm.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in lm.state_dict().items() if k not in frozen}
+
+
+def load_weights(lm: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load `changing_weights` back into a network built as the saved one was (its frozen part as loaded)."""
+    missing, unexpected = lm.load_state_dict(weights, strict=False)
+    frozen = {name for name, p in lm.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise StateMismatchError(f"the saved weights do not fit the network (missing "
+                                 f"{sorted(set(missing) - frozen)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
 def save_state(module, path: Path, elapsed_s: float) -> None:
     """Write the module's state to `path` (temporary file + rename: a kill never leaves half a state)."""
     optimizer = module.optimizers()
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps it
     state = {
         "rl_steps": module.rl_steps,
-        "lm": module.lm.state_dict(),
-        "average": module._average.state_dict() if module._average is not None else None,
+        "lm": changing_weights(module.lm),
+        "average": module._average,
         "optimizer": optimizer.state_dict(),
         "history": module.history,
         "eval_curve": module.eval_curve,

@@ -165,14 +165,25 @@ class MoESection:
 @dataclass
 @conf_defaults("train/default.yaml", "lora")
 class LoraSection:
-    """peft LoRA adapters on the named modules; the export always merges them into the base weights
-    (a plain checkpoint in the model's own layout, which every loader reads)."""
+    """peft LoRA adapters on the network's linear layers named `target_modules` (only they train). SFT
+    and RL share this schema, each stage with its own defaults (`lora:` in its conf); the export always
+    merges the adapters into the base weights (a plain checkpoint that every loader reads)."""
 
     enabled: bool
     r: int
     alpha: int
     dropout: float
     target_modules: list[str]
+
+    def validate(self, key: str) -> None:
+        """Raise ConfigError naming `key`.<field> (`key` is the section's path: train.lora, rl.lora)."""
+        if not self.enabled:
+            return
+        check_min(f"{key}.r", self.r, 1)
+        check_min(f"{key}.alpha", self.alpha, 1)
+        check_fraction(f"{key}.dropout", self.dropout)
+        if not self.target_modules:
+            fail(f"{key}.target_modules", "is empty")
 
 
 @dataclass
@@ -262,10 +273,4 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if cfg.averaging.top_k > 1 and d.val_fraction == 0.0 and cfg.averaging.monitor.startswith("val/"):
         fail("train.averaging.top_k", f"averaging by {cfg.averaging.monitor!r} needs validation data (data.val_fraction > 0)")
     check_min("train.moe.bias_update_rate", cfg.moe.bias_update_rate, 0)
-    lo = cfg.lora
-    if lo.enabled:
-        check_min("train.lora.r", lo.r, 1)
-        check_min("train.lora.alpha", lo.alpha, 1)
-        check_fraction("train.lora.dropout", lo.dropout)
-        if not lo.target_modules:
-            fail("train.lora.target_modules", "is empty")
+    cfg.lora.validate("train.lora")

@@ -38,6 +38,7 @@ from model.files import atomic_dir, atomic_path, atomic_write, atomic_writer
 from .averaging import average_checkpoints, lightning_weights
 from .config import TrainConfig, model_config
 from .data import TrainingData, split_validation
+from .lora import LoraInputError, inject_lora, merge_lora_weights
 from .module import DiffusionTrainingModule
 
 log = logging.getLogger(__name__)
@@ -183,34 +184,9 @@ def make_collate(cfg: TrainConfig, prepared):
 def apply_lora(lm: DiffusionLM, cfg: TrainConfig):
     """Wrap the network with peft LoRA adapters (only the adapters train)."""
     try:
-        import peft
-    except ImportError as exc:
-        raise TrainingInputError("train.lora.enabled=true needs the 'peft' package (pip install peft)") from exc
-    lo = cfg.lora
-    names = {n.split(".")[-1] for n, _ in lm.named_modules()}
-    missing = [t for t in lo.target_modules if t not in names]
-    if missing:
-        raise TrainingInputError(f"train.lora.target_modules: no module named {missing} in the network")
-    config = peft.LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.target_modules))
-    return peft.inject_adapter_in_model(config, lm)
-
-
-def merge_lora_weights(weights: dict[str, torch.Tensor], alpha: float, r: int) -> dict[str, torch.Tensor]:
-    """A peft LoRA state dict folded into the checkpoint's own key names: W + (alpha / r) B A per adapted
-    linear layer, the adapter tensors dropped. It works on the gathered weights alone, so a sharded
-    (FSDP) run exports without rebuilding the model, and a 16B export needs no second copy of it."""
-    scale = alpha / r
-    out: dict[str, torch.Tensor] = {}
-    for key, value in weights.items():
-        if ".lora_" in key:
-            continue
-        if ".base_layer." in key and key.endswith(".weight"):
-            prefix = key[: -len("base_layer.weight")]
-            a, b = weights.get(f"{prefix}lora_A.default.weight"), weights.get(f"{prefix}lora_B.default.weight")
-            if a is not None and b is not None:
-                value = (value.float() + scale * (b.float() @ a.float())).to(value.dtype)
-        out[key.replace(".base_layer.", ".")] = value
-    return out
+        return inject_lora(lm, cfg.lora, "train.lora")
+    except LoraInputError as exc:
+        raise TrainingInputError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------- trainer
