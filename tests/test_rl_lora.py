@@ -172,7 +172,7 @@ def test_reference_is_the_untouched_base_after_the_adapters_moved(standin):
 
 
 def test_adapters_disabled_restores_the_adapters_when_the_body_raises(standin):
-    lora = LoraSection(enabled=True, r=2, alpha=4, dropout=0.0, target_modules=["dense"], merge=True)
+    lora = LoraSection(enabled=True, r=2, alpha=4, dropout=0.0, target_modules=["dense"])
     lm = inject_lora(DiffusionLM.from_pretrained(standin, dtype=torch.float32), lora, "rl.lora")
     with pytest.raises(RuntimeError), adapters_disabled(lm):
         raise RuntimeError("inside")
