@@ -3,6 +3,8 @@ the release's structure (a dense first layer, then MoE layers), with few tokens 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -35,9 +37,6 @@ def _args(out, shape, *sets):
 @pytest.fixture(scope="module")
 def cpu_run(tiny_shape, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check") / "report.json"
-    import contextlib
-    import io
-
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(_args(out, tiny_shape))

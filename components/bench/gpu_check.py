@@ -21,12 +21,15 @@ line); a failing check does not stop the others, and any failure makes the comma
   sft_full           full SFT steps at the checkpoint's width with `train.full_layers` layers (all 16B
                      parameters with AdamW state do not fit one GPU)
 
-The CUDA-only paths of model/ and components/ these exercise: the safetensors load onto the device,
-the KV cache and canvas on the device, the device-side sampling generator, SDPA's fused kernels,
-`torch.cuda` synchronisation and peak-memory counters (components.bench.measure / memory), the
-trainer's `auto` choices for a GPU (components.training.run: bf16-mixed, gradient checkpointing) and
-the scaled-matmul kernels of components.quantize.fp8. On a CPU the same checks run at a scaled shape
-(conf/bench/gpu_check_cpu.yaml): the FP8 product then runs on the CPU's row-wise scaled matmul.
+Where model/ and components/ branch on the device (a grep for `torch.cuda`, `device.type`), and what
+takes each: model/ has no branch of its own, but runs on CUDA through safetensors' device load
+(load), the device-side KV cache and canvas (decode_b<N>), the device-side sampling generator
+(decode_sampled) and SDPA's fused kernels (attention_kernels); components.bench.measure.sync_device and
+components.bench.memory.PeakMemory (`torch.cuda` synchronisation and peak counters: every timed and
+memory figure); components.training.run's `auto` choices for a GPU, bf16 autocast and gradient
+checkpointing (sft_lora, sft_full, through `precision_for` / `gradient_checkpointing_for`); the
+scaled-matmul kernels of components.quantize.fp8 (fp8_matmul). On a CPU the same checks run at a scaled
+shape (conf/bench/gpu_check_cpu.yaml), the FP8 product on the CPU's row-wise scaled matmul.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import os
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -73,7 +76,6 @@ class Context:
     model_dir: Optional[Path] = None
     lm: Any = None
     tokenizer: Any = None
-    failed: set[str] = field(default_factory=set)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -133,7 +135,9 @@ def _shape_options(name: str) -> dict[str, int]:
 
 
 def _shape_name(name: str) -> str:
-    return name if name == "full" or os.sep not in name and not name.endswith((".yaml", ".yml")) else Path(name).stem
+    """`full`, a shape's name, or a shape YAML's file name without its suffix."""
+    is_path = os.sep in name or name.endswith((".yaml", ".yml"))
+    return Path(name).stem if is_path else name
 
 
 def default_checkpoint_dir(out_file: Path, shape: str) -> Path:
