@@ -66,6 +66,7 @@ def test_cpu_run_passes_every_check_with_sane_figures(cpu_run):
         assert 0 < f["tps_min"] <= f["tps"] <= f["tps_max"] and f["peak_mem_mb"] > 0
     assert rows["decode_sampled"]["figures"]["same_seed_identical"] is True
     assert rows["decode_sampled"]["figures"]["other_seed_differs"] is True
+    assert rows["decode_sampled"]["figures"]["decode_reproducible"] is True  # CPU sums in a fixed order
     attention = rows["attention_kernels"]["figures"]
     assert attention["rel_error"]["math"] < cfg.attention.max_rel_error and "default" in attention["rel_error"]
     fp8 = rows["fp8_matmul"]["figures"]
