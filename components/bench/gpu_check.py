@@ -362,18 +362,18 @@ def check_fp8_matmul(ctx: Context) -> dict:
     xq, x_scale = quantize_activations(x, block[1])
     bf16 = x @ w.t()  # (M, N)
     exact = fp8_matmul_reference(xq, x_scale, wq, w_scale, block)
-    kernel, out, skipped = None, None, {}
-    for name in FP8_KERNELS:
+    outputs, skipped = {}, {}
+    for name in FP8_KERNELS:  # every kernel this torch and device run, each against the exact product
         try:
-            out = fp8_matmul(xq, x_scale, wq, w_scale, block, name)
-            kernel = name
-            break
+            outputs[name] = fp8_matmul(xq, x_scale, wq, w_scale, block, name)
         # A torch without the API (Attribute/ImportError) or a device without the kernel: the next one.
         except (RuntimeError, ValueError, NotImplementedError, AttributeError, ImportError, TypeError) as exc:
             skipped[name] = one_line(exc)[:120]
-    if kernel is None:
+    if not outputs:
         raise RuntimeError(f"no FP8 kernel ran on {ctx.device.type}: {skipped}")
-    rel_bf16, rel_exact = _rel(out, bf16), _rel(out, exact)
+    kernel_errors = {name: _rel(out, exact) for name, out in outputs.items()}
+    kernel = next(iter(outputs))  # the first that ran: the one a server would take
+    rel_bf16, rel_exact = _rel(outputs[kernel], bf16), kernel_errors[kernel]
     walls_fp8 = timed(lambda: fp8_matmul(xq, x_scale, wq, w_scale, block, kernel), ctx.device, f.warmup, f.repeats)
     walls_quant = timed(lambda: fp8_matmul(*quantize_activations(x, block[1]), wq, w_scale, block, kernel),
                         ctx.device, f.warmup, f.repeats)
@@ -381,14 +381,15 @@ def check_fp8_matmul(ctx: Context) -> dict:
     fp8_s, quant_s, bf16_s = (statistics.median(v) for v in (walls_fp8, walls_quant, walls_bf16))
     flops = 2 * m * k * n
     figures = {"m": m, "k": k, "n": n, "kernel": kernel, "kernels_skipped": skipped, "rel_error_vs_bf16": rel_bf16,
-               "rel_error_vs_exact": rel_exact, "fp8_ms": fp8_s * 1e3, "fp8_with_quant_ms": quant_s * 1e3,
-               "bf16_ms": bf16_s * 1e3, "speedup": bf16_s / fp8_s, "fp8_tflops": flops / fp8_s / 1e12,
-               "bf16_tflops": flops / bf16_s / 1e12}
+               "rel_error_vs_exact": rel_exact, "kernel_rel_error": kernel_errors, "fp8_ms": fp8_s * 1e3,
+               "fp8_with_quant_ms": quant_s * 1e3, "bf16_ms": bf16_s * 1e3, "speedup": bf16_s / fp8_s,
+               "fp8_tflops": flops / fp8_s / 1e12, "bf16_tflops": flops / bf16_s / 1e12}
+    wrong = {name: round(e, 4) for name, e in kernel_errors.items() if not e <= f.max_kernel_error}
+    if wrong:
+        raise RuntimeError(f"FP8 kernel(s) {wrong} away from the exact FP8 product "
+                           f"(> fp8.max_kernel_error={f.max_kernel_error}); all: {kernel_errors}")
     if not rel_bf16 <= f.max_rel_error:
         raise RuntimeError(f"FP8 product is {rel_bf16:.4f} from bf16 (> fp8.max_rel_error={f.max_rel_error})")
-    if not rel_exact <= f.max_kernel_error:
-        raise RuntimeError(f"kernel {kernel} is {rel_exact:.4f} from the exact FP8 product "
-                           f"(> fp8.max_kernel_error={f.max_kernel_error})")
     return figures
 
 
@@ -430,7 +431,8 @@ def _sft_steps(ctx: Context, lm, train_cfg, lora: bool) -> dict:
     special = set(tok.special_ids) | {tok.mask_id, tok.eos_id, tok.pad_id}
     module = DiffusionTrainingModule(lm, train_cfg, mask_id=tok.mask_id, vocab_size=lm.config.vocab_size,
                                      special_ids=special)
-    optimizer = module.configure_optimizers()["optimizer"]
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     params = [p for p in lm.parameters() if p.requires_grad]
     batch = _sft_batch(ctx, min(lm.config.vocab_size, tok.vocab_size), special)
     t = ctx.cfg.train
@@ -449,6 +451,7 @@ def _sft_steps(ctx: Context, lm, train_cfg, lora: bool) -> dict:
             if train_cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, train_cfg.optim.grad_clip)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             module.moe.update()
             sync_device(ctx.device)
