@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("components.rl.cli", "EBPO reinforcement learning from a checkpoint"),
     "quantize": ("components.quantize.cli", "quantize a checkpoint (per-block FP8, CPU int8)"),
     "bench": ("components.bench.cli", "throughput benchmark (TPS, TPF, latency) of a checkpoint"),
+    "gpu-check": ("components.bench.gpu_check", "the released-model path on a GPU: decode TPS, SFT steps, FP8 (or --device cpu)"),
     "eval": ("components.evaluate.cli", "evaluate a checkpoint on a task suite"),
     "pipeline": ("flows.pipeline", "run the whole tracked pipeline (data -> ... -> evaluate)"),
     "run": ("flows.stage_cli", "run one tracked stage flow, optionally from an earlier run's output"),

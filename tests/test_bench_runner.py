@@ -268,7 +268,12 @@ def test_unknown_decoding_preset_is_named():
 @pytest.mark.parametrize("path", sorted((CONF_DIR / "bench").glob("*.yaml")) + sorted((CONF_DIR / "quantize").glob("*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads(path):
-    schema = BenchConfig if path.parent.name == "bench" else QuantizeConfig
+    from components.bench.config import GpuCheckConfig
+
+    if path.parent.name == "bench":
+        schema = GpuCheckConfig if path.stem.startswith("gpu_check") else BenchConfig
+    else:
+        schema = QuantizeConfig
     load_config(schema, path)
 
 

@@ -132,3 +132,115 @@ def validate_bench_config(cfg: BenchConfig) -> None:
         fail("bench.baselines.repeats", f"must be >= 1 or null, got {b.repeats}")
     if len(cfg.fp8_block_size) != 2 or min(cfg.fp8_block_size) < 1:
         fail("bench.fp8_block_size", f"must be two positive integers, got {list(cfg.fp8_block_size)}")
+
+
+# ---------------------------------------------------------------------------------------- gpu-check
+GPU_CHECK_DEVICES = ("cuda", "cpu")
+
+
+@dataclass
+@conf_defaults("bench/gpu_check.yaml", "decode")
+class GpuCheckDecode:
+    """Decoder throughput with a fixed number of tokens per forward (random weights commit nothing
+    by confidence, so the fallback count decides every step)."""
+
+    preset: str  # conf/decode/ preset
+    batch_sizes: list[int]
+    prompt_length: int  # whole blocks
+    gen_length: int  # whole blocks
+    block_length: int
+    tokens_per_forward: int  # divides block_length
+    warmup: int
+    repeats: int
+    sampled_batch_size: int
+    temperature: float  # the sampled check's (> 0)
+
+
+@dataclass
+@conf_defaults("bench/gpu_check.yaml", "attention")
+class GpuCheckAttention:
+    batch_size: int
+    max_rel_error: float
+
+
+@dataclass
+@conf_defaults("bench/gpu_check.yaml", "fp8")
+class GpuCheckFP8:
+    tokens: int
+    block_size: list[int]
+    warmup: int
+    repeats: int
+    max_rel_error: float  # vs the bf16 product
+    max_kernel_error: float  # vs the exact product of the same FP8 operands
+
+
+@dataclass
+@conf_defaults("bench/gpu_check.yaml", "train")
+class GpuCheckTrain:
+    config: str  # a train config YAML (objective, optimiser, LoRA, precision, checkpointing)
+    overrides: list[str]
+    batch_size: int
+    seq_len: int
+    prompt_length: int
+    warmup_steps: int
+    steps: int
+    full_layers: Optional[int]  # full SFT at the checkpoint's width with this many layers (null = all)
+
+
+@dataclass
+@conf_defaults("bench/gpu_check.yaml")
+class GpuCheckConfig:
+    like: str  # conf/standin/ name or YAML
+    shape: str  # full | conf/standin/shapes/ name | YAML
+    device: str  # cuda | cpu
+    dtype: str
+    seed: int
+    budget_s: float
+    decode: GpuCheckDecode
+    attention: GpuCheckAttention
+    fp8: GpuCheckFP8
+    train: GpuCheckTrain
+
+    def __post_init__(self) -> None:
+        validate_gpu_check_config(self)
+
+
+def validate_gpu_check_config(cfg: GpuCheckConfig) -> None:
+    """Checks the schema cannot express; each error names the key."""
+    check_choice("gpu_check.device", cfg.device, GPU_CHECK_DEVICES)
+    check_choice("gpu_check.dtype", cfg.dtype, DTYPES)
+    check_positive("gpu_check.budget_s", cfg.budget_s)
+    d = cfg.decode
+    if d.preset not in conf_names("decode"):
+        fail("gpu_check.decode.preset", f"unknown decoding preset {d.preset!r}; known: {conf_names('decode')}")
+    if not d.batch_sizes or min(d.batch_sizes) < 1 or len(set(d.batch_sizes)) != len(d.batch_sizes):
+        fail("gpu_check.decode.batch_sizes", f"must be distinct integers >= 1, got {list(d.batch_sizes)}")
+    for name in ("block_length", "tokens_per_forward", "prompt_length", "gen_length", "repeats",
+                 "sampled_batch_size"):
+        check_min(f"gpu_check.decode.{name}", getattr(d, name), 1)
+    check_min("gpu_check.decode.warmup", d.warmup, 0)
+    for name in ("prompt_length", "gen_length"):
+        if getattr(d, name) % d.block_length:
+            fail(f"gpu_check.decode.{name}", f"must be whole blocks of block_length={d.block_length}, "
+                                             f"got {getattr(d, name)}")
+    if d.block_length % d.tokens_per_forward:
+        fail("gpu_check.decode.tokens_per_forward", f"must divide block_length={d.block_length}, "
+                                                    f"got {d.tokens_per_forward}")
+    check_positive("gpu_check.decode.temperature", d.temperature)
+    check_min("gpu_check.attention.batch_size", cfg.attention.batch_size, 1)
+    check_positive("gpu_check.attention.max_rel_error", cfg.attention.max_rel_error)
+    f = cfg.fp8
+    check_min("gpu_check.fp8.tokens", f.tokens, 1)
+    if len(f.block_size) != 2 or min(f.block_size) < 1:
+        fail("gpu_check.fp8.block_size", f"must be two positive integers, got {list(f.block_size)}")
+    check_min("gpu_check.fp8.warmup", f.warmup, 0)
+    check_min("gpu_check.fp8.repeats", f.repeats, 1)
+    check_positive("gpu_check.fp8.max_rel_error", f.max_rel_error)
+    check_positive("gpu_check.fp8.max_kernel_error", f.max_kernel_error)
+    t = cfg.train
+    for name in ("batch_size", "seq_len", "steps"):
+        check_min(f"gpu_check.train.{name}", getattr(t, name), 1)
+    check_min("gpu_check.train.warmup_steps", t.warmup_steps, 0)
+    if not 0 <= t.prompt_length < t.seq_len:
+        fail("gpu_check.train.prompt_length", f"must be in [0, seq_len={t.seq_len}), got {t.prompt_length}")
+    check_min("gpu_check.train.full_layers", t.full_layers, 1, allow_none=True)

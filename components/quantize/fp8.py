@@ -57,3 +57,62 @@ def round_to_fp8(lm, block_size=(128, 128), skip_modules=("lm_head",)) -> list[s
         q, scale_inv = quantize_blockwise(w, block)
         w.copy_(dequantize_blockwise(q, scale_inv, block, w.dtype, name=name))
     return names
+
+
+# ------------------------------------------------------------------------------------ FP8 matmul
+# The serving-side product of a per-block FP8 weight: activations quantized on the fly in 1x128
+# groups (the checkpoint's `activation_scheme: dynamic`), weights in their stored 128x128 tiles.
+FP8_KERNELS = ("blockwise", "rowwise_chunks")
+
+
+def quantize_activations(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) activations -> (float8 (M, K), float32 scale_inv (M, ceil(K / group))): one scale per
+    token and group of `group` channels."""
+    return quantize_blockwise(x, (1, group))
+
+
+def fp8_matmul_reference(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                         block: tuple[int, int]) -> torch.Tensor:
+    """What an exact FP8 kernel computes from these operands: both dequantized, float32 product (M, N)."""
+    x = dequantize_blockwise(xq, x_scale, (1, block[1]))
+    w = dequantize_blockwise(wq, w_scale, block)
+    return x @ w.t()
+
+
+def fp8_matmul(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+               block: tuple[int, int], kernel: str, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """x @ w.T from FP8 operands on a scaled-matmul kernel (M, N).
+
+    `blockwise`: one `torch.nn.functional.scaled_mm` with 1x128 activation and 128x128 weight scales
+    (cuBLASLt on Hopper with CUDA >= 12.9). `rowwise_chunks`: one row-wise scaled matmul per 128-wide
+    slice of K, summed in float32; every scale is constant within a slice, so it is exact too, for
+    builds without block scaling (and the CPU). Both need K and N to be whole tiles of 128.
+    """
+    import torch.nn.functional as F
+
+    m, k = xq.shape
+    n = wq.shape[0]
+    if tuple(block) != (128, 128) or k % 128 or n % 128:
+        raise ValueError(f"FP8 kernels need 128x128 weight tiles and K, N multiples of 128; got block "
+                         f"{list(block)}, K={k}, N={n}")
+    if kernel == "blockwise":
+        from torch.nn.functional import ScalingType, SwizzleType
+
+        tiles_k = k // 128
+        padded = -(-tiles_k // 4) * 4  # cuBLASLt reads the weight scales in groups of 4 along K
+        w_scales = torch.nn.functional.pad(w_scale.float(), (0, padded - tiles_k)).contiguous().t()  # (padded, N/128)
+        x_scales = x_scale.float().t().contiguous().t()  # (M, K/128), M-major
+        return F.scaled_mm(xq, wq.t(), [x_scales], [ScalingType.BlockWise1x128], [w_scales],
+                           [ScalingType.BlockWise128x128], swizzle_a=[SwizzleType.NO_SWIZZLE],
+                           swizzle_b=[SwizzleType.NO_SWIZZLE], output_dtype=out_dtype)
+    if kernel == "rowwise_chunks":
+        out = torch.zeros(m, n, dtype=torch.float32, device=xq.device)
+        for j in range(k // 128):
+            cols = slice(j * 128, (j + 1) * 128)
+            a = xq[:, cols].contiguous()  # (M, 128)
+            b = wq[:, cols].contiguous().t()  # (128, N), column-major as the kernel wants
+            scale_b = w_scale[:, j].float().repeat_interleave(128)[None, :].contiguous()  # (1, N)
+            out += torch._scaled_mm(a, b, x_scale[:, j:j + 1].float().contiguous(), scale_b,
+                                    out_dtype=torch.bfloat16).float()
+        return out.to(out_dtype)
+    raise ValueError(f"kernel must be one of {FP8_KERNELS}, got {kernel!r}")

@@ -192,10 +192,18 @@ def apply_lora(lm: DiffusionLM, cfg: TrainConfig):
 # ---------------------------------------------------------------------------------------------- trainer
 
 
-def _precision(cfg: TrainConfig, on_gpu: bool) -> str:
+def precision_for(cfg: TrainConfig, on_gpu: bool) -> str:
+    """The Lightning precision a run takes: the config's, or for `auto` bf16 autocast on a GPU."""
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
     return "bf16-mixed" if on_gpu else "32-true"
+
+
+def gradient_checkpointing_for(cfg: TrainConfig, on_gpu: bool) -> bool:
+    """Whether the network recomputes each layer in the backward pass (`auto`: on a GPU only, where
+    activations, not compute, bound the batch)."""
+    gc = cfg.model.gradient_checkpointing
+    return gc == "on" or (gc == "auto" and on_gpu)
 
 
 def _strategy(cfg: TrainConfig):
@@ -274,8 +282,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
     check_fits(lm.config, tokenizer, row_lengths(dataset))
     model_cfg = lm.config
     on_gpu = _on_gpu(cfg)
-    gc = cfg.model.gradient_checkpointing
-    lm.gradient_checkpointing = gc == "on" or (gc == "auto" and on_gpu)
+    lm.gradient_checkpointing = gradient_checkpointing_for(cfg, on_gpu)
     if cfg.lora.enabled:
         lm = apply_lora(lm, cfg)
     train_set, val_set = split_validation(dataset, cfg.data.val_fraction, cfg.data.val_max_rows, cfg.trainer.seed)
@@ -307,7 +314,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
     logger_list = [ContinuingCSVLogger(out_dir, resumed_from if resume else None)] + list(loggers or [])
     trainer = L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=_strategy(cfg), precision=_precision(cfg, on_gpu),
+        strategy=_strategy(cfg), precision=precision_for(cfg, on_gpu),
         gradient_clip_val=cfg.optim.grad_clip or None, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_steps,
         val_check_interval=t.val_every_steps * t.accumulate_grad_batches if val_set is not None else None,
