@@ -32,7 +32,7 @@ import logging
 import secrets
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -455,6 +455,29 @@ def _answer_prepared(server: ModelServer, kind: str, call: OpenAICall) -> tuple[
         log.exception("request %s failed", ref)
         return 500, oa.OpenAIError(500, f"internal error (reference {ref} in the server log)",
                                    code="internal_error").body()
+
+
+@contextmanager
+def serving_in_thread(server: ModelServer, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 120.0):
+    """The app under uvicorn in a thread of this process (port 0: a free one); yields its base URL, and stops
+    the server and joins the thread after. For tests and benchmarks that drive the server with real clients."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(server), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, name="draftedit-uvicorn", daemon=True)
+    thread.start()
+    try:
+        until = time.monotonic() + startup_timeout_s
+        while not uv.started and thread.is_alive() and time.monotonic() < until:
+            time.sleep(0.01)
+        if not uv.started:
+            raise RuntimeError(f"the model server did not start within {startup_timeout_s:g} s")
+        bound = uv.servers[0].sockets[0].getsockname()
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=60)
 
 
 def serve(model: DraftEditModel, cfg: ServeConfig, host: str, port: int, model_name: str | None = None) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from components.serving import ModelServer, ServeConfig, create_app
+from components.serving import ModelServer, ServeConfig, serving_in_thread
 from components.tracking.pyfunc import DraftEditModel
 from pipeline_support import make_checkpoint
 
@@ -53,24 +52,8 @@ def wait_until(condition, timeout: float = 120.0) -> bool:
 
 @contextmanager
 def live_server(server: ModelServer):
-    """The app under uvicorn in a thread on a free local port; yields its base URL; stopped and joined after."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as sock:  # a free port; uvicorn binds it with SO_REUSEADDR right after
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=5)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, name="test-uvicorn", daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: uv.started or not thread.is_alive()), "uvicorn did not start"
-        assert uv.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=60)
-        assert wait_until(server.batcher.idle), "the decoding thread is still running"
+    """The app under uvicorn in a thread on a free local port; yields its base URL; afterwards the server is
+    stopped, its thread joined, and the decoding thread gone."""
+    with serving_in_thread(server) as url:
+        yield url
+    assert wait_until(server.batcher.idle), "the decoding thread is still running"

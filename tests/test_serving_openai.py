@@ -29,6 +29,13 @@ def model(tmp_path_factory):
     return load_model(tmp_path_factory.mktemp("ckpt"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_thread_left():
+    """After these tests no decoding or server thread is left running."""
+    yield
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("draftedit-")])
+
+
 def client_for(model, **limits):
     server = server_for(model, **limits)
     return TestClient(create_app(server)), server
