@@ -277,7 +277,8 @@ class ModelServer:
         try:
             return self.submit(job)
         except HTTPError as exc:
-            raise oa.OpenAIError(exc.status, exc.message, code="server_busy") from None
+            raise oa.OpenAIError(exc.status, exc.message,
+                                 code="unavailable" if self.stopping.is_set() else "server_busy") from None
 
     def collect(self, call: OpenAICall, job: Job) -> list[oa.Choice]:
         try:
