@@ -1,8 +1,9 @@
 """Cross-request batching for the model server: one decoding thread, requests grouped into batches.
 
 Requests (`Job`s: prompts as token ids, a DecodeConfig, a deadline) wait in one bounded queue. The
-decoding thread takes the oldest, then for up to `batch_wait_s` gathers later ones that can share its
-batch, up to `max_batch_prompts` prompts, and decodes them all with one `model.generate` call. Sharing
+decoding thread takes the oldest, then gathers later ones that can share its batch, up to
+`max_batch_prompts` prompts, while they keep coming (at most `batch_wait_s` after the last one joined),
+and decodes them all with one `model.generate` call. Sharing
 is exact: the batched decoder gives every prompt of a batch the tokens and forwards it gets alone, so
 requests batch together when their DecodeConfig is equal and greedy (temperature 0). A sampled request
 decodes alone, since the rows of one batch draw from one random generator and a batch would change
@@ -154,6 +155,9 @@ class Batcher:
                         continue
                     batch.append(job)
                     rows += len(job.ids)
+                    # a request joined: wait as long again, since concurrent clients' requests arrive spread
+                    # out (the wait stays bounded: each join fills the batch)
+                    until = time.monotonic() + self.batch_wait_s
             left = until - time.monotonic()
             if rows >= self.max_batch_prompts or left <= 0 or self.stopping.is_set():
                 break

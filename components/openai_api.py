@@ -316,7 +316,11 @@ class StopText:
                 safe -= 1
             hold = max((k for s in self.stops for k in range(1, len(s)) if text[:safe].endswith(s[:k])), default=0)
             safe -= hold
-        if safe <= len(self.sent) or not text.startswith(self.sent):
+        if not text.startswith(self.sent):  # a later block changed how earlier tokens decode (rare)
+            if final:
+                self.sent = text  # the answer's text is right even if a stream already showed the old form
+            return ""
+        if safe <= len(self.sent):
             return ""
         delta, self.sent = text[len(self.sent):safe], text[:safe]
         return delta

@@ -145,6 +145,9 @@ def test_stop_text_holds_back_what_may_begin_a_stop_string():
     assert st.feed("abc ENxyz END more") == "yz " and st.stopped and st.sent == "abc ENxyz "
     assert StopText([]).feed("caf\ufffd") == "caf"  # half a character waits for the next block
     assert StopText(["zz"]).feed("a z", final=True) == "a z"
+    redecoded = StopText([])
+    redecoded.feed("ab")
+    assert redecoded.feed("xbc", final=True) == "" and redecoded.sent == "xbc"  # the answer's text is the last form
 
 
 # ------------------------------------------------------------------------------------------- errors
