@@ -32,6 +32,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,7 +356,9 @@ def _stream(server: ModelServer, call: OpenAICall, job: Job, cancel: threading.E
         finally:
             cancel.set()  # a no-op once decoding ended; otherwise its rows are dropped at the next step
 
-    return events()
+    stream = events()
+    weakref.finalize(stream, cancel.set)  # a client gone before the first event: the stream is dropped unstarted
+    return stream
 
 
 def create_app(server: ModelServer):

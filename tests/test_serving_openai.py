@@ -224,6 +224,27 @@ def test_streamed_chat_names_the_role_first_and_ends_with_done(model):
         assert mine[-1]["finish_reason"] == whole["choices"][i]["finish_reason"]
 
 
+def test_a_deadline_mid_stream_ends_it_with_an_error_event(model, monkeypatch):
+    import types
+
+    import components.batching as batching
+
+    client, _ = client_for(model, request_timeout_s=600)
+    body = {"prompt": PROMPTS[0], "preset": "quality", "max_tokens": 64, "block_length": 8, "threshold": 1.0,
+            "stream": True}
+    with Forwards(model) as forwards:
+        # the clock the decoding thread reads jumps past every deadline after the tenth forward
+        clock = types.SimpleNamespace(monotonic=lambda: batching_time.monotonic() + (1e6 if forwards.count >= 10 else 0))
+        batching_time = batching.time
+        monkeypatch.setattr(batching, "time", clock)
+        with client.stream("POST", "/v1/completions", json=body) as resp:
+            assert resp.status_code == 200
+            chunks = events(resp)
+    assert forwards.count == 10
+    assert chunks[-1]["error"]["code"] == "timeout" and "decoding was stopped" in chunks[-1]["error"]["message"]
+    assert any(c.get("choices") and c["choices"][0]["text"] for c in chunks[:-1]), "blocks finished before it"
+
+
 def test_a_stream_refused_before_it_starts_is_a_plain_error(model):
     client, server = client_for(model, max_waiting=0)
     server.stopping.set()
