@@ -225,7 +225,8 @@ class ModelServer:
             self.model.check_request(rows, cfg, max_prompt_tokens=self.cfg.max_prompt_tokens)
         except RequestRejected as exc:
             raise oa.OpenAIError(400, str(exc), param=req.prompt_param, code="context_length_exceeded") from None
-        return OpenAICall(req, rows, cfg, prompt_tokens=sum(len(p) for p in ids))
+        return OpenAICall(req, rows, cfg, prompt_tokens=sum(len(p) for p in ids),
+                          texts=[oa.StopText(req.stop) for _ in rows], finished=[None] * len(rows))
 
     def _decode_config(self, req: oa.OpenAIRequest, fields: dict):
         try:
@@ -257,9 +258,7 @@ class ModelServer:
               on_finish=None) -> Job:
         """Queue a prepared call (OpenAIError 503 when the queue is full); `collect` waits for it, and
         `on_finish()` is called (from the decoding thread) once it is over, after its last `on_update`."""
-        tok, eos = self.model.tokenizer, self.model.lm.config.eos_token_id
-        texts = [oa.StopText(call.req.stop) for _ in call.ids]
-        call.finished = [None] * len(call.ids)  # per row: (tokens, finish_reason) once it ended
+        tok, eos, texts = self.model.tokenizer, self.model.lm.config.eos_token_id, call.texts
 
         def on_block(i: int, tokens: list[int], done: bool) -> None:
             delta = texts[i].feed(tok.decode(tokens, skip_special_tokens=True), final=done)
@@ -270,7 +269,6 @@ class ModelServer:
             if on_update is not None and (delta or finish):
                 on_update(i, delta, finish)
 
-        call.texts = texts
         job = Job(call.ids, call.cfg, deadline, on_block=on_block, row_done=lambda i: call.finished[i] is not None,
                   on_finish=on_finish)
         if cancel is not None:
@@ -309,8 +307,8 @@ class OpenAICall:
     ids: list[list[int]]
     cfg: Any  # DecodeConfig
     prompt_tokens: int
-    finished: list | None = None
-    texts: list | None = None
+    texts: list[oa.StopText]  # per row: its text so far, cut at the request's stop strings
+    finished: list  # per row: None while it decodes, then (tokens, finish_reason)
 
     def preset(self, model: DraftEditModel) -> str:
         return self.req.preset or model.default_preset
