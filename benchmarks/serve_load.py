@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         overrides.append(f"max_waiting={max(args.clients)}")
     limits = load_config(ServeConfig, SERVE_CONFIG, overrides)
     rows, all_identical = [], True
+    machine = describe_machine()  # with the benchmark's torch threads
     try:
         with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
             model = build_model(args, Path(tmp))
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
         from model.files import atomic_write
 
         record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "machine": describe_machine(), "rows": rows, "all_identical": all_identical}
+                  "machine": machine, "rows": rows, "all_identical": all_identical}
         atomic_write(args.json, json.dumps(record, indent=2) + "\n")
     return 0 if all_identical else 1
 
