@@ -2,7 +2,7 @@
 
     draftedit serve reeval            # the champion re-evaluation deployment on its cron schedule
     draftedit serve reeval --now      # ... and trigger one run right away
-    draftedit serve model --port 5001 # the champion pyfunc over HTTP (MLflow's /invocations format)
+    draftedit serve model --port 5001 # the champion pyfunc over HTTP (MLflow's /invocations and OpenAI's /v1)
     draftedit serve model serve.max_prompts=64   # serve.* overrides set the server's limits
 
 `serve model` runs `components.serving` (limits from conf/serve/default.yaml, JSON errors, a deadline
@@ -69,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        print(f"serving {uri} (version {version.version}) at http://{args.host}:{args.port}/invocations")
+        name = limits.model_name or cfg.tracking.registered_model
+        print(f"serving {uri} (version {version.version}) at http://{args.host}:{args.port}/invocations and "
+              f"http://{args.host}:{args.port}/v1 (OpenAI clients: model={name!r})")
         print('try: curl -s -X POST -H "Content-Type: application/json" '
               f'-d \'{{"inputs": {{"prompt": ["3+4="]}}, "params": {{"preset": "speedy"}}}}\' http://{args.host}:{args.port}/invocations')
-        serve_http(model, limits, args.host, args.port)
+        serve_http(model, limits, args.host, args.port, model_name=name)
         return 0
 
     from prefect import serve

@@ -148,6 +148,7 @@ class GenerationResult:
     forward_calls: int  # calls of the network for the whole batch
     wall_seconds: float
     trajectories: list[Trajectory] | None = None
+    stopped: list[bool] = field(default_factory=list)  # per prompt: dropped by `cancelled` before it finished
 
     @property
     def tokens_per_forward(self) -> float:
@@ -175,6 +176,8 @@ class _Row:
         self.mbe_steps = 0
         self.held_draft = None  # (tokens, confidences): the next block's speculative draft, waiting on MBE
         self.done = False
+        self.stopped = False  # dropped by `cancelled` before it finished
+        self.final_reported: int | None = 0  # answer tokens handed to `on_block` (None once it had the last)
         self.forwards = self.edits = self.commits = 0
         self.trajectory = None
         # for `max_reverts` (None when it is off): the tokens each position has held, and its reverts
@@ -183,10 +186,37 @@ class _Row:
 
 
 class _Decoder:
-    def __init__(self, lm, cfg: DecodeConfig, mask_id: int, eos_id: int | None, generator, on_step=None):
+    def __init__(self, lm, cfg: DecodeConfig, mask_id: int, eos_id: int | None, generator, on_step=None,
+                 on_block=None, cancelled=None):
         self.lm, self.cfg, self.mask_id, self.eos_id, self.generator = lm, cfg, mask_id, eos_id, generator
-        self.on_step = on_step
+        self.on_step, self.on_block, self.cancelled = on_step, on_block, cancelled
         self.forward_calls = 0
+
+    # ------------------------------------------------------------------ finished text
+    def answer(self, row: _Row, end: int | None = None) -> list[int]:
+        """The row's generated tokens up to canvas position `end` (default: all), cut after the first EOS."""
+        stop = row.prompt_length + self.cfg.gen_length
+        out = row.canvas[row.prompt_length:stop if end is None else min(end, stop)].tolist()
+        if self.eos_id is not None and self.eos_id in out:
+            out = out[:out.index(self.eos_id) + 1]
+        return out
+
+    def _final_end(self, row: _Row) -> int:
+        """Canvas position up to which no later step can change the row: the blocks before the active one,
+        less the Multi-Block Editing window that may still re-edit them; everything once the row is done."""
+        if row.done:
+            return len(row.canvas)
+        return max(row.prompt_length, (row.block - self.cfg.mbe_window) * self.cfg.block_length)
+
+    def _report(self, rows: list[_Row]) -> None:
+        """Hand each row's answer to `on_block` when its finished part has grown, and once when it is done."""
+        for row in rows:
+            if row.stopped or row.final_reported is None:
+                continue
+            tokens = self.answer(row, self._final_end(row))
+            if row.done or len(tokens) > row.final_reported:
+                row.final_reported = None if row.done else len(tokens)  # None: the last call was made
+                self.on_block(row.index, tokens, row.done)
 
     # ------------------------------------------------------------------ block bookkeeping
     def _block_slice(self, row: _Row, block: int | None = None) -> slice:
@@ -244,7 +274,13 @@ class _Decoder:
         cache = KVCache.for_model(self.lm, len(rows), capacity) if cfg.use_cache else None
         active = list(rows)
         while True:
+            if self.cancelled is not None:
+                for r in active:
+                    if self.cancelled(r.index):
+                        r.done = r.stopped = True
             kinds = {r.index: self._prepare(r) for r in active}
+            if self.on_block is not None:
+                self._report(active)
             still = [i for i, r in enumerate(active) if not r.done]
             if len(still) < len(active):
                 if cache is not None and still:
@@ -459,11 +495,17 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
     return mask_id, eos_id
 
 
-def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_step=None) -> GenerationResult:
+def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_step=None, on_block=None,
+             cancelled=None) -> GenerationResult:
     """Decode every prompt with draft-and-edit; see the module docstring for the semantics.
 
     on_step(prompt_index, canvas, step_record) is called after every forward for every prompt in it
     (for live displays); it implies trajectory recording.
+    on_block(prompt_index, tokens, done) is called whenever a prompt's finished answer grows (a block
+    no later step can change, cut after the first EOS; for streaming) and once more when it is done:
+    `tokens` is then its final sequence. No trajectory is recorded for it.
+    cancelled(prompt_index) is asked before every forward; True drops that prompt (its `stopped` flag is
+    set, its sequence is what it held then) while the others decode on exactly as they would have.
     """
     cfg = cfg or DecodeConfig()
     if prompts and isinstance(prompts[0], int):
@@ -474,7 +516,7 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_s
     if cfg.temperature > 0:
         generator = torch.Generator(device=lm.device)
         generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
-    decoder = _Decoder(lm, cfg, mask_id, eos_id, generator, on_step)
+    decoder = _Decoder(lm, cfg, mask_id, eos_id, generator, on_step, on_block, cancelled)
     rows = [_Row(i, p, cfg, mask_id) for i, p in enumerate(prompts)]
     record = cfg.record_trajectory or on_step is not None
     if record:
@@ -490,14 +532,8 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_s
     finally:
         lm.train(was_training)
     wall = time.perf_counter() - start
-    sequences = []
-    for row in rows:
-        out = row.canvas[row.prompt_length:row.prompt_length + cfg.gen_length].tolist()
-        if eos_id is not None and eos_id in out:
-            out = out[:out.index(eos_id) + 1]
-        sequences.append(out)
     return GenerationResult(
-        sequences=sequences, forwards=[r.forwards for r in rows], edits=[r.edits for r in rows],
+        sequences=[decoder.answer(row) for row in rows], forwards=[r.forwards for r in rows], edits=[r.edits for r in rows],
         commits=[r.commits for r in rows], canvases=[r.canvas.tolist() for r in rows],
         forward_calls=decoder.forward_calls, wall_seconds=wall,
-        trajectories=[r.trajectory for r in rows] if record else None)
+        trajectories=[r.trajectory for r in rows] if record else None, stopped=[r.stopped for r in rows])

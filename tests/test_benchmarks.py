@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,24 @@ def test_train_table_trains_each_variant_with_its_objective_and_reports_every_se
     text = capsys.readouterr().out
     assert "| m2t | M2T only, best threshold |" in text and "| t2t_stream_mtf_late | S mode |" in text
     assert text.count("| t2t_stream_mtf_late |") == 3  # Q and S rows, and one in the table of all settings
+
+
+# ------------------------------------------------------------------------------------- serve_load
+def test_serve_load_serves_what_the_offline_decoder_gives(tmp_path, capsys):
+    from benchmarks import serve_load
+
+    out = tmp_path / "serve_load.json"
+    code = serve_load.main(["--clients", "1", "3", "--requests", "2", "--repeats", "2", "--gen-length", "8",
+                            "--block-length", "4", "--vocab", "300", "--hidden", "32", "--intermediate", "64",
+                            "--layers", "2", "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert code == 0 and record["all_identical"]
+    assert [r["clients"] for r in record["rows"]] == [1, 3] and [r["requests"] for r in record["rows"]] == [2, 6]
+    for r in record["rows"]:
+        assert len(r["served_tps"]) == len(r["offline_tps"]) == 2 and min(r["served_tps"] + r["offline_tps"]) > 0
+        assert 1 <= r["mean_batch"] <= r["clients"]
+    assert "| clients = batch | served tok/s |" in capsys.readouterr().out
+    deadline = time.monotonic() + 60  # the decoding thread ends once its queue is empty
+    while [t for t in threading.enumerate() if t.name.startswith("draftedit-")] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name.startswith("draftedit-")]

@@ -1,6 +1,7 @@
 """The draft-and-edit decoder: token-identical to the reference, and every feature beyond it."""
 
 import collections
+import dataclasses
 import json
 
 import pytest
@@ -300,3 +301,42 @@ def test_forward_split_adds_up_to_the_decoders_forwards(lm, extra):
     assert [sum(s.values()) for s in splits] == res.forwards
     assert all(s["draft"] >= 1 for s in splits)
     assert sum(s["mbe"] for s in splits) > 0 if extra.get("mbe_window") else all(s["mbe"] == 0 for s in splits)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(threshold=0.5, editing_threshold=0.7, speculative_verify=True),
+    dict(threshold=0.5, editing_threshold=0.5, mbe_window=1, max_post_steps=2),
+    dict(threshold=0.9, editing_threshold=0.95, eos_early_stop=True),
+], ids=["spec", "mbe", "eos"])
+def test_on_block_hands_over_only_finished_text(lm, settings):
+    """Every on_block call is a prefix of the final answer that no later step changes, growing block by
+    block, and the last call (done) is the answer itself; the results equal decoding without the hook."""
+    prompts = _random_prompts(3, seed=4)
+    cfg = DecodeConfig(block_length=8, gen_length=32, **settings)
+    calls = collections.defaultdict(list)
+    res = generate(lm, prompts, cfg, on_block=lambda i, tokens, done: calls[i].append((list(tokens), done)))
+    assert res == dataclasses.replace(generate(lm, prompts, cfg), wall_seconds=res.wall_seconds)
+    for i, seq in enumerate(res.sequences):
+        assert [done for _, done in calls[i]] == [False] * (len(calls[i]) - 1) + [True]
+        assert calls[i][-1][0] == seq
+        lengths = [len(t) for t, _ in calls[i]]
+        assert lengths[:-1] == sorted(set(lengths[:-1])) and all(seq[:len(t)] == t for t, _ in calls[i])
+    assert max(len(c) for c in calls.values()) > 2, "answers arrive in several pieces"
+    assert not any(res.stopped) and res.trajectories is None
+
+
+def test_cancelled_rows_leave_the_others_as_they_were_alone(lm):
+    prompts = _random_prompts(3, seed=5)
+    cfg = DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.7)
+    asked = collections.Counter()
+
+    def cancelled(i):
+        asked[i] += 1
+        return i == 1 and asked[i] > 2  # row 1 stops after two forwards
+
+    res = generate(lm, prompts, cfg, cancelled=cancelled)
+    assert res.stopped == [False, True, False] and res.forwards[1] == 2
+    for i in (0, 2):
+        alone = generate(lm, [prompts[i]], cfg)
+        assert res.sequences[i] == alone.sequences[0] and res.forwards[i] == alone.forwards[0]
+    assert generate(lm, prompts, cfg, cancelled=lambda i: True).forward_calls == 0

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from components.config import ConfigError, load_config
 from components.serving import ModelServer, ServeConfig, create_app
+from components.batching import Job
 from components.tracking.pyfunc import DraftEditModel
 from pipeline_support import make_checkpoint
 
@@ -139,12 +140,24 @@ def test_limits_are_enforced_before_any_decoding(model):
     assert client.post("/invocations", json={"inputs": PROMPTS, "params": FAST}).status_code == 200
 
 
-def test_a_request_past_its_deadline_stops_decoding(model):
+def test_a_request_past_its_deadline_stops_decoding(model, monkeypatch):
+    import components.batching as batching
+
     with Forwards(model) as full:
         model.complete(PROMPTS[:1], {"preset": "quality", "gen_length": 64})
     assert full.count > 2
-    client, _ = client_for(model, request_timeout_s=1e-9)  # the deadline has passed at the first step
+    client, _ = client_for(model, request_timeout_s=1e-9)  # the deadline has passed before the batch starts
     with Forwards(model) as stopped:
+        resp = client.post("/invocations", json={"inputs": PROMPTS[:1], "params": {"preset": "quality", "gen_length": 64}})
+    body = assert_clean_error(resp, 504, "no answer within")
+    assert body["error_code"] == "DEADLINE_EXCEEDED"
+    assert stopped.count == 0, "no decoding for a request already late"
+
+    # the deadline passes after the first forward (the clock the decoding thread reads jumps ahead)
+    client, _ = client_for(model, request_timeout_s=600)
+    with Forwards(model) as stopped:
+        clock = SimpleNamespace(monotonic=lambda: time.monotonic() + (1e6 if stopped.count else 0))
+        monkeypatch.setattr(batching, "time", clock)
         resp = client.post("/invocations", json={"inputs": PROMPTS[:1], "params": {"preset": "quality", "gen_length": 64}})
     body = assert_clean_error(resp, 504, "decoding was stopped")
     assert body["error_code"] == "DEADLINE_EXCEEDED"
@@ -152,21 +165,34 @@ def test_a_request_past_its_deadline_stops_decoding(model):
 
 
 def test_shutdown_stops_decoding_and_a_full_queue_answers_503(model):
-    client, server = client_for(model, max_waiting=0, request_timeout_s=600)
+    client, server = client_for(model, max_waiting=1, request_timeout_s=600)
     server.stopping.set()
     assert_clean_error(client.post("/invocations", json={"inputs": PROMPTS, "params": FAST}), 503, "shutting down")
     server.stopping.clear()
-    server._decode_lock.acquire()  # a decoding in progress
+    release, busy = threading.Event(), threading.Event()
+
+    def hold(_row):  # a decoding in progress: the decoding thread waits here before its forward
+        busy.set()
+        release.wait(120)
+        return False
+
+    cfg = model.preset_config("speedy", gen_length=8, temperature=0.5, seed=0)  # sampled: a batch of its own
+    held = server.batcher.submit(Job([model.tokenizer.encode("hold")], cfg, float("inf"), row_done=hold))
+    assert busy.wait(120)
     answers = []
     waiting = threading.Thread(target=lambda: answers.append(client.post("/invocations", json={"inputs": PROMPTS, "params": FAST})))
     waiting.start()
     try:
         deadline = time.monotonic() + 60
-        while server._waiting < 1 and time.monotonic() < deadline:
+        while server.batcher.waiting < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert server._waiting == 1
+        assert server.batcher.waiting == 1
         assert_clean_error(client.post("/invocations", json={"inputs": PROMPTS, "params": FAST}), 503, "busy")
     finally:
-        server._decode_lock.release()
+        server.stopping.set()  # shutting down: the held decoding stops at its next step
+        release.set()
         waiting.join(timeout=120)
-    assert answers and answers[0].status_code == 200
+    assert all(server.batcher.wait(held).stopped)
+    assert answers and answers[0].status_code == 503 and "shutting down" in answers[0].text
+    server.stopping.clear()
+    assert client.post("/invocations", json={"inputs": PROMPTS, "params": FAST}).status_code == 200

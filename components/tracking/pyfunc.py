@@ -115,15 +115,19 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
         self.lm, self.tokenizer = load_checkpoint(self.checkpoint_dir)
 
     def decode_config(self, params: dict[str, Any] | None):
+        params = check_params(params)
+        params.pop("chat", None)
+        return self.preset_config(params.pop("preset", None), **params)
+
+    def preset_config(self, preset: str | None, **fields: Any):
+        """The DecodeConfig of `preset` (default: the model's serving preset) with `fields` set; an unknown
+        preset or an out-of-range value is a RequestRejected naming it."""
         from components.config import ConfigError
         from components.presets import load_decode_config
 
-        params = check_params(params)
-        params.pop("chat", None)
-        preset = params.pop("preset", None) or self.default_preset
         try:
-            return load_decode_config(preset, **params)
-        except (ConfigError, ValueError) as exc:  # an unknown preset or an out-of-range value
+            return load_decode_config(preset or self.default_preset, **fields)
+        except (ConfigError, ValueError) as exc:
             raise RequestRejected(str(exc).splitlines()[0]) from None
 
     # A DataFrame is what MLflow hands over after enforcing the logged signature; MLflow infers no schema
@@ -137,34 +141,16 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
         """Decode `prompts`; the limits (when given) are checked before any decoding, and
         `should_stop()` is asked after every decoding step (True raises DecodingStopped)."""
         import pandas as pd
-        import torch
-
-        from model import generate
-        from model.decoding import validate
 
         cfg = self.decode_config(params)
-        if max_gen_length is not None and cfg.gen_length > max_gen_length:
-            raise RequestRejected(f"gen_length {cfg.gen_length} is above this server's limit of {max_gen_length}")
-        if check_params(params).get("chat", True):
-            prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
-        ids = [self.tokenizer.encode(p) for p in prompts]
-        if max_prompt_tokens is not None:
-            long = [i for i, seq in enumerate(ids) if len(seq) > max_prompt_tokens]
-            if long:
-                raise RequestRejected(f"prompt {long[0]} has {len(ids[long[0]])} tokens, above this server's limit of "
-                                      f"{max_prompt_tokens}", status=413)
-
-        try:
-            validate(self.lm, ids, cfg)  # e.g. prompt + gen_length beyond the model's positions
-        except ValueError as exc:
-            raise RequestRejected(str(exc)) from None
+        ids = self.encode(prompts, chat=check_params(params).get("chat", True))
+        self.check_request(ids, cfg, max_prompt_tokens=max_prompt_tokens, max_gen_length=max_gen_length)
 
         def on_step(*_step) -> None:
             if should_stop():
                 raise DecodingStopped("decoding stopped before it finished")
 
-        with torch.inference_mode():
-            result = generate(self.lm, ids, cfg, on_step=on_step if should_stop is not None else None)
+        result = self.generate(ids, cfg, on_step=on_step if should_stop is not None else None)
         rows = []
         for seq, forwards in zip(result.sequences, result.forwards):
             rows.append(
@@ -176,6 +162,38 @@ class DraftEditModel(mlflow.pyfunc.PythonModel):
                 }
             )
         return pd.DataFrame(rows, columns=["completion", "tokens", "forwards", "tpf"])
+
+    def encode(self, prompts: list[str], chat: bool = True) -> list[list[int]]:
+        """Token ids of each prompt, wrapped in the chat template (one user turn) when `chat`."""
+        if chat:
+            prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+        return [self.tokenizer.encode(p) for p in prompts]
+
+    def check_request(self, ids: list[list[int]], cfg, *, max_prompt_tokens: int | None = None,
+                      max_gen_length: int | None = None) -> None:
+        """The server's limits and the decoder's own checks, before anything decodes (RequestRejected)."""
+        from model.decoding import validate
+
+        if max_gen_length is not None and cfg.gen_length > max_gen_length:
+            raise RequestRejected(f"gen_length {cfg.gen_length} is above this server's limit of {max_gen_length}")
+        if max_prompt_tokens is not None:
+            long = [i for i, seq in enumerate(ids) if len(seq) > max_prompt_tokens]
+            if long:
+                raise RequestRejected(f"prompt {long[0]} has {len(ids[long[0]])} tokens, above this server's limit of "
+                                      f"{max_prompt_tokens}", status=413)
+        try:
+            validate(self.lm, ids, cfg)  # e.g. prompt + gen_length beyond the model's positions
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+
+    def generate(self, ids: list[list[int]], cfg, **hooks):
+        """`model.generate` on the loaded network; `hooks` are its on_step, on_block and cancelled."""
+        import torch
+
+        from model import generate
+
+        with torch.inference_mode():
+            return generate(self.lm, ids, cfg, **hooks)
 
 
 def model_signature(default_preset: str):
