@@ -85,6 +85,7 @@ def test_sft_under_fsdp_on_two_cpu_processes_through_the_training_entry(tmp_path
     base = {k: v for f in standin.glob("*.safetensors") for k, v in _tensors(f).items()}
     trained = read_weights(result["checkpoint_dir"])
     assert trained.keys() == base.keys()  # consolidated into the released layout
+    assert {t.dtype for t in trained.values()} == {torch.bfloat16}  # trained on float32 masters, exported as released
     moved = [k for k in base if not torch.equal(base[k].float(), trained[k].float())]
     assert len(moved) > len(base) // 2
     lm = DiffusionLM.from_pretrained(result["checkpoint_dir"], dtype=torch.float32).eval()

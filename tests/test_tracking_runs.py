@@ -99,3 +99,15 @@ def test_bad_uris_name_the_problem(client, tmp_path):
         resolve_uri(str(tmp_path / "missing"), client.tracking_uri, what="checkpoint")
     with pytest.raises(TrackingError, match="empty"):
         resolve_uri("", client.tracking_uri)
+
+
+def test_metric_names_mlflow_refuses_are_logged_under_names_it_takes(client):
+    """The evaluation's `pass@1` and the data stage's per-source counts (`sft.external[0]`) reach MLflow."""
+    with stage_run(client, client.experiment_id, "evaluate") as run:
+        run_id = run.info.run_id
+        logged = log_metrics(client, run_id, {"eval/humaneval/pass@1": 0.5,
+                                              "data/sources/sft.external[0]/conversations": 24,
+                                              "eval/lm_eval/acc,none": 0.25})
+    assert logged == {"eval/humaneval/pass_at_1": 0.5, "data/sources/sft.external.0/conversations": 24.0,
+                      "eval/lm_eval/acc_none": 0.25}
+    assert client.get_run(run_id).data.metrics == logged

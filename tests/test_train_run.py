@@ -183,6 +183,17 @@ def test_merged_lora_weights_give_the_adapted_models_logits():
     assert changed and all(k.endswith(("query_key_value.weight", "dense.weight", "gate_proj.weight")) for k in changed)
 
 
+@pytest.mark.parametrize("overrides,dtype", [
+    (["trainer.precision=bf16-mixed"], torch.float32),  # full fine-tuning: float32 master weights
+    (["trainer.precision=bf16-true"], None),            # the weights as stored: the user asked for bf16 training
+    (["trainer.precision=bf16-mixed", "lora.enabled=true"], None),  # LoRA: the frozen base as stored
+])
+def test_full_fine_tuning_trains_float32_master_weights(overrides, dtype):
+    from components.training.run import weights_dtype
+
+    assert weights_dtype(load_train_config(None, overrides)) == dtype
+
+
 def test_lora_without_peft_stops_before_training(prepared, tmp_path, monkeypatch):
     import sys
 

@@ -141,7 +141,7 @@ def build_model(cfg: TrainConfig, tokenizer) -> DiffusionLM:
     if cfg.model.init_from:
         if cfg.model.overrides:
             raise TrainingInputError("train.model.overrides cannot change a checkpoint loaded by model.init_from")
-        lm = DiffusionLM.from_pretrained(_resolve(cfg.model.init_from))
+        lm = DiffusionLM.from_pretrained(_resolve(cfg.model.init_from), dtype=weights_dtype(cfg))
         ids = {"mask_token_id": tokenizer.mask_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
         for name, value in ids.items():  # a checkpoint without special ids takes the tokenizer's
             if getattr(lm.config, name) is None:
@@ -199,6 +199,16 @@ def precision_for(cfg: TrainConfig, on_gpu: bool) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
+def weights_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    """The dtype a checkpoint's weights train in. Full fine-tuning keeps float32 master weights unless the
+    precision is `*-true`: AdamW on bf16 weights loses every update below bf16's resolution (a warmup
+    step of 1e-6 on a weight of 0.02), so a released bf16 checkpoint is upcast. With LoRA the base is
+    frozen and stays as stored (half the memory of a 16B model); peft keeps the adapters in float32."""
+    if cfg.lora.enabled or cfg.trainer.precision in ("bf16-true", "16-true"):
+        return None
+    return torch.float32
+
+
 def gradient_checkpointing_for(cfg: TrainConfig, on_gpu: bool) -> bool:
     """Whether the network recomputes each layer in the backward pass (`auto`: on a GPU only, where
     activations, not compute, bound the batch)."""
@@ -254,6 +264,9 @@ def export_model(weights: dict[str, torch.Tensor], model_cfg: ModelConfig, token
     """Write config.json + model.safetensors + tokenizer files + train_config.yaml to out_dir/model."""
     lm = DiffusionLM(model_cfg)
     lm.load_state_dict(weights)
+    stored = getattr(torch, model_cfg.torch_dtype, None)  # the input checkpoint's dtype (config.json)
+    if isinstance(stored, torch.dtype) and stored != lm.dtype:
+        lm = lm.to(stored)  # a bf16 release trained on float32 master weights exports in bf16, as released
     final = out_dir / EXPORT_DIR
     with atomic_dir(final) as tmp:
         lm.save_pretrained(tmp)
