@@ -190,6 +190,14 @@ class ModelConfig:
         return cls.tiny(**fields)
 
 
+def fill_special_ids(cfg: ModelConfig, tokenizer: Any) -> None:
+    """Special ids the config leaves unset taken from its tokenizer, in place: a released config.json
+    names no mask id (the reference `generate` takes it as an argument), its tokenizer_config.json does."""
+    for name in ("mask", "eos", "pad"):
+        if getattr(cfg, f"{name}_token_id") is None:
+            setattr(cfg, f"{name}_token_id", getattr(tokenizer, f"{name}_id"))
+
+
 def check_tokenizer(cfg: ModelConfig, tokenizer: Any, *, need_mask_id: bool = False) -> None:
     """Raise one ConfigError line naming every way `tokenizer` cannot feed a model built from `cfg`.
 

@@ -238,6 +238,20 @@ def test_prompts_that_do_not_fit_the_model_are_refused(model_dir, tmp_path):
         run_benchmark(_cfg("prompts.task=null", "decode_overrides.gen_length=2000", settings=TWO[:1]), model_dir, tmp_path)
 
 
+def test_a_released_layout_folder_takes_its_special_ids_from_its_tokenizer(tmp_path):
+    """A released config.json names no mask id; the benchmark reads it from tokenizer_config.json."""
+    from flows.cli import main
+
+    folder = tmp_path / "standin"
+    assert main(["checkpoint", "init", "--like", "llada2.1-mini", "--shape", "cpu", "--layers", "2", "--dense-layers", "1",
+                 "--experts", "4", "--groups", "2", "--topk-groups", "1", "--out", str(folder)]) == 0
+    assert json.loads((folder / "config.json").read_text()).get("mask_token_id") is None
+    res = run_benchmark(_cfg("prompts.task=null", "baselines.reference=false", "baselines.autoregressive=false",
+                             "repeats=1", settings=TWO[:1]), folder, tmp_path / "out")
+    [row] = res["records"]
+    assert row["tokens"] > 0
+
+
 def test_a_task_needs_a_tokenizer(model_dir, tmp_path):
     bare = tmp_path / "bare"
     DiffusionLM.from_pretrained(model_dir).save_pretrained(bare)

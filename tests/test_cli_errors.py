@@ -49,6 +49,7 @@ CASES = [
     (["checkpoint", "check", "{tmp}/absent"], ["absent", "does not exist"]),
     (["checkpoint", "init", "--like", "llada2.1-mini", "--out", "{tmp}/s", "--experts", "7"], ["num_experts (7)"]),
     (["bench", "--model", "{tmp}/model", "--set", "no_such_key=1"], ["no_such_key"]),
+    (["gpu-check", "--device", "cpu", "--set", "no_such_key=1"], ["no_such_key"]),
     (["eval", "--model", "{tmp}/model", "--limit", "0"], ["--limit must be >= 1"]),
     (["eval", "--model", "{tmp}/model", "--task", "no_such_task"], ["no_such_task"]),
     (["eval", "--task", "sum"], ["--model is required"]),
@@ -135,6 +136,7 @@ ORDER_CASES = [
     ("compare", ["r1", "--last", "2", "r2"], "runs", ["r1", "r2"]),
     ("quantize", ["--set", "a=1", "--model", "m", "--set", "b=2", "--out", "o"], "overrides", ["a=1", "b=2"]),
     ("bench", ["--set", "a=1", "--model", "m", "--set", "b=2"], "overrides", ["a=1", "b=2"]),
+    ("gpu-check", ["--set", "a=1", "--device", "cpu", "--set", "b=2"], "overrides", ["a=1", "b=2"]),
     ("eval", ["--set", "a=1", "--model", "m", "--set", "b=2"], "overrides", ["a=1", "b=2"]),
     ("generate", ["--set", "a=1", "--model", "m", "--ids", "1", "--set", "b=2"], "overrides", ["a=1", "b=2"]),
 ]

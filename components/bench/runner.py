@@ -29,7 +29,9 @@ import torch
 
 from components.config import save_config, to_container
 from components.presets import DecodeChoice
+from model import fill_special_ids
 from model.files import atomic_write
+from model.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 from .baselines import autoregressive_config
 from .config import BenchConfig, BenchmarkError
@@ -200,6 +202,8 @@ def run_benchmark(cfg: BenchConfig, model_dir: str | os.PathLike, out_dir: str |
         from components.quantize import load_model
 
         lm = load_model(model_dir, dtype=_DTYPES[cfg.dtype] if cfg.dtype else None, device=device)
+        if (model_dir / TOKENIZER_FILE).is_file():  # a released config.json names no mask id; its tokenizer does
+            fill_special_ids(lm.config, load_tokenizer(model_dir))
         prompts = load_prompt_set(cfg.prompts, model_dir, lm.config.vocab_size, lm.config.mask_token_id)
         plans = make_plans(cfg, prompts)
         _check_plans(plans, lm, prompts, cfg, device)

@@ -30,11 +30,15 @@ import re
 from collections import defaultdict
 from typing import Any, Callable, Optional
 
+import lm_eval.models  # noqa: F401  lm-eval registers its own models only into an empty registry
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
+
+# `lm_eval.models` above holds lm-eval's own models (hf, local-completions, ...): imported after ours was
+# registered, the registry would no longer be empty and they would be missing from every later lookup.
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from model import CheckpointError, DiffusionLM
+from model import CheckpointError, DiffusionLM, fill_special_ids
 from model.checkpoint import WEIGHTS_NAME
 from model.config import CONFIG_NAME, ModelConfig
 from model.files import atomic_dir
@@ -55,7 +55,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     folder = Path(path)
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"not a checkpoint folder (no {CONFIG_NAME}): {folder}")
-    return load_model(folder, dtype=dtype, device=device).eval(), load_tokenizer(folder)
+    lm, tokenizer = load_model(folder, dtype=dtype, device=device).eval(), load_tokenizer(folder)
+    fill_special_ids(lm.config, tokenizer)
+    return lm, tokenizer
 
 
 def _check_input(model_dir: Path) -> None:

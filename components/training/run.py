@@ -32,7 +32,7 @@ from components.progress import ConsoleProgress
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from components.config import REPO_ROOT, save_config
-from model import ConfigError, DiffusionLM, ModelConfig, check_tokenizer
+from model import ConfigError, DiffusionLM, ModelConfig, check_tokenizer, fill_special_ids
 from model.files import atomic_dir, atomic_path, atomic_write, atomic_writer
 
 from .averaging import average_checkpoints, lightning_weights
@@ -142,10 +142,7 @@ def build_model(cfg: TrainConfig, tokenizer) -> DiffusionLM:
         if cfg.model.overrides:
             raise TrainingInputError("train.model.overrides cannot change a checkpoint loaded by model.init_from")
         lm = DiffusionLM.from_pretrained(_resolve(cfg.model.init_from), dtype=weights_dtype(cfg))
-        ids = {"mask_token_id": tokenizer.mask_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-        for name, value in ids.items():  # a checkpoint without special ids takes the tokenizer's
-            if getattr(lm.config, name) is None:
-                setattr(lm.config, name, value)
+        fill_special_ids(lm.config, tokenizer)
         return lm
     model_cfg = model_config(cfg.model, tokenizer)
     torch.manual_seed(cfg.trainer.seed)
