@@ -13,11 +13,12 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
+from components.batching import Job
 from components.config import ConfigError, load_config
 from components.serving import ModelServer, ServeConfig, create_app
-from components.batching import Job
 from components.tracking.pyfunc import DraftEditModel
 from pipeline_support import make_checkpoint
+from serving_support import Forwards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["12+7=", "sort 3 1 2 ->"]
@@ -35,20 +36,6 @@ def model(tmp_path_factory):
 def client_for(model, **limits) -> tuple[TestClient, ModelServer]:
     server = ModelServer(model, dataclasses.replace(ServeConfig(), **limits))
     return TestClient(create_app(server)), server
-
-
-class Forwards:
-    """Counts the network's forward passes (the decoding work done)."""
-
-    def __init__(self, model) -> None:
-        self.count = 0
-        self.handle = model.lm.register_forward_hook(lambda *_: setattr(self, "count", self.count + 1))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
 
 
 def assert_clean_error(resp, status: int, *phrases: str) -> dict:
