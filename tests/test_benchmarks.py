@@ -260,6 +260,70 @@ def test_train_table_trains_each_variant_with_its_objective_and_reports_every_se
     assert text.count("| t2t_stream_mtf_late |") == 3  # Q and S rows, and one in the table of all settings
 
 
+
+# ------------------------------------------------------------------------------------------ overhead
+def test_overhead_counter_counts_host_reads_and_splits_them_by_network():
+    import torch
+
+    from benchmarks.overhead import ForwardTimer, HostReadCounter
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return x * int(x.sum())  # one host read inside the network
+
+    net, x = Net(), torch.arange(4)
+    net.device = x.device
+    with ForwardTimer(net) as timer, HostReadCounter(timer) as counter:
+        bool(x.any())
+        x.sum().item()
+        x[x > 1] = 0
+        x[x > 5]
+        x[1:3].tolist()
+        x.nonzero()
+        x + 1  # no read
+        net(x)
+    assert timer.seconds and len(timer.seconds) == 1
+    assert dict(counter.decoder) == {"__bool__": 1, "item": 1, "__setitem__[bool]": 1, "__getitem__[bool]": 1,
+                                     "tolist": 1, "nonzero": 1}
+    assert dict(counter.network) == {"__int__": 1}
+    assert net.forward.__func__ is Net.forward  # the timer put the method back
+
+
+def test_overhead_profiles_ours_and_the_reference_on_the_same_prompts(checkpoint, tmp_path, capsys):
+    from benchmarks import overhead
+
+    out = tmp_path / "overhead.json"
+    assert overhead.main(["--model", str(checkpoint), "--task", "sort16", "--prompts", "3", "--batch", "1", "2",
+                          "--presets", "speedy", "--repeats", "2", "--set", "gen_length=8", "--set", "block_length=4",
+                          "--cprofile", "4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["speedy reference", "speedy b1", "speedy b2"]
+    assert rows[0]["x_reference"] == 1.0 and rows[0]["same_tokens_as_reference"]
+    assert rows[0]["network_calls"] == rows[0]["forwards"]  # the reference runs one row per call
+    assert rows[2]["network_calls"] < rows[1]["network_calls"]  # batch 2 shares calls between prompts
+    for r in rows:
+        p = r["profile"]
+        assert r["prompts"] == 3 and r["tokens"] > 0 and len(r["tps_all"]) == len(r["wall_s_all"]) == 2
+        assert finite(r["tps_mean"]) and r["tps_sd"] >= 0 and r["tpf_mean"] > 0 and isinstance(
+            r["same_tokens_as_reference"], bool)
+        assert p["network_calls"] == r["network_calls"]  # the timer saw every forward
+        assert 0 < p["network_s"] < p["wall_s"] and p["overhead_s"] > 0
+        assert p["network_s"] + p["overhead_s"] == pytest.approx(p["wall_s"])
+        assert (p["network_ms_per_call"] + p["overhead_ms_per_call"]) * p["network_calls"] == pytest.approx(
+            1000 * p["wall_s"])
+        assert all(finite(p[k]) for k in ("network_ms_per_call", "overhead_ms_per_call", "host_reads_per_call",
+                                          "network_host_reads_per_call"))
+        assert p["host_reads_per_call"] > 0 and sum(p["host_reads_by_op"].values()) == pytest.approx(
+            p["host_reads_per_call"] * p["network_calls"])
+        assert p["cuda_syncs_per_call"] is None  # CPU
+        assert 0 < len(p["top_functions"]) <= 4
+    # Without a cache the reference's network reads nothing; ours looks up cache slots on the host.
+    assert rows[0]["profile"]["network_host_reads_per_call"] == 0
+    assert all(r["profile"]["network_host_reads_per_call"] > 0 for r in rows[1:])
+    assert any("decoding.py" in f["function"] for f in rows[1]["profile"]["top_functions"])
+    text = capsys.readouterr().out
+    assert "| speedy b2 |" in text and "ms/call decoder" in text
+
 # ------------------------------------------------------------------------------------- serve_load
 def test_serve_load_serves_what_the_offline_decoder_gives(tmp_path, capsys):
     from benchmarks import serve_load
