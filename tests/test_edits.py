@@ -192,3 +192,34 @@ def test_block_end_view_is_the_decoders_greedy_choice_under_the_block_causal_mas
     for p in (2, 5):
         assert view[p][0] == int(tokens[p]) and view[p][1] == pytest.approx(float(conf[p]), abs=1e-5)
     assert block_end_choices(lm, canvas, 4, [], mask_id=31) == {}
+
+
+def test_block_end_view_agrees_with_the_verifying_step_of_a_decode():
+    """With tau_edit = 0 a verifying step (a post step that edits nothing) means the model's arg-max
+    equals the canvas at every drafted position of its block; the block-end view must say the same."""
+    import torch
+
+    from components.edits import block_end_choices
+    from model import DecodeConfig, DiffusionLM, ModelConfig, generate
+
+    torch.manual_seed(1)
+    lm = DiffusionLM(ModelConfig.tiny(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                      mask_token_id=31, eos_token_id=30)).eval()
+    prompts = [torch.randint(0, 30, (n,)).tolist() for n in (3, 6, 9)]
+    cfg = DecodeConfig(block_length=4, gen_length=12, threshold=0.9, editing_threshold=0.0, max_post_steps=64,
+                       use_cache=False, record_trajectory=True, mask_id=31, eos_id=30)
+    res = generate(lm, prompts, cfg)
+    checked = 0
+    for traj, canvas in zip(res.trajectories, res.canvases):
+        last = {}
+        for step in traj.steps:
+            last[step.block] = step
+        for block, step in last.items():
+            if step.kind != "post" or step.t2t:
+                continue  # ended some other way: nothing pins the model's view to the canvas
+            positions = [p for p in range(block * 4, block * 4 + 4) if p >= traj.prompt_length]
+            view = block_end_choices(lm, canvas, 4, positions, mask_id=31)
+            assert all(view[p][0] == canvas[p] for p in positions)
+            checked += 1
+    assert checked > 0
