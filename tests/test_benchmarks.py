@@ -90,7 +90,10 @@ def test_edit_table_attribution_traces_every_wrong_token_of_each_preset(checkpoi
     assert "% of wrong tokens: accepted draft / edit never fired / broken by edit / wrong edit / length/EOS" in text
     rows = [line for line in text.splitlines() if line.startswith("| A | sort | S edit |")]
     assert len(rows) == 2  # the main table's row and the attribution row
-    assert "| S/Q TPF (edit on) |" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if "| S/Q TPF (edit on) |" in line)
+    summary = lines[header + 2].strip("|").split("|")  # S against Q without the editing-off arm
+    assert summary[0].strip() == "A" and finite(float(summary[2].split()[0])) and summary[4].strip() == "-"
 
 
 def test_edit_table_rejects_a_field_that_is_not_a_decode_setting(checkpoint, capsys):
