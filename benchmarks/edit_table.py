@@ -133,14 +133,16 @@ def attribution_lines(cells: dict) -> list[str]:
     then the post-block steps: edit rounds and the verifying step), and each error cause's share of the
     wrong tokens and of the wrong answers (by first wrong token), per seed then mean ± spread; and the
     median block-end probability of the right token where an edit never fired (what tau_edit would
-    have to be)."""
+    have to be), and the share of kept wrong drafts the model still holds at block end with probability
+    above 0.9 (Q's tau_mask: confidently wrong, a calibration error rather than a threshold one)."""
     from components.edits import ERROR_CAUSES
 
     causes = " / ".join(CAUSE_NAMES[c] for c in ERROR_CAUSES)
     lines = ["| model | family | decoding | score | TPF | forwards/answer: draft / edit rounds / verify / mbe "
              f"| wrong answers (unjudged) | wrong tokens/judged answer | % of wrong tokens: {causes} "
-             f"| % of wrong answers by first error: {causes} | never fired: median p(right) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| % of wrong answers by first error: {causes} | never fired: median p(right) "
+             "| accepted drafts held at p > 0.9 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def shares(runs, level: str) -> str:
         out = []
@@ -157,12 +159,14 @@ def attribution_lines(cells: dict) -> list[str]:
         per_answer = [sum(r[f"err_tokens_{c}"] for c in ERROR_CAUSES) / (r["wrong_answers"] - r["err_unjudged"])
                       if r["wrong_answers"] > r["err_unjudged"] else float("nan") for r in runs]
         confidence = [p for r in runs for p in r["never_fired_confidence"]]
+        held = [p for r in runs for p in r["accepted_confidence"]]
         lines.append(f"| {label} | {fam} | {name} | {spread_cell([r['score'] for r in runs], '.1f')} | "
                      f"{spread_cell([r['tpf'] for r in runs], '.2f')} | {split} | "
                      f"{spread_cell([r['wrong_answers'] for r in runs], '.0f')} "
                      f"({spread_cell([r['err_unjudged'] for r in runs], '.0f')}) | {spread_cell(per_answer, '.1f')} | "
                      f"{shares(runs, 'tokens')} | {shares(runs, 'answers')} | "
-                     f"{format(statistics.median(confidence), '.2f') if confidence else '-'} |")
+                     f"{format(statistics.median(confidence), '.2f') if confidence else '-'} | "
+                     f"{f'{100.0 * sum(p > 0.9 for p in held) / len(held):.0f}% of {len(held)}' if held else '-'} |")
     return lines
 
 

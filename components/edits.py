@@ -201,6 +201,10 @@ class ErrorAttribution:
     cause of its first wrong token (what derailed it), so it sums to `wrong_answers - unjudged`.
     `never_fired_confidence` holds the block-end probability of the right token for every
     `never_fired` token: how far tau_edit would have to drop to let each repair through.
+    `accepted_confidence` holds, for every `accepted_draft` token the model still chooses at block
+    end, its block-end probability: a wrong token held with high probability is a calibration error
+    no threshold sorts out, one held with low probability is what a higher tau_mask keeps out (a proxy:
+    the draft itself was chosen with less context than the block end sees).
     """
 
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_CAUSES, 0))
@@ -209,13 +213,15 @@ class ErrorAttribution:
     unjudged: int = 0  # wrong answers without a unique reference to judge tokens against
     samples: int = 0
     never_fired_confidence: list[float] = field(default_factory=list)
+    accepted_confidence: list[float] = field(default_factory=list)
 
     def __add__(self, other: "ErrorAttribution") -> "ErrorAttribution":
         return ErrorAttribution({c: self.tokens[c] + other.tokens[c] for c in ERROR_CAUSES},
                                 {c: self.answers[c] + other.answers[c] for c in ERROR_CAUSES},
                                 self.wrong_answers + other.wrong_answers, self.unjudged + other.unjudged,
                                 self.samples + other.samples,
-                                self.never_fired_confidence + other.never_fired_confidence)
+                                self.never_fired_confidence + other.never_fired_confidence,
+                                self.accepted_confidence + other.accepted_confidence)
 
     def shares(self, level: str = "tokens") -> dict[str, float]:
         """Each cause's share of the judged wrong tokens (or answers); NaN when there are none."""
@@ -227,7 +233,8 @@ class ErrorAttribution:
         return {"wrong_answers": self.wrong_answers, "err_unjudged": self.unjudged,
                 **{f"err_tokens_{c}": v for c, v in self.tokens.items()},
                 **{f"err_answers_{c}": v for c, v in self.answers.items()},
-                "never_fired_confidence": list(self.never_fired_confidence)}
+                "never_fired_confidence": list(self.never_fired_confidence),
+                "accepted_confidence": list(self.accepted_confidence)}
 
 
 def attribute_errors(trajectory: Trajectory, sequence: list[int], eos_id: int | None, *, correct: bool,
@@ -270,6 +277,8 @@ def attribute_errors(trajectory: Trajectory, sequence: list[int], eos_id: int | 
                 out.never_fired_confidence.append(choice[1])
             else:
                 causes.append("accepted_draft")
+                if choice is not None and choice[0] == got:
+                    out.accepted_confidence.append(choice[1])
         elif any(token == want for _, token in events[:-1]):
             causes.append("broken_by_edit")
         else:

@@ -132,9 +132,10 @@ def test_every_wrong_token_is_traced_to_the_step_that_left_it():
     assert res.answers["never_fired"] == 1 and sum(res.answers.values()) == 1  # the first wrong token's cause
     assert res.never_fired_confidence == [0.4]
     # without the view (or where the model still prefers its draft) the kept draft is an accepted draft
-    for view in (None, {3: (6, 0.9)}):
+    for view, held in ((None, []), ({3: (6, 0.9)}, [0.9]), ({3: (4, 0.6)}, [])):
         res = attribute_errors(trajectory(steps), final, EOS, correct=False, reference=[1, 2, 3, 4, 5], block_end=view)
         assert res.tokens["accepted_draft"] == 1 and res.tokens["never_fired"] == 0
+        assert res.accepted_confidence == held  # only where the model still holds its draft
 
 
 def test_an_edit_that_leaves_a_right_token_through_other_wrong_ones_is_a_break():
