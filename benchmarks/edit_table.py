@@ -133,15 +133,15 @@ def attribution_lines(cells: dict) -> list[str]:
     then the post-block steps: edit rounds and the verifying step), and each error cause's share of the
     wrong tokens and of the wrong answers (by first wrong token), per seed then mean ± spread; and the
     median block-end probability of the right token where an edit never fired (what tau_edit would
-    have to be), and the share of kept wrong drafts the model still holds at block end with probability
-    above 0.9 (Q's tau_mask: confidently wrong, a calibration error rather than a threshold one)."""
+    have to be), and the share of kept wrong drafts the model, reading them at block end, still endorses
+    with probability above 0.9 (ErrorAttribution.accepted_confidence: errors no edit threshold repairs)."""
     from components.edits import ERROR_CAUSES
 
     causes = " / ".join(CAUSE_NAMES[c] for c in ERROR_CAUSES)
     lines = ["| model | family | decoding | score | TPF | forwards/answer: draft / edit rounds / verify / mbe "
              f"| wrong answers (unjudged) | wrong tokens/judged answer | % of wrong tokens: {causes} "
              f"| % of wrong answers by first error: {causes} | never fired: median p(right) "
-             "| accepted drafts held at p > 0.9 |",
+             "| accepted drafts endorsed at block end, p > 0.9 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def shares(runs, level: str) -> str:

@@ -202,9 +202,10 @@ class ErrorAttribution:
     `never_fired_confidence` holds the block-end probability of the right token for every
     `never_fired` token: how far tau_edit would have to drop to let each repair through.
     `accepted_confidence` holds, for every `accepted_draft` token the model still chooses at block
-    end, its block-end probability: a wrong token held with high probability is a calibration error
-    no threshold sorts out, one held with low probability is what a higher tau_mask keeps out (a proxy:
-    the draft itself was chosen with less context than the block end sees).
+    end, its block-end probability. The block-end view reads the token itself (it is no longer a mask),
+    so this is how firmly the model endorses a wrong token it sees -- what T2T editing has to overcome --
+    not how confident the draft was: near 1, no tau_edit repairs it and the lever is the editing
+    objective's calibration; well below 1, the model doubts it and only the edit's arg-max is missing.
     """
 
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_CAUSES, 0))
