@@ -56,15 +56,19 @@ def encode_prompts(tok, examples) -> list[list[int]]:
 
 
 def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict | None = None,
-                     edit_filters: Optional[dict[str, Callable]] = None) -> dict:
+                     edit_filters: Optional[dict[str, Callable]] = None, attribution: bool = False) -> dict:
     """Decode `prompts` once under `cfg` and score every output with its example's family verifier.
 
     Returns the score (% correct), TPF, TPS, the forwards per sample split by kind
     (components.edits.forward_split: `fw_draft`, `fw_edit`, `fw_verify`, `fw_mbe`), the edit accounting
     (components.edits.EditStats.as_dict), per-family `families: {name: {score, tpf}}`, and for each
-    named filter in `edit_filters` (components.edits.EditFilter) `<name>_{edits,fixes,breaks}`.
+    named filter in `edit_filters` (components.edits.EditFilter) `<name>_{edits,fixes,breaks}`. With
+    `attribution`, also every wrong token's cause (components.edits.ErrorAttribution.as_dict:
+    `err_tokens_<cause>`, `err_answers_<cause>`, `wrong_answers`, ...), which costs one extra forward per
+    wrong answer, outside the timed decode.
     """
-    from components.edits import FORWARD_KINDS, EditStats, forward_split, judge_example_edits
+    from components.edits import (FORWARD_KINDS, EditStats, ErrorAttribution, attribute_example_errors, forward_split,
+                                  judge_example_edits)
     from components.families import get_family
     from model import generate
 
@@ -76,8 +80,9 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
     verifiers = {}
     stats, split = EditStats(), dict.fromkeys(FORWARD_KINDS, 0)
     filtered = dict.fromkeys(edit_filters, EditStats())
+    errors = ErrorAttribution()
     per_family: dict[str, list[int]] = {}  # family -> [correct, examples, tokens, forwards]
-    for e, seq, fw, traj in zip(examples, res.sequences, res.forwards, res.trajectories):
+    for e, seq, fw, traj, canvas in zip(examples, res.sequences, res.forwards, res.trajectories, res.canvases):
         family = verifiers.setdefault(e.family, get_family(e.family, **params.get(e.family, {})))
         correct = bool(family.score(tok.decode(seq, skip_special_tokens=True).strip(), e))
         acc = per_family.setdefault(e.family, [0, 0, 0, 0])
@@ -87,11 +92,14 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
         stats = stats + judge_example_edits(traj, seq, tok, e, correct=correct)
         for name, select in edit_filters.items():
             filtered[name] = filtered[name] + judge_example_edits(traj, seq, tok, e, correct=correct, select=select)
+        if attribution:
+            errors = errors + attribute_example_errors(lm, traj, seq, canvas, tok, e, correct=correct)
     n = len(examples)
     return {"score": 100.0 * sum(v[0] for v in per_family.values()) / n, "tpf": res.tokens_per_forward,
             "tps": res.num_tokens / res.wall_seconds if res.wall_seconds else float("nan"),
             **{f"fw_{k}": v / n for k, v in split.items()}, **stats.as_dict(),
             **{f"{name}_{k}": getattr(st, k) for name, st in filtered.items() for k in ("edits", "fixes", "breaks")},
+            **(errors.as_dict() if attribution else {}),
             "families": {f: {"score": 100.0 * v[0] / v[1], "tpf": v[2] / max(1, v[3])} for f, v in per_family.items()}}
 
 

@@ -22,6 +22,8 @@ only MBE can repair -- and in the block just ended).
   # best-scoring setting and the fastest within --max-loss points of it per model and family:
   python -m benchmarks.edit_table --model A=DIR --presets quality --grid threshold=0.5,0.7,0.9 \
       --grid editing_threshold=0.9,1.01 --grid max_post_steps=1,16
+  # where each preset loses its points and its forwards (editing on, as the presets are):
+  python -m benchmarks.edit_table --model A=DIR --families sort sudoku4 --presets speedy quality --attribution
 
 Several `--model` entries with the same label (e.g. three seeds) are reported as mean ± spread
 (half the max - min range) per cell. TPS is measured with the trajectory recorded (the edit
@@ -30,6 +32,14 @@ accounting needs it), on `--threads` threads; compare it within one run only. Wi
 With `--mlflow-experiment` the run's cells become MLflow metrics (mean over seeds), and the table, the
 JSON and a score-vs-TPF plot become artifacts (tracking URI from MLFLOW_TRACKING_URI or
 `--tracking-uri`).
+
+With `--attribution` each preset is decoded as it is (editing on; with `--grid`, at every grid point)
+and a second table traces every wrong token of a wrong answer to its cause (components.edits
+ERROR_CAUSES): a wrong draft kept (accepted draft), a wrong draft the model would have edited to the
+right token at block end but below tau_edit (edit never fired), an edit that took a right token away
+(broken by edit), an edit between wrong tokens, or the answer's length (EOS early or late). Shares are
+of the judged wrong tokens, and of wrong answers by the cause of their first wrong token; wrong answers
+to puzzles with several valid answers are left unjudged.
 """
 
 from __future__ import annotations
@@ -52,10 +62,10 @@ SHORT = {"speedy": "S", "quality": "Q"}
 
 
 def settings(presets: list[str], block_length: int | None, mbe_windows: list[int] = (),
-             grid: dict[str, list] | None = None) -> dict[str, DecodeChoice]:
-    """Each preset (S = speedy, Q = quality, ...) with editing on and off, and with editing on plus
-    Multi-Block Editing over each window in `mbe_windows`; with a `grid`, each preset at every point
-    of the grid instead (named by the values that differ from the preset)."""
+             grid: dict[str, list] | None = None, editing_off: bool = True) -> dict[str, DecodeChoice]:
+    """Each preset (S = speedy, Q = quality, ...) with editing on and off (`editing_off=False`: on only),
+    and with editing on plus Multi-Block Editing over each window in `mbe_windows`; with a `grid`, each
+    preset at every point of the grid instead (named by the values that differ from the preset)."""
     over = {} if block_length is None else {"block_length": block_length}
     out = {}
     for preset in presets:
@@ -67,14 +77,16 @@ def settings(presets: list[str], block_length: int | None, mbe_windows: list[int
                 out[name] = DecodeChoice(preset, {**over, **fields})
             continue
         out[f"{label} edit"] = DecodeChoice(preset, dict(over))
-        out[f"{label} no-edit"] = DecodeChoice(preset, {"editing_threshold": EDITING_OFF, **over})
+        if editing_off:
+            out[f"{label} no-edit"] = DecodeChoice(preset, {"editing_threshold": EDITING_OFF, **over})
         for w in mbe_windows:
             out[f"{label} edit MBE{w}"] = DecodeChoice(preset, {"mbe_window": w, **over})
     return out
 
 
 def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, gen_length: int,
-                        arms: dict[str, DecodeChoice], decode_fields: dict | None = None) -> dict:
+                        arms: dict[str, DecodeChoice], decode_fields: dict | None = None,
+                        attribution: bool = False) -> dict:
     """{(family, setting name): cell} for one checkpoint (cells as benchmarks.common.decode_and_score)."""
     lm, tok = load_checkpoint(path)
     out: dict = {}
@@ -85,7 +97,7 @@ def evaluate_checkpoint(path: str, families: list[str], params: dict, n: int, ge
             cfg = choice.load(overrides=decode_fields, gen_length=gen_length, eos_id=tok.eos_id, mask_id=tok.mask_id,
                               max_batch_size=64)
             where = mbe_edit_filters(cfg.block_length) if cfg.mbe_window else {}
-            cell = decode_and_score(lm, tok, examples, prompts, cfg, params, where)
+            cell = decode_and_score(lm, tok, examples, prompts, cfg, params, where, attribution=attribution)
             cell.pop("families")  # one family per cell here
             out[(fam, name)] = cell
     return out
@@ -112,6 +124,52 @@ def table_lines(cells: dict) -> list[str]:
     return lines
 
 
+CAUSE_NAMES = {"accepted_draft": "accepted draft", "never_fired": "edit never fired",
+               "broken_by_edit": "broken by edit", "wrong_edit": "wrong edit", "length": "length/EOS"}
+
+
+def attribution_lines(cells: dict) -> list[str]:
+    """Per cell, where the points and the forwards go: score, TPF, the forwards per answer (drafting,
+    then the post-block steps: edit rounds and the verifying step), and each error cause's share of the
+    wrong tokens and of the wrong answers (by first wrong token), per seed then mean ± spread; and the
+    median block-end probability of the right token where an edit never fired (what tau_edit would
+    have to be), and the share of kept wrong drafts the model, reading them at block end, still endorses
+    with probability above 0.9 (ErrorAttribution.accepted_confidence: errors no edit threshold repairs)."""
+    from components.edits import ERROR_CAUSES
+
+    causes = " / ".join(CAUSE_NAMES[c] for c in ERROR_CAUSES)
+    lines = ["| model | family | decoding | score | TPF | forwards/answer: draft / edit rounds / verify / mbe "
+             f"| wrong answers (unjudged) | wrong tokens/judged answer | % of wrong tokens: {causes} "
+             f"| % of wrong answers by first error: {causes} | never fired: median p(right) "
+             "| accepted drafts endorsed at block end, p > 0.9 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def shares(runs, level: str) -> str:
+        out = []
+        for c in ERROR_CAUSES:
+            per_seed = [100.0 * r[f"err_{level}_{c}"] / total if (total := sum(r[f"err_{level}_{k}"] for k in ERROR_CAUSES))
+                        else float("nan") for r in runs]
+            out.append(spread_cell(per_seed, ".0f"))
+        return " / ".join(out)
+
+    for (label, fam, name), runs in cells.items():
+        if "wrong_answers" not in runs[0]:
+            continue
+        split = " / ".join(spread_cell([r[f"fw_{k}"] for r in runs], ".1f") for k in ("draft", "edit", "verify", "mbe"))
+        per_answer = [sum(r[f"err_tokens_{c}"] for c in ERROR_CAUSES) / (r["wrong_answers"] - r["err_unjudged"])
+                      if r["wrong_answers"] > r["err_unjudged"] else float("nan") for r in runs]
+        confidence = [p for r in runs for p in r["never_fired_confidence"]]
+        held = [p for r in runs for p in r["accepted_confidence"]]
+        lines.append(f"| {label} | {fam} | {name} | {spread_cell([r['score'] for r in runs], '.1f')} | "
+                     f"{spread_cell([r['tpf'] for r in runs], '.2f')} | {split} | "
+                     f"{spread_cell([r['wrong_answers'] for r in runs], '.0f')} "
+                     f"({spread_cell([r['err_unjudged'] for r in runs], '.0f')}) | {spread_cell(per_answer, '.1f')} | "
+                     f"{shares(runs, 'tokens')} | {shares(runs, 'answers')} | "
+                     f"{format(statistics.median(confidence), '.2f') if confidence else '-'} | "
+                     f"{f'{100.0 * sum(p > 0.9 for p in held) / len(held):.0f}% of {len(held)}' if held else '-'} |")
+    return lines
+
+
 def summary_lines(cells: dict) -> list[str]:
     """The paper's comparisons, per seed then mean ± spread: S against Q within a model, and each model
     against the first one in S mode (the first model's better S-mode arm, editing on or off; on a tie
@@ -123,12 +181,13 @@ def summary_lines(cells: dict) -> list[str]:
     for label in labels:
         for fam in families:
             s, q, s_off = (cells.get((label, fam, n)) for n in ("S edit", "Q edit", "S no-edit"))
-            if not (s and q and s_off):
+            if not (s and q):
                 continue
             ratio = [a["tpf"] / b["tpf"] for a, b in zip(s, q)]
+            editing_gain = [a["score"] - b["score"] for a, b in zip(s, s_off)] if s_off else []
             lines.append(f"| {label} | {fam} | {spread_cell(ratio, '.2f')} | "
                          f"{spread_cell([a['score'] - b['score'] for a, b in zip(s, q)], '+.1f')} | "
-                         f"{spread_cell([a['score'] - b['score'] for a, b in zip(s, s_off)], '+.1f')} |")
+                         f"{spread_cell(editing_gain, '+.1f')} |")
     if len(labels) > 1:
         base = labels[0]
         rows = []
@@ -262,6 +321,8 @@ def main(argv=None) -> int:
     p.add_argument("--gen-length", type=int, default=32)
     p.add_argument("--block-length", type=int, default=None, help="default: the presets'")
     p.add_argument("--mbe", type=int, nargs="*", default=[], help="also decode with Multi-Block Editing over these windows")
+    p.add_argument("--attribution", action="store_true",
+                   help="decode the presets as they are (editing on) and trace every wrong token to its cause")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--mlflow-experiment", default=None, help="log the table to this MLflow experiment")
@@ -292,12 +353,15 @@ def main(argv=None) -> int:
     except json.JSONDecodeError as exc:
         p.error(f"--family-params: not JSON ({exc}); expected e.g. '{{\"sort\": {{\"max_value\": 9}}}}'")
     torch.set_num_threads(args.threads)
-    arms = settings(presets, args.block_length, args.mbe, grid)
+    arms = settings(presets, args.block_length, args.mbe, grid, editing_off=not args.attribution)
     cells: dict = defaultdict(list)  # (label, fam, setting) -> [result per seed]
     for label, path, families in models:
-        for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length, arms, fields).items():
+        for key, res in evaluate_checkpoint(path, families, params, args.n, args.gen_length, arms, fields,
+                                            args.attribution).items():
             cells[(label, *key)].append(res)
     extra = grid_lines(cells, args.max_loss) if grid else mbe_lines(cells)
+    if args.attribution:
+        extra = [*attribution_lines(cells), *(["", *extra] if extra else [])]
     text = "\n".join([*table_lines(cells), "", *summary_lines(cells), *(["", *extra] if extra else [])])
     print(text)
     if args.json:

@@ -15,15 +15,24 @@ Positions past the reference's end are compared with EOS, which is what SFT trai
 (`sft.fill: eos`). Without a reference (tasks with many valid answers) the caller may pass the
 final output when it was judged correct: every edit that moved a token to its final value is then a
 fix of a wrong draft, which is what that answer needed.
+
+Error attribution (`attribute_errors`) goes the other way: from each wrong token of a wrong answer
+back to the step that left it there -- a draft that was kept, an edit that broke a right token, an
+edit from one wrong token to another, or a wrong draft the model itself would have edited to the
+right token at block end had its confidence cleared tau_edit (that needs the block-end view,
+`block_end_choices`) -- or to the answer's length (EOS too early or too late).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
 
 from components.families import Example, has_unique_answer
 from model.decoding import StepRecord, Trajectory
+from model.masks import block_causal_mask
 
 # Which edits to count: called with the step that made the edit and the edit's canvas position.
 EditFilter = Callable[[StepRecord, int], bool]
@@ -165,3 +174,160 @@ def judge_example_edits(trajectory: Trajectory, sequence: list[int], tokenizer, 
     answer only where its clues make it the one valid answer (components.families.has_unique_answer)."""
     reference = tokenizer.encode(example.answer) if has_unique_answer(example) else None
     return judge_edits(trajectory, sequence, tokenizer.eos_id, correct=correct, reference=reference, select=select)
+
+
+# Why a token of a wrong answer is wrong, in the order the table prints them:
+# * accepted_draft: drafted (M2T) wrong and never edited, and the model still prefers a wrong token
+#   at block end (or its block-end view is unknown) -- the draft threshold let it in;
+# * never_fired: drafted wrong and never edited although at block end the model's arg-max is the
+#   right token, below tau_edit -- the edit rule held back a repair the model already had;
+# * broken_by_edit: the position held the right token and an edit took it away (possibly through
+#   further edits) -- the edit threshold let a bad edit through;
+# * wrong_edit: edited, but only ever between wrong tokens;
+# * length: the answer's EOS came early or late (or never), one per answer: what follows it is
+#   misaligned, so its tokens are not judged one by one.
+ERROR_CAUSES = ("accepted_draft", "never_fired", "broken_by_edit", "wrong_edit", "length")
+
+# Block-end view of a decode: canvas position -> (arg-max token, its probability) in a forward over
+# the final canvas under the decoding mask, what the block's last (verifying) step saw.
+BlockEndChoices = dict[int, tuple[int, float]]
+
+
+@dataclass
+class ErrorAttribution:
+    """Wrong tokens by cause over one or more decodes; add them with `+`.
+
+    `tokens` counts every wrong token by cause; `answers` counts each wrong answer once, under the
+    cause of its first wrong token (what derailed it), so it sums to `wrong_answers - unjudged`.
+    `never_fired_confidence` holds the block-end probability of the right token for every
+    `never_fired` token: how far tau_edit would have to drop to let each repair through.
+    `accepted_confidence` holds, for every `accepted_draft` token the model still chooses at block
+    end, its block-end probability. The block-end view reads the token itself (it is no longer a mask),
+    so this is how firmly the model endorses a wrong token it sees -- what T2T editing has to overcome --
+    not how confident the draft was: near 1, no tau_edit repairs it and the lever is the editing
+    objective's calibration; well below 1, the model doubts it and only the edit's arg-max is missing.
+    """
+
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_CAUSES, 0))
+    answers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_CAUSES, 0))
+    wrong_answers: int = 0
+    unjudged: int = 0  # wrong answers without a unique reference to judge tokens against
+    samples: int = 0
+    never_fired_confidence: list[float] = field(default_factory=list)
+    accepted_confidence: list[float] = field(default_factory=list)
+
+    def __add__(self, other: "ErrorAttribution") -> "ErrorAttribution":
+        return ErrorAttribution({c: self.tokens[c] + other.tokens[c] for c in ERROR_CAUSES},
+                                {c: self.answers[c] + other.answers[c] for c in ERROR_CAUSES},
+                                self.wrong_answers + other.wrong_answers, self.unjudged + other.unjudged,
+                                self.samples + other.samples,
+                                self.never_fired_confidence + other.never_fired_confidence,
+                                self.accepted_confidence + other.accepted_confidence)
+
+    def shares(self, level: str = "tokens") -> dict[str, float]:
+        """Each cause's share of the judged wrong tokens (or answers); NaN when there are none."""
+        counts = getattr(self, level)
+        total = sum(counts.values())
+        return {c: counts[c] / total if total else float("nan") for c in ERROR_CAUSES}
+
+    def as_dict(self) -> dict[str, float]:
+        return {"wrong_answers": self.wrong_answers, "err_unjudged": self.unjudged,
+                **{f"err_tokens_{c}": v for c, v in self.tokens.items()},
+                **{f"err_answers_{c}": v for c, v in self.answers.items()},
+                "never_fired_confidence": list(self.never_fired_confidence),
+                "accepted_confidence": list(self.accepted_confidence)}
+
+
+def attribute_errors(trajectory: Trajectory, sequence: list[int], eos_id: int | None, *, correct: bool,
+                     reference: list[int] | None, block_end: BlockEndChoices | None = None) -> ErrorAttribution:
+    """The cause of every wrong token of one decode (ERROR_CAUSES).
+
+    `sequence` is the generated token ids (cut after the first EOS, EOS kept), `correct` the task's
+    verdict, `reference` the reference answer's ids (no EOS) or None where the task has several valid
+    answers (a wrong answer is then `unjudged`). `block_end` (`block_end_choices`) tells a kept wrong
+    draft the model would have repaired (`never_fired`) from one it still believes (`accepted_draft`);
+    without it every kept wrong draft is an accepted draft.
+    """
+    out = ErrorAttribution(samples=1)
+    if correct:
+        return out
+    out.wrong_answers = 1
+    if reference is None:
+        out.unjudged = 1
+        return out
+    start = trajectory.prompt_length
+    history: dict[int, list[tuple[str, int]]] = {}  # position -> [(how, token)] in decoding order
+    for step in trajectory.steps:
+        for position, token in step.m2t:
+            history.setdefault(position, []).append(("draft", token))
+        for position, _, new in step.t2t:
+            history.setdefault(position, []).append(("edit", new))
+    causes = []
+    for i, got in enumerate(sequence):
+        want = reference[i] if i < len(reference) else eos_id
+        if got == want:
+            continue
+        if got == eos_id or want == eos_id:
+            causes.append("length")
+            break
+        events = history.get(start + i, [])
+        if not any(how == "edit" for how, _ in events):
+            choice = (block_end or {}).get(start + i)
+            if choice is not None and choice[0] == want:
+                causes.append("never_fired")
+                out.never_fired_confidence.append(choice[1])
+            else:
+                causes.append("accepted_draft")
+                if choice is not None and choice[0] == got:
+                    out.accepted_confidence.append(choice[1])
+        elif any(token == want for _, token in events[:-1]):
+            causes.append("broken_by_edit")
+        else:
+            causes.append("wrong_edit")
+    else:
+        if len(sequence) <= len(reference) and (not sequence or sequence[-1] != eos_id):
+            causes.append("length")  # ran out of canvas before the answer (or its EOS) was complete
+    for cause in causes:
+        out.tokens[cause] += 1
+    if causes:
+        out.answers[causes[0]] += 1
+    return out
+
+
+@torch.no_grad()
+def block_end_choices(lm, canvas: list[int], block_length: int, positions: list[int],
+                      mask_id: int) -> BlockEndChoices:
+    """The block-end view at `positions` (absolute canvas positions): one forward over the final canvas
+    up to the last of them, under the decoding's block-causal mask. Each block then sees itself and the
+    earlier blocks as they were when it ended -- what its verifying step saw -- unless a Multi-Block
+    Editing pass changed them later. Greedy choice as the decoder makes it (model.sampling)."""
+    from model.sampling import choose_tokens
+
+    if not positions:
+        return {}
+    end = (max(positions) // block_length + 1) * block_length
+    ids = torch.tensor(canvas[:end], dtype=torch.long, device=lm.device)[None]  # (1, T)
+    mask = block_causal_mask(end, block_length, device=lm.device)  # (1, 1, T, T)
+    logits = lm(ids, attention_mask=mask).logits[0, positions]  # (K, V)
+    tokens, conf = choose_tokens(logits, mask_id)
+    return {p: (int(t), float(c)) for p, t, c in zip(positions, tokens.tolist(), conf.tolist())}
+
+
+def attribute_example_errors(lm, trajectory: Trajectory, sequence: list[int], canvas: list[int], tokenizer,
+                             example: Example, *, correct: bool) -> ErrorAttribution:
+    """`attribute_errors` for a synthetic-family example, with the block-end view from `lm` at the
+    wrong tokens that were never edited (the only ones it decides). Judged against the example's
+    answer only where it is the one valid answer (components.families.has_unique_answer)."""
+    if correct:
+        return attribute_errors(trajectory, sequence, tokenizer.eos_id, correct=True, reference=None)
+    reference = tokenizer.encode(example.answer) if has_unique_answer(example) else None
+    block_end = None
+    if reference is not None:
+        start = trajectory.prompt_length
+        edited = {p for step in trajectory.steps for p, _, _ in step.t2t}
+        want = reference + [tokenizer.eos_id]
+        kept = [start + i for i, got in enumerate(sequence[:len(reference)])
+                if got != want[i] and got != tokenizer.eos_id and start + i not in edited]
+        block_end = block_end_choices(lm, canvas, trajectory.block_length, kept, tokenizer.mask_id)
+    return attribute_errors(trajectory, sequence, tokenizer.eos_id, correct=False, reference=reference,
+                            block_end=block_end)

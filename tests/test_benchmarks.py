@@ -67,6 +67,35 @@ def test_edit_table_grid_decodes_every_point_and_names_the_best_and_fastest(chec
     assert all(finite(float(c)) for c in (cols[3], cols[4], cols[6], cols[7], cols[8]))
 
 
+def test_edit_table_attribution_traces_every_wrong_token_of_each_preset(checkpoint, tmp_path, capsys):
+    from benchmarks import edit_table
+    from components.edits import ERROR_CAUSES
+
+    out = tmp_path / "attribution.json"
+    assert edit_table.main(["--model", f"A={checkpoint}", "--model", f"A={checkpoint}", "--families", "sort",
+                            "--presets", "speedy", "quality", "--n", "3", "--gen-length", "8", "--block-length", "4",
+                            "--attribution", "--threads", "1", "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())
+    assert set(cells) == {"A|sort|S edit", "A|sort|Q edit"}  # the presets as they are: editing on only
+    for runs in cells.values():
+        for r in runs:
+            wrong = round(3 * (1 - r["score"] / 100))
+            assert r["wrong_answers"] == wrong  # a random network: every answer it gets wrong is counted
+            judged = r["wrong_answers"] - r["err_unjudged"]
+            # each judged wrong answer has at least one wrong token and exactly one first cause
+            assert sum(r[f"err_answers_{c}"] for c in ERROR_CAUSES) == judged
+            assert sum(r[f"err_tokens_{c}"] for c in ERROR_CAUSES) >= judged
+            assert len(r["never_fired_confidence"]) == r["err_tokens_never_fired"]
+    text = capsys.readouterr().out
+    assert "% of wrong tokens: accepted draft / edit never fired / broken by edit / wrong edit / length/EOS" in text
+    rows = [line for line in text.splitlines() if line.startswith("| A | sort | S edit |")]
+    assert len(rows) == 2  # the main table's row and the attribution row
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if "| S/Q TPF (edit on) |" in line)
+    summary = lines[header + 2].strip("|").split("|")  # S against Q without the editing-off arm
+    assert summary[0].strip() == "A" and finite(float(summary[2].split()[0])) and summary[4].strip() == "-"
+
+
 def test_edit_table_rejects_a_field_that_is_not_a_decode_setting(checkpoint, capsys):
     from benchmarks import edit_table
 

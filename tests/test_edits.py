@@ -111,3 +111,116 @@ def test_example_edits_of_a_wrong_output_are_judged_only_where_the_answer_is_uni
         steps = [StepRecord("draft", 0, m2t=[(2, right)]), StepRecord("post", 0, t2t=[(2, right, right + 1)])]
         stats = judge_example_edits(trajectory(steps), [right + 1, EOS], Chars(), example, correct=False)
         assert (stats.breaks, stats.unjudged) == ((1, 0) if judged else (0, 1))
+
+
+# ------------------------------------------------------------------------------------------ attribution
+def test_every_wrong_token_is_traced_to_the_step_that_left_it():
+    from components.edits import attribute_errors
+
+    # reference [1, 2, 3, 4, 5] then EOS at canvas positions 2..7
+    steps = [
+        StepRecord("draft", 0, m2t=[(2, 1), (3, 6), (4, 3), (5, 7)]),  # 3 drafted wrong (6), 5 drafted wrong (7)
+        StepRecord("draft", 0, m2t=[(6, 5), (7, EOS)], t2t=[(4, 3, 8)]),  # right -> wrong: broken
+        StepRecord("post", 0, t2t=[(5, 7, 0)]),  # wrong -> another wrong
+        StepRecord("post", 0),
+    ]
+    final = [1, 6, 8, 0, 5, EOS]
+    # the block-end view: at 3 the model now prefers the right token 2 (below tau_edit)
+    res = attribute_errors(trajectory(steps), final, EOS, correct=False, reference=[1, 2, 3, 4, 5],
+                           block_end={3: (2, 0.4)})
+    assert res.tokens == {"accepted_draft": 0, "never_fired": 1, "broken_by_edit": 1, "wrong_edit": 1, "length": 0}
+    assert res.answers["never_fired"] == 1 and sum(res.answers.values()) == 1  # the first wrong token's cause
+    assert res.never_fired_confidence == [0.4]
+    # without the view (or where the model still prefers its draft) the kept draft is an accepted draft
+    for view, held in ((None, []), ({3: (6, 0.9)}, [0.9]), ({3: (4, 0.6)}, [])):
+        res = attribute_errors(trajectory(steps), final, EOS, correct=False, reference=[1, 2, 3, 4, 5], block_end=view)
+        assert res.tokens["accepted_draft"] == 1 and res.tokens["never_fired"] == 0
+        assert res.accepted_confidence == held  # only where the model still holds its draft
+
+
+def test_an_edit_that_leaves_a_right_token_through_other_wrong_ones_is_a_break():
+    from components.edits import attribute_errors
+
+    steps = [StepRecord("draft", 0, m2t=[(2, 1), (3, EOS)]), StepRecord("post", 0, t2t=[(2, 1, 4)]),
+             StepRecord("post", 0, t2t=[(2, 4, 5)])]
+    res = attribute_errors(trajectory(steps), [5, EOS], EOS, correct=False, reference=[1])
+    assert res.tokens["broken_by_edit"] == 1 and sum(res.tokens.values()) == 1
+
+
+def test_an_answer_that_ends_early_or_late_is_one_length_error():
+    from components.edits import attribute_errors
+
+    steps = [StepRecord("draft", 0, m2t=[(2, 1), (3, EOS), (4, 3)])]
+    early = attribute_errors(trajectory(steps), [1, EOS], EOS, correct=False, reference=[1, 2, 3])
+    late = attribute_errors(trajectory(steps), [1, 2, 3, 4, EOS], EOS, correct=False, reference=[1, 2, 3])
+    cut = attribute_errors(trajectory(steps), [1, 2], EOS, correct=False, reference=[1, 2])  # no EOS: out of canvas
+    wrong_then_early = attribute_errors(trajectory(steps), [7, EOS], EOS, correct=False, reference=[1, 2, 3])
+    for res in (early, late, cut):
+        assert res.tokens == {**dict.fromkeys(res.tokens, 0), "length": 1} and res.answers["length"] == 1
+    assert wrong_then_early.tokens["accepted_draft"] == 1 and wrong_then_early.tokens["length"] == 1
+    assert wrong_then_early.answers["accepted_draft"] == 1 and wrong_then_early.answers["length"] == 0
+
+
+def test_right_answers_have_no_errors_and_wrong_ones_without_reference_are_unjudged():
+    from components.edits import ErrorAttribution, attribute_errors
+
+    steps = [StepRecord("draft", 0, m2t=[(2, 1), (3, EOS)])]
+    right = attribute_errors(trajectory(steps), [1, EOS], EOS, correct=True, reference=[2])
+    open_ = attribute_errors(trajectory(steps), [1, EOS], EOS, correct=False, reference=None)
+    total = right + open_ + ErrorAttribution()
+    assert (total.samples, total.wrong_answers, total.unjudged) == (2, 1, 1)
+    assert sum(total.tokens.values()) == 0 and all(math.isnan(v) for v in total.shares().values())
+
+
+def test_block_end_view_is_the_decoders_greedy_choice_under_the_block_causal_mask():
+    import torch
+
+    from components.edits import block_end_choices
+    from model import DiffusionLM, ModelConfig
+    from model.masks import block_causal_mask
+    from model.sampling import choose_tokens
+
+    torch.manual_seed(0)
+    lm = DiffusionLM(ModelConfig.tiny(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                      mask_token_id=31, eos_token_id=30)).eval()
+    canvas = torch.randint(0, 30, (12,)).tolist()
+    view = block_end_choices(lm, canvas, 4, [5, 2], mask_id=31)
+    # the later block does not change what an earlier one sees: the view ends at position 5's block
+    with torch.no_grad():
+        full = lm(torch.tensor(canvas)[None], attention_mask=block_causal_mask(12, 4)).logits[0]
+    tokens, conf = choose_tokens(full, 31)
+    for p in (2, 5):
+        assert view[p][0] == int(tokens[p]) and view[p][1] == pytest.approx(float(conf[p]), abs=1e-5)
+    assert block_end_choices(lm, canvas, 4, [], mask_id=31) == {}
+
+
+def test_block_end_view_agrees_with_the_verifying_step_of_a_decode():
+    """With tau_edit = 0 a verifying step (a post step that edits nothing) means the model's arg-max
+    equals the canvas at every drafted position of its block; the block-end view must say the same."""
+    import torch
+
+    from components.edits import block_end_choices
+    from model import DecodeConfig, DiffusionLM, ModelConfig, generate
+
+    torch.manual_seed(1)
+    lm = DiffusionLM(ModelConfig.tiny(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                      mask_token_id=31, eos_token_id=30)).eval()
+    prompts = [torch.randint(0, 30, (n,)).tolist() for n in (3, 6, 9)]
+    cfg = DecodeConfig(block_length=4, gen_length=12, threshold=0.9, editing_threshold=0.0, max_post_steps=64,
+                       use_cache=False, record_trajectory=True, mask_id=31, eos_id=30)
+    res = generate(lm, prompts, cfg)
+    checked = 0
+    for traj, canvas in zip(res.trajectories, res.canvases):
+        last = {}
+        for step in traj.steps:
+            last[step.block] = step
+        for block, step in last.items():
+            if step.kind != "post" or step.t2t:
+                continue  # ended some other way: nothing pins the model's view to the canvas
+            positions = [p for p in range(block * 4, block * 4 + 4) if p >= traj.prompt_length]
+            view = block_end_choices(lm, canvas, 4, positions, mask_id=31)
+            assert all(view[p][0] == canvas[p] for p in positions)
+            checked += 1
+    assert checked > 0
