@@ -114,8 +114,7 @@ def test_the_released_preset_runs_end_to_end_on_a_cpu_standin(tmp_path, mlflow_u
     assert changed and all(k.endswith(tuple(f".{t}.weight" for t in targets)) for k in changed), changed
 
     # The registered model answers through the server `draftedit serve model` runs.
-    mlflow.set_tracking_uri(mlflow_uri)
-    mlflow.set_registry_uri(mlflow_uri)
+    mlflow.set_tracking_uri(mlflow_uri)  # the registry follows it (a set registry URI would outlive the test)
     try:
         model = mlflow.pyfunc.load_model("models:/llada2.1-mini@champion").unwrap_python_model()
     finally:
