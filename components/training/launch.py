@@ -17,24 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from components.config import save_config
 
 from .config import TrainConfig
-from .run import RESULT_FILE, TrainingInputError
+from .run import RESULT_FILE, TrainingInputError, process_count
 
 LAUNCH_CONFIG = "launch_config.yaml"
 # Set by torchrun / torchelastic, SLURM and Lightning's own launcher in the processes they start.
 LAUNCHED_ENV = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID")
-
-
-def process_count(cfg: TrainConfig) -> int:
-    """Processes on this machine: trainer.devices, with -1 = every GPU (one process on a CPU)."""
-    t = cfg.trainer
-    if t.devices > 0:
-        return t.devices
-    return torch.cuda.device_count() if t.accelerator != "cpu" and torch.cuda.is_available() else 1
 
 
 def needs_launcher(cfg: TrainConfig) -> bool:

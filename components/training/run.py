@@ -223,9 +223,14 @@ def _strategy(cfg: TrainConfig):
         return t.strategy
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    devices = t.devices if t.devices > 0 else (torch.cuda.device_count() if _on_gpu(cfg) else 1)
-    return ModelParallelStrategy(data_parallel_size=devices * t.num_nodes, tensor_parallel_size=1,
+    return ModelParallelStrategy(data_parallel_size=process_count(cfg) * t.num_nodes, tensor_parallel_size=1,
                                  save_distributed_checkpoint=False)
+
+
+def process_count(cfg: TrainConfig) -> int:
+    """Processes on this machine: trainer.devices, with -1 = every GPU (one process on a CPU)."""
+    t = cfg.trainer
+    return t.devices if t.devices > 0 else (torch.cuda.device_count() if _on_gpu(cfg) else 1)
 
 
 def _count_parameters(model_cfg: ModelConfig) -> int:
