@@ -75,7 +75,8 @@ def _released_key(key: str) -> str:
 def merge_lora_weights(weights: dict[str, torch.Tensor], alpha: float, r: int) -> dict[str, torch.Tensor]:
     """A peft LoRA state dict folded into the checkpoint's own key names: W + (alpha / r) B A per adapted
     linear layer, the adapter tensors dropped. It works on the gathered weights alone, so a sharded
-    (FSDP) run exports without rebuilding the model, and a 16B export needs no second copy of it."""
+    (FSDP) run exports from its full checkpoint without rebuilding the model (the adapted weights are
+    new tensors; a live network exports through `released_network` instead, which merges in place)."""
     scale = alpha / r
     out: dict[str, torch.Tensor] = {}
     for key, value in weights.items():

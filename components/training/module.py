@@ -76,7 +76,8 @@ class DiffusionTrainingModule(L.LightningModule):
         self._micro += 1
         bsz, seq_len = batch["input_ids"].shape
         block = self.block_length(step, seq_len)
-        agree = self._agree_on_mtf if self.trainer.world_size > 1 else None
+        # a collective per micro-batch, only where some rank could draw the MTF turn
+        agree = self._agree_on_mtf if self.trainer.world_size > 1 and self.cfg.objective.mtf_prob > 0 else None
         out = self.objective(self.lm, batch, block, g, step=step, agree=agree)
         self._tokens += bsz * seq_len
         metrics = dict(out.metrics)

@@ -203,10 +203,11 @@ class DraftEditObjective:
             mtf = cfg.mtf_prob > 0 and float(torch.rand(1, generator=generator)) < cfg.mtf_prob
             mtf = mtf and step >= cfg.mtf_start_step
         out = ObjectiveOutput(loss=loss, metrics=metrics, corruption=c)
-        possible = bool(c.m2t.any())
         if agree is not None:
-            mtf = agree(mtf, possible)
-        if mtf and possible:
+            mtf = agree(mtf, bool(c.m2t.any()))
+        elif mtf:
+            mtf = bool(c.m2t.any())  # a host read, made only when the turn was drawn
+        if mtf:
             c2, draft = mtf_corrupt(c, logits.detach(), mask_id=self.mask_id, fill_min=cfg.mtf_fill_min,
                                     fill_max=cfg.mtf_fill_max, select=cfg.mtf_select, generator=generator,
                                     temperature=cfg.mtf_temperature)
