@@ -37,12 +37,13 @@ the same tokens under the same block-causal mask) and is discarded if they edit.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from .cache import KVCache
-from .masks import window_block_mask
+from .masks import additive_mask, window_block_mask
 from .sampling import choose_tokens
 
 
@@ -81,6 +82,21 @@ class DecodeConfig:
     # clashing tokens that the model swaps at every post step then stop flipping, and the block ends
     # instead of spending every post step up to `max_post_steps`.
     max_reverts: int | None = None
+    # Execution switches; none changes the algorithm. `static_shapes`: every step after a row's first
+    # forward has one shape per decode -- queries are the active block (two blocks for every row when
+    # any row speculates), keys the whole cache -- so the network's forward can be compiled or
+    # captured once and replayed. `compile`: those steps run the network through torch.compile.
+    # `cuda_graphs`: they run it as captured CUDA graphs (torch.compile's "reduce-overhead" mode;
+    # CUDA only), which removes the per-kernel launch cost that rules small batches on a GPU. Both
+    # imply static shapes. Compiled kernels may round differently in the last bits, so a near-tie can
+    # resolve the other way; the eager decoder is the one that is token-identical to the reference.
+    static_shapes: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    @property
+    def uses_static_shapes(self) -> bool:
+        return self.static_shapes or self.compile or self.cuda_graphs
 
     def __post_init__(self) -> None:
         self.check()
@@ -161,16 +177,18 @@ class GenerationResult:
 
 
 class _Row:
-    """Decoding state of one prompt."""
+    """Host-side control state of one prompt. Its tokens live on the device, in row `slot` of the
+    decoder's canvas tensor; the host keeps only the integers that decide the next forward."""
 
     def __init__(self, index: int, prompt: list[int], cfg: DecodeConfig, mask_id: int):
         B = cfg.block_length
         self.index = index
+        self.prompt = prompt
         self.prompt_length = P = len(prompt)
         self.num_blocks = -(-(P + cfg.gen_length) // B)
+        self.length = self.num_blocks * B
         self.block = P // B
-        self.canvas = torch.full((self.num_blocks * B,), mask_id, dtype=torch.long)
-        self.canvas[:P] = torch.tensor(prompt, dtype=torch.long)
+        self.masks_left = (self.block + 1) * B - P  # masks in the active block (the host never reads the canvas for it)
         self.phase = "draft"  # or "mbe"
         self.post_steps = 0
         self.mbe_steps = 0
@@ -179,24 +197,49 @@ class _Row:
         self.stopped = False  # dropped by `cancelled` before it finished
         self.final_reported: int | None = 0  # answer tokens handed to `on_block` (None once it had the last)
         self.forwards = self.edits = self.commits = 0
+        self.canvas: list[int] | None = None  # the final canvas, read back once the row leaves the batch
         self.trajectory = None
-        # for `max_reverts` (None when it is off): the tokens each position has held, and its reverts
+        # for `max_reverts` (None when it is off): the tokens edits wrote at each position (the token a
+        # commit wrote is in the decoder's `committed` tensor), and each position's reverts
         self.held: dict[int, set[int]] | None = {} if cfg.max_reverts is not None else None
         self.reverts: dict[int, int] = {}
 
+    def initial_canvas(self, mask_id: int) -> list[int]:
+        return self.prompt + [mask_id] * (self.length - self.prompt_length)
+
 
 class _Decoder:
+    """Decodes a batch of rows. The canvases of the rows in the batch are one (R, W) tensor on the
+    model's device, and each forward's update (M2T fills, T2T edits) is computed for all its rows at
+    once there. The host reads back one small (R, 3) tensor per update -- masks before it, fills,
+    edits -- because the next forward's layout depends on it (whether a block ended); every other host
+    read is one the algorithm needs at a block boundary (EOS early stop, Multi-Block Editing,
+    streaming) or one an option asks for (`max_reverts` when an edit is proposed, trajectories).
+    The layout of a forward (`_Layout`) is made once and reused by every step of a block with it."""
+
     def __init__(self, lm, cfg: DecodeConfig, mask_id: int, eos_id: int | None, generator, on_step=None,
                  on_block=None, cancelled=None):
         self.lm, self.cfg, self.mask_id, self.eos_id, self.generator = lm, cfg, mask_id, eos_id, generator
         self.on_step, self.on_block, self.cancelled = on_step, on_block, cancelled
         self.forward_calls = 0
+        self.device = lm.device
+        self.block_offsets = torch.arange(cfg.block_length, device=self.device)
+        self.record = False
+        self.static = cfg.uses_static_shapes
+        self.compiled = compiled_forward(lm, "reduce-overhead" if cfg.cuda_graphs else "default") if (
+            cfg.compile or cfg.cuda_graphs) else None
 
-    # ------------------------------------------------------------------ finished text
+    # ------------------------------------------------------------------ canvas access
+    def row_canvas(self, row: _Row) -> torch.Tensor | list[int]:
+        return row.canvas if row.canvas is not None else self.canvas[row.slot, :row.length]
+
     def answer(self, row: _Row, end: int | None = None) -> list[int]:
         """The row's generated tokens up to canvas position `end` (default: all), cut after the first EOS."""
         stop = row.prompt_length + self.cfg.gen_length
-        out = row.canvas[row.prompt_length:stop if end is None else min(end, stop)].tolist()
+        stop = stop if end is None else min(end, stop)
+        canvas = self.row_canvas(row)
+        out = canvas[row.prompt_length:stop]
+        out = out if isinstance(out, list) else out.tolist()
         if self.eos_id is not None and self.eos_id in out:
             out = out[:out.index(self.eos_id) + 1]
         return out
@@ -205,7 +248,7 @@ class _Decoder:
         """Canvas position up to which no later step can change the row: the blocks before the active one,
         less the Multi-Block Editing window that may still re-edit them; everything once the row is done."""
         if row.done:
-            return len(row.canvas)
+            return row.length
         return max(row.prompt_length, (row.block - self.cfg.mbe_window) * self.cfg.block_length)
 
     def _report(self, rows: list[_Row]) -> None:
@@ -213,16 +256,15 @@ class _Decoder:
         for row in rows:
             if row.stopped or row.final_reported is None:
                 continue
-            tokens = self.answer(row, self._final_end(row))
+            end = self._final_end(row)
+            if not row.done and end - row.prompt_length <= row.final_reported:
+                continue  # nothing new can be final: no canvas read
+            tokens = self.answer(row, end)
             if row.done or len(tokens) > row.final_reported:
                 row.final_reported = None if row.done else len(tokens)  # None: the last call was made
                 self.on_block(row.index, tokens, row.done)
 
     # ------------------------------------------------------------------ block bookkeeping
-    def _block_slice(self, row: _Row, block: int | None = None) -> slice:
-        b = row.block if block is None else block
-        return slice(b * self.cfg.block_length, (b + 1) * self.cfg.block_length)
-
     def _mbe_start(self, row: _Row) -> int:
         """First block of the Multi-Block Editing window (never a block wholly inside the prompt)."""
         return max(row.block - self.cfg.mbe_window, row.prompt_length // self.cfg.block_length)
@@ -235,16 +277,19 @@ class _Decoder:
 
     def _advance(self, row: _Row) -> None:
         row.phase = "draft"
-        end = (row.block + 1) * self.cfg.block_length
+        B = self.cfg.block_length
+        end = (row.block + 1) * B
         if self.cfg.eos_early_stop and self.eos_id is not None:
-            generated = row.canvas[row.prompt_length:end]
-            if not (generated == self.mask_id).any() and (generated == self.eos_id).any():
+            # A block boundary: the one place EOS early stop reads the canvas.
+            generated = self.canvas[row.slot, row.prompt_length:end]
+            if not bool((generated == self.mask_id).any()) and bool((generated == self.eos_id).any()):
                 row.done = True
                 return
         if row.block + 1 == row.num_blocks:
             row.done = True
             return
         row.block += 1
+        row.masks_left = B  # a block after the prompt's starts as all masks
         row.post_steps = 0
 
     def _prepare(self, row: _Row) -> str | None:
@@ -255,7 +300,7 @@ class _Decoder:
                     self._advance(row)
                     continue
                 return "mbe"
-            if (row.canvas[self._block_slice(row)] == self.mask_id).any():
+            if row.masks_left:
                 return "draft"
             row.post_steps += 1
             if row.post_steps > self.cfg.max_post_steps:
@@ -267,41 +312,71 @@ class _Decoder:
     def _speculates(self, row: _Row, kind: str) -> bool:
         return self.cfg.speculative_verify and kind == "post" and row.block + 1 < row.num_blocks
 
-    # ------------------------------------------------------------------ one batched forward
+    # ------------------------------------------------------------------ the batch
     def run(self, rows: list[_Row]) -> None:
         cfg, B = self.cfg, self.cfg.block_length
-        capacity = max(r.num_blocks for r in rows) * B
-        cache = KVCache.for_model(self.lm, len(rows), capacity) if cfg.use_cache else None
+        width = max(r.length for r in rows)
+        self.capacity = width
+        # Canvas width: every row's canvas, then room for a forward's padded query slots past its end.
+        canvas = torch.full((len(rows), width + 2 * B), self.mask_id, dtype=torch.long)
+        for slot, row in enumerate(rows):
+            canvas[slot, :row.prompt_length] = torch.tensor(row.prompt, dtype=torch.long)
+            row.slot = slot
+        self.canvas = canvas.to(self.device)
+        self.prompt_lengths = torch.tensor([r.prompt_length for r in rows], device=self.device)
+        self.committed = torch.full_like(self.canvas, -1) if cfg.max_reverts is not None else None
+        self.layouts: dict[tuple, _Layout] = {}
+        # Static shapes: a last block's step may also query the (ignored) block after it.
+        cache = KVCache.for_model(self.lm, len(rows), self.canvas.shape[1] if self.static else width) if (
+            cfg.use_cache) else None
+        if cache is not None and cfg.cuda_graphs:
+            cache.mark_static()
         active = list(rows)
         while True:
             if self.cancelled is not None:
                 for r in active:
                     if self.cancelled(r.index):
                         r.done = r.stopped = True
-            kinds = {r.index: self._prepare(r) for r in active}
+            kinds = [self._prepare(r) for r in active]
             if self.on_block is not None:
                 self._report(active)
             still = [i for i, r in enumerate(active) if not r.done]
             if len(still) < len(active):
-                if cache is not None and still:
-                    cache.keep_rows(torch.tensor(still, device=cache.lengths.device))
-                active = [active[i] for i in still]
-            if not active:
-                return
-            self._step(active, [kinds[r.index] for r in active], cache)
+                for r in active:
+                    if r.done:
+                        r.canvas = self.canvas[r.slot, :r.length].tolist()
+                if not still:
+                    return
+                self._keep_rows(still, cache)
+                active, kinds = [active[i] for i in still], [kinds[i] for i in still]
+                for slot, r in enumerate(active):
+                    r.slot = slot
+            self._step(active, kinds, cache)
 
-    def _step(self, rows: list[_Row], kinds: list[str], cache: KVCache | None) -> None:
-        cfg, B, device = self.cfg, self.cfg.block_length, self.lm.device
-        starts, ends, logit_starts, bidir_from, speculative = [], [], [], [], []
+    def _keep_rows(self, still: list[int], cache: KVCache | None) -> None:
+        index = torch.tensor(still, device=self.device)
+        self.canvas = self.canvas.index_select(0, index)
+        self.prompt_lengths = self.prompt_lengths.index_select(0, index)
+        if self.committed is not None:
+            self.committed = self.committed.index_select(0, index)
+        if cache is not None:
+            cache.keep_rows(still)
+            if self.cfg.cuda_graphs:
+                cache.mark_static()
+        self.layouts.clear()  # layouts are per batch of rows
+
+    def _layout(self, rows: list[_Row], kinds: list[str], cache: KVCache | None) -> "_Layout":
+        cfg, B = self.cfg, self.cfg.block_length
+        starts, ends, logit_starts, bidir_from = [], [], [], []
+        speculative = [self._speculates(row, kind) for row, kind in zip(rows, kinds)]
+        blocks_queried = 2 if self.static and any(speculative) else None
         for slot, (row, kind) in enumerate(zip(rows, kinds)):
-            spec = self._speculates(row, kind)
-            end = (row.block + (2 if spec else 1)) * B
-            cached = int(cache.lengths[slot]) if cache is not None else 0
+            spec = speculative[slot]
+            end = (row.block + (blocks_queried if blocks_queried and kind != "mbe" else (2 if spec else 1))) * B
+            cached = cache.lengths[slot] if cache is not None else 0
             if kind == "mbe":
                 window_start = self._mbe_start(row) * B
                 cached = min(cached, window_start)
-                if cache is not None:
-                    cache.truncate(slot, cached)
                 logit_starts.append(window_start)
                 bidir_from.append(window_start)
             else:
@@ -309,157 +384,238 @@ class _Decoder:
                 bidir_from.append(end)  # nothing bidirectional beyond the block structure
             starts.append(cached)
             ends.append(end)
-            speculative.append(spec)
+        key = (tuple(starts), tuple(ends), tuple(logit_starts), tuple(bidir_from))
+        layout = self.layouts.get(key)
+        if layout is None:
+            if len(self.layouts) > 64:
+                self.layouts.clear()
+            layout = self.layouts[key] = _Layout.make(self, starts, ends, logit_starts, bidir_from, cache)
+        layout.speculative = speculative
+        return layout
 
-        q_len = max(e - s for s, e in zip(starts, ends))
-        n_logits = max(e - ls for e, ls in zip(ends, logit_starts))
-        starts_t = torch.tensor(starts, device=device)
-        ends_t = torch.tensor(ends, device=device)
-        offsets = torch.arange(q_len, device=device)
-        q_pos = starts_t[:, None] + offsets[None, :]  # (R, Tq) absolute positions
-        q_valid = q_pos < ends_t[:, None]
-        width = max(len(r.canvas) for r in rows) + q_len
-        canvas = torch.stack([torch.nn.functional.pad(r.canvas, (0, width - len(r.canvas))) for r in rows]).to(device)
-        input_ids = canvas.gather(1, q_pos)  # (R, Tq)
-        if cache is not None:  # keys are the cache slots 0 .. max end: kept prefix, then this step's queries
-            k_pos = torch.arange(max(ends), device=device).expand(len(rows), -1)
-            k_valid = k_pos < ends_t[:, None]
-        else:
-            k_pos, k_valid = q_pos, q_valid
-        mask = window_block_mask(q_pos, k_pos, B, k_valid, torch.tensor(bidir_from, device=device))
-        logit_idx = (torch.tensor(logit_starts, device=device) - starts_t)[:, None] + torch.arange(n_logits, device=device)
-        logit_idx = torch.minimum(logit_idx, (ends_t - starts_t - 1)[:, None])  # (R, K), padded by repetition
+    def _step(self, rows: list[_Row], kinds: list[str], cache: KVCache | None) -> None:
+        cfg, B = self.cfg, self.cfg.block_length
+        for slot, (row, kind) in enumerate(zip(rows, kinds)):
+            if kind == "mbe" and cache is not None:
+                cache.truncate(slot, min(cache.lengths[slot], self._mbe_start(row) * B))
+        layout = self._layout(rows, kinds, cache)
+        input_ids = self.canvas.gather(1, layout.input_index)
+        forward = self.compiled if self.compiled is not None and layout.steady else self.lm
         with torch.no_grad():
-            out = self.lm(input_ids, attention_mask=mask, position_ids=q_pos, past=cache,
-                          logits_positions=logit_idx, token_valid=q_valid)
+            if forward is not self.lm and self.cfg.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = forward(input_ids, past=cache, plan=layout.plan)
         self.forward_calls += 1
         tokens, conf = choose_tokens(out.logits, self.mask_id, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
-        tokens, conf = tokens.cpu(), conf.cpu()
 
+        block_slots = [s for s, k in enumerate(kinds) if k != "mbe"]
+        stats = self._update_blocks(rows, block_slots, [kinds[s] for s in block_slots], tokens[:, :B], conf[:, :B],
+                                    [rows[s].block * B for s in block_slots])
         store_counts = []
+        speculating = []
         for slot, (row, kind) in enumerate(zip(rows, kinds)):
             row.forwards += 1
-            n = ends[slot] - logit_starts[slot]
-            tok, cf = tokens[slot, :n], conf[slot, :n]
             if kind == "mbe":
-                window = slice(logit_starts[slot], ends[slot])
-                edits = self._apply_edits(row, window, tok, cf, kind)
+                n = layout.ends[slot] - layout.logit_starts[slot]
+                frozen_until = layout.logit_starts[slot]
+                edits = self._mbe_edits(row, layout.logit_starts[slot], tokens[slot, :n], conf[slot, :n])
                 row.mbe_steps += 1
-                frozen_until = logit_starts[slot]
                 held, row.held_draft = row.held_draft, None
                 if not edits:
                     block_before = row.block
                     self._advance(row)
                     if held is not None and not row.done and row.block == block_before + 1:
-                        self._apply_block_step(row, *held, "speculative")
+                        speculating.append((row, held[0], held[1]))
             else:
+                had_masks, _, edits = stats[slot]
                 frozen_until = row.block * B
-                spec = speculative[slot]
-                block_tok, block_cf = (tok[:B], cf[:B])
-                had_masks = bool((row.canvas[self._block_slice(row)] == self.mask_id).any())
-                edits = self._apply_block_step(row, block_tok, block_cf, kind)
                 if not had_masks and not edits:
                     frozen_until = (row.block + 1) * B  # the input was the block's final content
                     block_before = row.block
                     self._end_block(row)
+                    spec = layout.speculative[slot]
                     if spec and not row.done and row.phase == "mbe":
-                        row.held_draft = (tok[B:2 * B], cf[B:2 * B])
+                        row.held_draft = (tokens[slot, B:2 * B], conf[slot, B:2 * B])
                     elif spec and not row.done and row.block == block_before + 1:
-                        self._apply_block_step(row, tok[B:2 * B], cf[B:2 * B], "speculative")
+                        speculating.append((row, tokens[slot, B:2 * B], conf[slot, B:2 * B]))
+            store_counts.append(max(0, frozen_until - layout.starts[slot]))
+        if speculating:
+            # The speculative drafts of blocks that just ended: the first step of each next block.
+            slots = [r.slot for r, _, _ in speculating]
+            self._update_blocks(rows, slots, ["speculative"] * len(slots), torch.stack([t for _, t, _ in speculating]),
+                                torch.stack([c for _, _, c in speculating]), [r.block * B for r, _, _ in speculating],
+                                gathered=True)
+        for row in rows:
             if cfg.stop_at_answer_end and not row.done and self._answer_complete(row):
                 row.done = True
-            store_counts.append(max(0, frozen_until - starts[slot]))
             if self.on_step is not None:
-                self.on_step(row.index, row.canvas, row.trajectory.steps[-1])
+                self.on_step(row.index, self.canvas[row.slot, :row.length], row.trajectory.steps[-1])
         if cache is not None:
-            cache.keep(starts_t, store_counts)
+            cache.keep(layout.starts, store_counts)
 
     def _answer_complete(self, row: _Row) -> bool:
         """True when the generated canvas holds an EOS and no mask before the first one."""
         if self.eos_id is None:
             return False
-        generated = row.canvas[row.prompt_length:]
+        generated = self.canvas[row.slot, row.prompt_length:row.length]
         eos_at = (generated == self.eos_id).nonzero()
         return len(eos_at) > 0 and not (generated[:int(eos_at[0])] == self.mask_id).any()
 
     # ------------------------------------------------------------------ the update rules
-    def _apply_block_step(self, row: _Row, tok: torch.Tensor, cf: torch.Tensor, kind: str) -> int:
-        """M2T + T2T on the active block from this step's choices; returns the number of edits."""
-        cfg, sl = self.cfg, self._block_slice(row)
-        current = row.canvas[sl]
-        is_mask = current == self.mask_id
-        positions = torch.arange(sl.start, sl.stop)
-        protected = positions < row.prompt_length
-        commit = torch.zeros_like(is_mask)
-        n_masks = int(is_mask.sum())
-        if n_masks:
-            confident = is_mask & (cf > cfg.threshold)
-            if int(confident.sum()) >= cfg.num_to_transfer:
-                commit = confident
-            else:
-                k = min(cfg.num_to_transfer, n_masks)
-                if cfg.left_to_right:
-                    top = is_mask.nonzero().flatten()[:k]
-                else:
-                    top = cf.masked_fill(~is_mask, float("-inf")).topk(k).indices
-                commit[top] = True
+    def _update_blocks(self, rows: list[_Row], slots: list[int], kinds: list[str], tok: torch.Tensor,
+                       cf: torch.Tensor, block_starts: list[int], gathered: bool = False) -> dict[int, tuple]:
+        """M2T + T2T on the active blocks of the rows in `slots`, all at once on the device, from this
+        step's choices `tok`/`cf` ((R, B) for every row of the batch, or (len(slots), B) when
+        `gathered`); returns per slot (masks before, fills, edits)."""
+        if not slots:
+            return {}
+        cfg, mask_id = self.cfg, self.mask_id
+        everyone = len(slots) == self.canvas.shape[0]
+        index = torch.tensor(slots, device=self.device)
+        if not gathered and not everyone:
+            tok, cf = tok.index_select(0, index), cf.index_select(0, index)
+        pos = torch.tensor(block_starts, device=self.device)[:, None] + self.block_offsets  # (n, B)
+        row_index = index[:, None]
+        current = self.canvas[row_index, pos]
+        is_mask = current == mask_id
+        confident = is_mask & (cf > cfg.threshold)
+        if cfg.left_to_right:
+            fallback = is_mask & (is_mask.cumsum(1) <= cfg.num_to_transfer)
+        else:
+            top = cf.masked_fill(~is_mask, float("-inf")).topk(min(cfg.num_to_transfer, cf.shape[1]), dim=1).indices
+            fallback = torch.zeros_like(is_mask).scatter_(1, top, True) & is_mask
+        commit = torch.where((confident.sum(1) >= cfg.num_to_transfer)[:, None], confident, fallback)
+        protected = pos < self.prompt_lengths.index_select(0, index)[:, None]
         edit = ~is_mask & ~protected & (tok != current) & (cf > cfg.editing_threshold)
-        edit = self._limit_reverts(row, positions, tok, edit)
-        record = self._record(row, kind)
-        if record is not None:
-            record.m2t = [(int(p), int(t)) for p, t in zip(positions[commit], tok[commit])]
-            record.t2t = [(int(p), int(o), int(t)) for p, o, t in zip(positions[edit], current[edit], tok[edit])]
+        counts = torch.stack([is_mask.sum(1), commit.sum(1), edit.sum(1)], 1).tolist()  # the one host read
+        if self.committed is not None and any(c[2] for c in counts):
+            edit, dropped = self._limit_reverts([rows[s] for s in slots], row_index, pos, tok, edit)
+            for c, d in zip(counts, dropped):
+                c[2] -= d
         update = commit | edit
-        current[update] = tok[update]
-        self._remember(row, positions, tok, update)
-        n_edits = int(edit.sum())
-        row.commits += int(commit.sum())
-        row.edits += n_edits
-        return n_edits
+        self.canvas[row_index, pos] = torch.where(update, tok, current)
+        if self.committed is not None:
+            self.committed[row_index, pos] = torch.where(commit, tok, self.committed[row_index, pos])
+        if self.record:
+            self._record_block(rows, slots, kinds, pos, current, tok, commit, edit)
+        out = {}
+        for i, s in enumerate(slots):
+            masks, fills, edits = counts[i]
+            row = rows[s]
+            row.commits += fills
+            row.edits += edits
+            row.masks_left = masks - fills
+            out[s] = (masks, fills, edits)
+        return out
 
-    def _apply_edits(self, row: _Row, window: slice, tok, cf, kind: str) -> int:
-        """T2T over a Multi-Block Editing window (no masks are left there)."""
-        current = row.canvas[window]
-        positions = torch.arange(window.start, window.stop)
-        edit = (positions >= row.prompt_length) & (current != self.mask_id) & (tok != current) & (
-            cf > self.cfg.editing_threshold)
-        edit = self._limit_reverts(row, positions, tok, edit)
-        record = self._record(row, kind)
-        if record is not None:
-            record.t2t = [(int(p), int(o), int(t)) for p, o, t in zip(positions[edit], current[edit], tok[edit])]
-        current[edit] = tok[edit]
-        self._remember(row, positions, tok, edit)
-        n_edits = int(edit.sum())
-        row.edits += n_edits
-        return n_edits
-
-    def _limit_reverts(self, row: _Row, positions: torch.Tensor, tok: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
-        """`edit` without the reverts (a token the position held before) past `max_reverts` per position;
-        the reverts kept are counted."""
-        if row.held is None or not bool(edit.any()):
-            return edit
-        edit = edit.clone()
-        for i in edit.nonzero().flatten().tolist():
-            p = int(positions[i])
-            if int(tok[i]) in row.held.get(p, ()):
+    def _limit_reverts(self, rows: list[_Row], row_index: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor,
+                       edit: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """`edit` ((n, m), rows[i]'s positions pos[i]) without the reverts (a token the position held
+        before) past `max_reverts` per position, and the edits dropped per row; the reverts kept are
+        counted. Runs on the host, only on steps that propose an edit."""
+        where = edit.nonzero().tolist()
+        positions, new = pos[edit].tolist(), tok[edit].tolist()
+        committed = self.committed[row_index, pos][edit].tolist()
+        dropped = [0] * len(rows)
+        drop = []
+        for (i, j), p, t, c in zip(where, positions, new, committed):
+            row = rows[i]
+            if t == c or t in row.held.get(p, ()):
                 if row.reverts.get(p, 0) >= self.cfg.max_reverts:
-                    edit[i] = False
-                else:
-                    row.reverts[p] = row.reverts.get(p, 0) + 1
-        return edit
+                    drop.append((i, j))
+                    dropped[i] += 1
+                    continue
+                row.reverts[p] = row.reverts.get(p, 0) + 1
+            row.held.setdefault(p, set()).add(t)
+        if drop:
+            edit = edit.clone()
+            edit[tuple(torch.tensor(drop, device=edit.device).T)] = False
+        return edit, dropped
+
+    def _mbe_edits(self, row: _Row, window_start: int, tok: torch.Tensor, cf: torch.Tensor) -> int:
+        """T2T over a Multi-Block Editing window (no masks are left there); returns the number of edits."""
+        n = tok.shape[0]
+        pos = torch.arange(window_start, window_start + n, device=self.device)[None]
+        row_index = torch.tensor([[row.slot]], device=self.device)
+        current = self.canvas[row_index, pos]
+        edit = (pos >= row.prompt_length) & (current != self.mask_id) & (tok[None] != current) & (
+            cf[None] > self.cfg.editing_threshold)
+        n_edits = int(edit.sum())
+        if self.committed is not None and n_edits:
+            edit, dropped = self._limit_reverts([row], row_index, pos, tok[None], edit)
+            n_edits -= dropped[0]
+        if row.trajectory is not None:
+            record = StepRecord(kind="mbe", block=row.block)
+            record.t2t = list(zip(pos[edit].tolist(), current[edit].tolist(), tok[None][edit].tolist()))
+            row.trajectory.steps.append(record)
+        self.canvas[row_index, pos] = torch.where(edit, tok[None], current)
+        row.edits += n_edits
+        return n_edits
 
     @staticmethod
-    def _remember(row: _Row, positions: torch.Tensor, tok: torch.Tensor, written: torch.Tensor) -> None:
-        if row.held is not None:
-            for p, t in zip(positions[written].tolist(), tok[written].tolist()):
-                row.held.setdefault(p, set()).add(t)
+    def _record_block(rows, slots, kinds, pos, current, tok, commit, edit) -> None:
+        """Trajectory records of one block update (host reads; only when trajectories are recorded)."""
+        for i, s in enumerate(slots):
+            row = rows[s]
+            if row.trajectory is None:
+                continue
+            record = StepRecord(kind=kinds[i], block=row.block)
+            record.m2t = list(zip(pos[i][commit[i]].tolist(), tok[i][commit[i]].tolist()))
+            record.t2t = list(zip(pos[i][edit[i]].tolist(), current[i][edit[i]].tolist(), tok[i][edit[i]].tolist()))
+            row.trajectory.steps.append(record)
 
-    def _record(self, row: _Row, kind: str) -> StepRecord | None:
-        if row.trajectory is None:
-            return None
-        record = StepRecord(kind=kind, block=row.block)
-        row.trajectory.steps.append(record)
-        return record
+
+@dataclass
+class _Layout:
+    """One forward's layout over the batch: per row where its input starts and ends, where its logits
+    start, and from where attention is bidirectional (Multi-Block Editing). Everything derived from it
+    -- the network's ForwardPlan, the canvas index of the input ids, the block positions the update
+    reads -- is made once here and reused by every step with the same layout."""
+
+    starts: list[int]
+    ends: list[int]
+    logit_starts: list[int]
+    input_index: torch.Tensor  # (R, Tq) canvas positions of the input ids
+    plan: object  # model.network.ForwardPlan
+    steady: bool  # static shapes and every row queries whole blocks from its active one: the compiled shape
+    speculative: list[bool] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, decoder: "_Decoder", starts, ends, logit_starts, bidir_from, cache: KVCache | None) -> "_Layout":
+        B, device = decoder.cfg.block_length, decoder.device
+        q_len = max(e - s for s, e in zip(starts, ends))
+        n_logits = max(e - ls for e, ls in zip(ends, logit_starts))
+        starts_t = torch.tensor(starts, device=device)
+        ends_t = torch.tensor(ends, device=device)
+        q_pos = starts_t[:, None] + torch.arange(q_len, device=device)[None, :]  # (R, Tq) absolute positions
+        q_valid = q_pos < ends_t[:, None]
+        key_width = cache.capacity if cache is not None and decoder.static else None
+        if cache is not None:  # keys are the cache slots 0 .. max end (or all): kept prefix, then this step's queries
+            k_pos = torch.arange(key_width or max(ends), device=device).expand(len(starts), -1)
+            k_valid = k_pos < ends_t[:, None]
+        else:
+            k_pos, k_valid = q_pos, q_valid
+        mask = additive_mask(window_block_mask(q_pos, k_pos, B, k_valid, torch.tensor(bidir_from, device=device)),
+                             decoder.lm.dtype)
+        logit_idx = (torch.tensor(logit_starts, device=device) - starts_t)[:, None] + torch.arange(n_logits, device=device)
+        logit_idx = torch.minimum(logit_idx, (ends_t - starts_t - 1)[:, None])  # (R, K), padded by repetition
+        steady = decoder.static and all(e - s == q_len and ls == s for s, e, ls in zip(starts, ends, logit_starts))
+        plan = decoder.lm.plan(len(starts), q_len, mask, q_pos, cache, logit_idx, None if steady else q_valid,
+                               key_width=key_width, indexed_cache_write=decoder.static)
+        input_index = q_pos.clamp(max=decoder.canvas.shape[1] - 1)  # padded slots read anything: they are skipped
+        return cls(list(starts), list(ends), list(logit_starts), input_index, plan, steady)
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(lm, mode: str):
+    """`lm.forward` through torch.compile, made once per network and mode: compiled code is reused by
+    every later decode with the same shapes instead of being compiled again."""
+    per_mode = _COMPILED.setdefault(lm, {})
+    if mode not in per_mode:
+        per_mode[mode] = torch.compile(lm.forward, mode=mode)
+    return per_mode[mode]
 
 
 def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int | None]:
@@ -476,6 +632,8 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
     if eos_id is not None and eos_id == mask_id:
         raise ValueError(f"eos_id and mask_id are both {mask_id}; they must differ")
     cfg.check()  # again: a field may have been assigned since construction
+    if cfg.cuda_graphs and lm.device.type != "cuda":
+        raise ValueError(f"DecodeConfig.cuda_graphs needs a model on a CUDA device, this one is on {lm.device}")
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
     limit = lm.config.max_position_embeddings
@@ -521,7 +679,8 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_s
     record = cfg.record_trajectory or on_step is not None
     if record:
         for row in rows:
-            row.trajectory = Trajectory(row.prompt_length, cfg.block_length, mask_id, row.canvas.tolist())
+            row.trajectory = Trajectory(row.prompt_length, cfg.block_length, mask_id, row.initial_canvas(mask_id))
+    decoder.record = record
     was_training = lm.training
     lm.eval()
     start = time.perf_counter()
@@ -534,6 +693,6 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_s
     wall = time.perf_counter() - start
     return GenerationResult(
         sequences=[decoder.answer(row) for row in rows], forwards=[r.forwards for r in rows], edits=[r.edits for r in rows],
-        commits=[r.commits for r in rows], canvases=[r.canvas.tolist() for r in rows],
+        commits=[r.commits for r in rows], canvases=[r.canvas for r in rows],
         forward_calls=decoder.forward_calls, wall_seconds=wall,
         trajectories=[r.trajectory for r in rows] if record else None, stopped=[r.stopped for r in rows])

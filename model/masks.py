@@ -80,3 +80,10 @@ def window_block_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, bloc
         start = bidirectional_from[:, None, None]
         allowed = allowed | ((q_positions[:, :, None] >= start) & (k_positions[:, None, :] >= start))
     return (allowed & k_valid[:, None, :])[:, None]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as the additive one attention applies (0 where allowed, -inf elsewhere). Attention
+    converts a bool mask so in every layer of every forward; a decoder that reuses one mask for many
+    forwards converts it once."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))

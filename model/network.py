@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache, LayerCache
+from .cache import CacheWrite, KVCache, LayerCache
 from .config import ModelConfig
 
 
@@ -21,6 +21,28 @@ class ModelOutput:
     logits: torch.Tensor  # (B, T or K, V) float32
     # Per layer (key, value) of the input tokens after RoPE, each (B, KVH, T, D); only when asked.
     key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass
+class ForwardPlan:
+    """Everything a forward needs besides the token ids: positions, rotary tables, the prepared mask,
+    the packing of padded rows, where the cache writes and where logits are read.
+
+    All of it depends on the layout of a forward, not on its tokens. A decoder makes one plan per
+    layout (`DiffusionLM.plan`) and passes it to every forward with that layout (all the steps of a
+    block), so this work and its host reads happen once per block, and every forward of a plan has
+    the same tensors and shapes (what graph capture and compilation need).
+    """
+
+    batch: int
+    seq_len: int
+    position_ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor | None  # prepared: bool or in the weights' dtype, [B|1, 1, T, Tk]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    packing: "TokenPacking | None"
+    logits_index: torch.Tensor | None  # (B, K) into the packed tokens, or (B, K, hidden) for a gather
+    cache_write: CacheWrite | None
 
 
 class RMSNorm(nn.Module):
@@ -39,11 +61,12 @@ class RMSNorm(nn.Module):
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin tables (B, T, rotary_dim) for the given absolute positions (float32 math)."""
+    """cos/sin tables (B, 1, T, rotary_dim) for the given absolute positions (float32 math), shaped to
+    broadcast over the heads."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, device=position_ids.device,
                                              dtype=torch.int64).float() / rotary_dim))
     freqs = position_ids.float()[..., None] * inv_freq  # (B, T, rotary_dim/2)
-    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, rotary_dim)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, rotary_dim)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -51,7 +74,6 @@ def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     """Rotate the first `rotary_dim` dims of each head (halves paired, not interleaved)."""
     rotary_dim = cos.shape[-1]
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, R) broadcast over heads
     half = rotary_dim // 2
     rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
@@ -271,7 +293,7 @@ class DiffusionLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past: KVCache | None = None,
                 return_key_values: bool = False, logits_positions: torch.Tensor | None = None,
-                token_valid: torch.Tensor | None = None) -> ModelOutput:
+                token_valid: torch.Tensor | None = None, plan: ForwardPlan | None = None) -> ModelOutput:
         """Run the network.
 
         attention_mask: None (full bidirectional), bool [B|1, 1, T, Tk] (True = attend) or an additive
@@ -279,39 +301,69 @@ class DiffusionLM(nn.Module):
         whose slot j is absolute position j; the input tokens' keys/values are written at their
         slots (position_ids) and every query attends over slots [0, width), width = 1 + the largest
         real input position (or the longest kept row), so the key axis of the mask is absolute
-        positions and it must hide slots a query may not see (see model/cache.py). logits_positions [B, K]: only compute logits there (saves the
-        vocabulary projection on positions the caller does not read). token_valid [B, T] bool: which
-        input slots are real tokens when rows are padded to a common length; the projections and MLPs
-        then skip the padding (see TokenPacking). Padded slots' keys/values are zeros and their
-        logits cannot be asked for.
+        positions and it must hide slots a query may not see (see model/cache.py). logits_positions
+        [B, K]: only compute logits there (saves the vocabulary projection on positions the caller
+        does not read). token_valid [B, T] bool: which input slots are real tokens when rows are padded
+        to a common length; the projections and MLPs then skip the padding (see TokenPacking). Padded
+        slots' keys/values are zeros and their logits cannot be asked for.
+        plan: the layout of this forward made beforehand by `plan` (then the arguments it was made
+        from are not given again; `past` is, as the cache the plan writes to).
         """
-        bsz, seq_len = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(seq_len, device=input_ids.device).expand(bsz, seq_len)
-        key_len = past.begin(position_ids, token_valid) if past is not None else seq_len
-        mask = self._prepare_mask(attention_mask, bsz, seq_len, key_len)
-        packing = TokenPacking(token_valid) if token_valid is not None and not bool(token_valid.all()) else None
+        if plan is None:
+            plan = self.plan(input_ids.shape[0], input_ids.shape[1], attention_mask, position_ids, past,
+                             logits_positions, token_valid)
+        elif input_ids.shape != (plan.batch, plan.seq_len):
+            raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} do not fit a plan for "
+                             f"{(plan.batch, plan.seq_len)}")
+        if past is not None:
+            if plan.cache_write is None:
+                raise ValueError("the forward plan was made without a cache")
+            past.begin(plan.cache_write)
+        packing = plan.packing
         x = self.model.word_embeddings(input_ids if packing is None else packing.pack(input_ids))
-        cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, x.dtype)
+        cos, sin = plan.cos, plan.sin
+        if cos.dtype != x.dtype:
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         key_values = []
         for i, layer in enumerate(self.model.layers):
             layer_past = past.layer(i) if past is not None else None
             if self.gradient_checkpointing and self.training:
-                x, kv = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, layer_past, packing,
+                x, kv = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, plan.mask, layer_past, packing,
                                                           use_reentrant=False)
             else:
-                x, kv = layer(x, cos, sin, mask, layer_past, packing)
+                x, kv = layer(x, cos, sin, plan.mask, layer_past, packing)
             if return_key_values:
                 key_values.append(kv)
         if packing is not None:
-            if logits_positions is None:
-                x = packing.unpack(x)  # (B, T, hidden)
-            else:
-                x = x[packing.packed_positions(logits_positions)]  # (B, K, hidden)
-        elif logits_positions is not None:
-            x = x.gather(1, logits_positions[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, K, hidden)
+            x = packing.unpack(x) if plan.logits_index is None else x[plan.logits_index]  # (B, T|K, hidden)
+        elif plan.logits_index is not None:
+            x = x.gather(1, plan.logits_index)  # (B, K, hidden)
         logits = self.lm_head(self.model.norm(x)).float()
         return ModelOutput(logits=logits, key_values=key_values if return_key_values else None)
+
+    def plan(self, batch: int, seq_len: int, attention_mask: torch.Tensor | None = None,
+             position_ids: torch.Tensor | None = None, past: KVCache | None = None,
+             logits_positions: torch.Tensor | None = None, token_valid: torch.Tensor | None = None,
+             key_width: int | None = None, indexed_cache_write: bool = False) -> ForwardPlan:
+        """The layout of a forward over (batch, seq_len) input ids; the arguments mean what they mean for
+        `forward`. key_width (with `past`): attend over that many cache slots instead of just the ones in
+        use, so that forwards at every position of a decode share their shapes; indexed_cache_write: see
+        `KVCache.plan_write`."""
+        device = self.device
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device).expand(batch, seq_len)
+        cache_write = (past.plan_write(position_ids, token_valid, key_width, indexed_cache_write)
+                       if past is not None else None)
+        key_len = cache_write.width if cache_write is not None else seq_len
+        mask = self._prepare_mask(attention_mask, batch, seq_len, key_len)
+        packing = TokenPacking(token_valid) if token_valid is not None and not bool(token_valid.all()) else None
+        cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta,
+                                  self.model.word_embeddings.weight.dtype)
+        logits_index = None
+        if logits_positions is not None:
+            logits_index = (packing.packed_positions(logits_positions) if packing is not None
+                            else logits_positions[:, :, None].expand(-1, -1, self.config.hidden_size))
+        return ForwardPlan(batch, seq_len, position_ids, mask, cos, sin, packing, logits_index, cache_write)
 
     def _prepare_mask(self, attention_mask, bsz, seq_len, expected_keys):
         if attention_mask is None:

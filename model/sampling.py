@@ -26,22 +26,17 @@ def choose_tokens(logits: torch.Tensor, mask_id: int, temperature: float = 0.0, 
     Greedy (temperature 0): the arg-max and its softmax probability over the *whole* vocabulary,
     mask token included, exactly as the reference computes it. Guard: the reference loops forever
     when the arg-max is the mask token (committing a mask leaves the block unfinished); we take the
-    best non-mask token instead, with its own probability. It never triggers on a model whose
-    mask logit is not the maximum, so outputs stay token-identical.
+    best non-mask token instead, with its own probability. The mask's probability is set below every
+    other after the softmax, so the guard costs no host read and changes nothing on a model whose
+    mask logit is not the maximum: outputs stay token-identical.
     Sampling: the mask token is excluded, top-k / top-p filter, then one multinomial draw; the
     confidence is the drawn token's probability under the filtered, tempered distribution.
     """
     logits = logits.float()
     if temperature == 0.0:
         probs = logits.softmax(-1)
+        probs[..., mask_id] = -1.0
         conf, tokens = probs.max(-1)
-        hit_mask = tokens == mask_id
-        if hit_mask.any():
-            without_mask = probs.clone()
-            without_mask[..., mask_id] = -1.0
-            alt_conf, alt_tokens = without_mask.max(-1)
-            tokens = torch.where(hit_mask, alt_tokens, tokens)
-            conf = torch.where(hit_mask, alt_conf, conf)
         return tokens, conf
     logits = logits.clone()
     logits[..., mask_id] = float("-inf")

@@ -346,9 +346,10 @@ def test_overhead_profiles_ours_and_the_reference_on_the_same_prompts(checkpoint
             p["host_reads_per_call"] * p["network_calls"])
         assert p["cuda_syncs_per_call"] is None  # CPU
         assert 0 < len(p["top_functions"]) <= 4
-    # Without a cache the reference's network reads nothing; ours looks up cache slots on the host.
-    assert rows[0]["profile"]["network_host_reads_per_call"] == 0
-    assert all(r["profile"]["network_host_reads_per_call"] > 0 for r in rows[1:])
+    # Neither network reads anything: ours finds its cache slots in the forward plan, made by the decoder
+    # once per layout (counted as the decoder's), and the decoder reads less per call than the reference.
+    assert all(r["profile"]["network_host_reads_per_call"] == 0 for r in rows)
+    assert all(r["profile"]["host_reads_per_call"] < rows[0]["profile"]["host_reads_per_call"] for r in rows[1:])
     assert any("decoding.py" in f["function"] for f in rows[1]["profile"]["top_functions"])
     text = capsys.readouterr().out
     assert "| speedy b2 |" in text and "ms/call decoder" in text

@@ -340,3 +340,80 @@ def test_cancelled_rows_leave_the_others_as_they_were_alone(lm):
         alone = generate(lm, [prompts[i]], cfg)
         assert res.sequences[i] == alone.sequences[0] and res.forwards[i] == alone.forwards[0]
     assert generate(lm, prompts, cfg, cancelled=lambda i: True).forward_calls == 0
+
+
+# ------------------------------------------------------------------ execution switches
+SWITCH_SETTINGS = [
+    dict(threshold=0.95, editing_threshold=0.9),
+    dict(threshold=0.3, editing_threshold=0.4, speculative_verify=True, max_reverts=1),
+    dict(threshold=0.3, editing_threshold=0.4, mbe_window=1, speculative_verify=True, max_post_steps=3),
+    dict(threshold=0.5, editing_threshold=0.6, eos_early_stop=True, eos_id=17, speculative_verify=True),
+    dict(threshold=0.3, editing_threshold=0.5, temperature=0.8, seed=3, speculative_verify=True),
+]
+
+
+def _outcome(res):
+    return res.sequences, res.forwards, res.edits, res.commits, res.canvases, res.forward_calls
+
+
+@pytest.mark.parametrize("settings", SWITCH_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_static_shapes_decode_what_the_eager_decoder_decodes(lm, settings):
+    """Static shapes change the forward's shapes (whole blocks queried, every cache slot a key), never
+    the algorithm: batched prompts of different lengths decode identically."""
+    prompts = _random_prompts(5, seed=11)
+    base = DecodeConfig(block_length=8, gen_length=24, **settings)
+    static = dataclasses.replace(base, static_shapes=True)
+    assert _outcome(generate(lm, prompts, static)) == _outcome(generate(lm, prompts, base))
+
+
+def test_static_shapes_give_one_shape_per_step_after_the_first():
+    """Every forward after a row's first has the same input and key shapes (what compilation and graph
+    capture need), while the eager decoder's key width grows block by block."""
+    torch.manual_seed(0)
+    lm = DiffusionLM(ModelConfig.tiny(vocab_size=64, num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, mask_token_id=63)).eval()
+    shapes = {}
+    for static in (False, True):
+        seen = []
+        forward = lm.forward
+
+        def spy(input_ids, past=None, plan=None, **kw):
+            seen.append((tuple(input_ids.shape), tuple(plan.mask.shape)))
+            return forward(input_ids, past=past, plan=plan, **kw)
+
+        lm.forward = spy
+        try:
+            generate(lm, [[1, 2, 3]], DecodeConfig(block_length=4, gen_length=16, threshold=0.99, editing_threshold=2.0,
+                                                   static_shapes=static))
+        finally:
+            del lm.forward
+        shapes[static] = seen
+    assert len(set(shapes[True][1:])) == 1 and len(shapes[True]) > 4
+    assert len({s[1] for s in shapes[False][1:]}) > 1
+
+
+def test_cuda_graphs_off_cuda_is_refused_in_one_line(lm):
+    with pytest.raises(ValueError, match=r"^DecodeConfig.cuda_graphs needs a model on a CUDA device"):
+        generate(lm, [[1, 2, 3]], DecodeConfig(cuda_graphs=True))
+
+
+@pytest.mark.slow
+def test_compiled_decode_is_token_identical_to_eager(lm):
+    """torch.compile runs the steady steps (on CPU: inductor's C++ kernels) and decodes what the eager
+    decoder decodes, batch 1 and batched, on the golden model."""
+    prompts = _random_prompts(4, seed=2)
+    for settings in SWITCH_SETTINGS[:2]:
+        base = DecodeConfig(block_length=8, gen_length=24, **settings)
+        for batch in ([prompts[0]], prompts):
+            assert _outcome(generate(lm, batch, dataclasses.replace(base, compile=True))) == _outcome(
+                generate(lm, batch, base))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decode_is_token_identical_to_eager(lm):
+    gpu = DiffusionLM.from_pretrained(require_golden(), device="cuda")
+    prompts = _random_prompts(4, seed=2)
+    base = DecodeConfig(block_length=8, gen_length=24, threshold=0.3, editing_threshold=0.4, speculative_verify=True)
+    for batch in ([prompts[0]], prompts):
+        assert _outcome(generate(gpu, batch, dataclasses.replace(base, cuda_graphs=True))) == _outcome(
+            generate(gpu, batch, base))
