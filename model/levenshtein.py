@@ -16,7 +16,7 @@ This module holds the three pure pieces the rest of the pipeline calls:
 * `add_edit_controls(lm)` / `check_edit_thresholds`: the two extra vocabulary rows on a model, and
   the refusal of Levenshtein thresholds on a model without them.
 
-The edit-control ids are appended past the tokenizer's ids (`vocab_size`, `vocab_size + 1`) and named
+The edit-control ids are appended past the model's vocabulary (`vocab_size`, `vocab_size + 1`) and named
 by `ModelConfig.delete_token_id` / `insert_token_id`; both None (every released checkpoint) means
 Levenshtein editing is off and nothing here is reached.
 """
@@ -143,7 +143,30 @@ def edit_labels(draft: Sequence[int], target: Sequence[int], *, mask_id: int, de
     return EditLabels(ops=tuple(ops), labels=labels, sigma=tuple(sigma))
 
 
+def edit_distance(draft: Sequence[int], target: Sequence[int], mask_id: int) -> int:
+    """Levenshtein distance (unit insert / delete / substitute), a [MASK] in `draft` matching any token:
+    how many edits a block still needs once its masks are filled right. Edit accounting judges a
+    structural edit by whether it lowers this against the reference block."""
+    row = list(range(len(target) + 1))
+    for i, x in enumerate(draft, 1):
+        diag, row[0] = row[0], i
+        for j, y in enumerate(target, 1):
+            cost = 0 if x == mask_id or x == y else 1
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + cost)
+    return row[-1]
+
+
 # --------------------------------------------------------------------------- decoding rule
+@dataclass(frozen=True)
+class StructuralRecord:
+    """What one step's structural edits did to one block: what a trajectory keeps for accounting."""
+
+    start: int  # canvas position of the block's first slot
+    before: tuple[int, ...]  # the block before them (after this step's fills and substitutions)
+    deleted: tuple[int, ...]  # block offsets removed
+    inserted: tuple[int, ...]  # block offsets a [MASK] was put before
+
+
 @dataclass
 class BlockEdit:
     """A step's structural edits on a batch of blocks [R, m]."""
@@ -160,6 +183,16 @@ class BlockEdit:
     def num_edits(self) -> torch.Tensor:
         """long [R]: structural edits per block."""
         return self.deleted.sum(-1) + self.inserted.sum(-1)
+
+    def record(self, row: int, before: torch.Tensor, start: int) -> StructuralRecord | None:
+        """Row `row`'s edits for its trajectory (`before`: the [R, m] or [m] input), None when it made none."""
+        deleted = self.deleted if self.deleted.dim() == 1 else self.deleted[row]
+        inserted = self.inserted if self.inserted.dim() == 1 else self.inserted[row]
+        if not bool(deleted.any() or inserted.any()):
+            return None
+        block = before if before.dim() == 1 else before[row]
+        return StructuralRecord(start, tuple(block.tolist()), tuple(deleted.nonzero().flatten().tolist()),
+                                tuple(inserted.nonzero().flatten().tolist()))
 
 
 def edit_decisions(block: torch.Tensor, tokens: torch.Tensor, confidences: torch.Tensor, *, mask_id: int,
@@ -295,6 +328,6 @@ def check_edit_thresholds(config: ModelConfig, delete_threshold: float | None, i
                 "delete_token_id/insert_token_id unset (add them with model.levenshtein.add_edit_controls and train)")
 
 
-__all__ = ["KEEP", "SUBSTITUTE", "DELETE", "INSERT", "EditLabels", "BlockEdit", "lcs_anchors",
-           "edit_labels", "edit_decisions", "apply_block_edits", "levenshtein_step", "real_token_choice",
+__all__ = ["KEEP", "SUBSTITUTE", "DELETE", "INSERT", "EditLabels", "BlockEdit", "StructuralRecord", "lcs_anchors",
+           "edit_labels", "edit_distance", "edit_decisions", "apply_block_edits", "levenshtein_step", "real_token_choice",
            "add_edit_controls", "check_edit_thresholds"]

@@ -299,3 +299,23 @@ def test_a_threshold_on_a_model_without_rows_is_refused_in_one_line():
     check_edit_thresholds(tiny(delete_token_id=62, insert_token_id=63), 0.9, 0.8)
     with pytest.raises(ValueError, match="insert_threshold must be >= 0"):
         check_edit_thresholds(tiny(delete_token_id=62, insert_token_id=63), 0.9, -1)
+
+
+def test_edit_distance_matches_the_brute_force():
+    from model.levenshtein import edit_distance
+
+    rng = random.Random(7)
+    for _ in range(300):
+        x, y = random_pair(rng, rng.randint(0, 8))
+        assert edit_distance(x, y, M) == levenshtein(x, y)
+    assert edit_distance([1, 2], [], M) == 2 and edit_distance([M, M], [5, 6], M) == 0
+
+
+def test_a_block_edit_records_what_it_did_per_row():
+    block = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    delete = torch.tensor([[False, True, False, False], [False] * 4])
+    insert = torch.tensor([[False, False, False, True], [False] * 4])
+    res = apply_block_edits(block, delete, insert, mask_id=M)
+    rec = res.record(0, block, start=8)
+    assert (rec.start, rec.before, rec.deleted, rec.inserted) == (8, (1, 2, 3, 4), (1,), (3,))
+    assert res.record(1, block, start=8) is None
