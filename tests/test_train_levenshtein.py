@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from components.training.config import ObjectiveConfig
-from components.training.corruption import _structural_noise, levenshtein_corrupt, m2t_corrupt, noisable_positions
-from components.training.objective import DraftEditObjective, stream_losses
-from components.training import run_training
-from components.training.run import load_train_config
 from components.config import REPO_ROOT, ConfigError
-from train_support import prepare_tiny_data, train_overrides
+from components.training import run_training
+from components.training.config import ObjectiveConfig
+from components.training.corruption import levenshtein_corrupt, m2t_corrupt, noisable_positions, structural_noise
+from components.training.objective import DraftEditObjective, stream_losses
+from components.training.run import load_train_config
 from model import DiffusionLM, ModelConfig
 from model.levenshtein import DELETE, INSERT, add_edit_controls, edit_labels
+from train_support import prepare_tiny_data, train_overrides
 
 MASK, PAD, EOS, V = 2, 0, 1, 64
 DEL, INS = V, V + 1  # the rows add_edit_controls appends
@@ -55,7 +55,7 @@ def test_structural_noise_keeps_length_and_makes_each_kind():
     g = torch.Generator().manual_seed(0)
     seen = {}
     for _ in range(80):
-        out = tuple(_structural_noise(x, 99, 1, g))
+        out = tuple(structural_noise(x, 99, 1, g))
         assert len(out) == m and out != tuple(x)
         kinds = [k for k, s in (("delete", deletions), ("duplicate", duplications), ("shift", shifts)) if out in s]
         assert kinds, out

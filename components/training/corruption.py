@@ -281,7 +281,7 @@ def mtf_corrupt(c: Corruption, logits: torch.Tensor, *, mask_id: int, fill_min: 
             torch.where(filled, draft, -1))
 
 
-def _structural_noise(draft: list[int], filler: int, ops: int, generator: torch.Generator) -> list[int]:
+def structural_noise(draft: list[int], filler: int, ops: int, generator: torch.Generator) -> list[int]:
     """`draft` after `ops` deletions, duplications or run shifts (drawn uniformly), length kept.
 
     A deletion refills the tail with `filler`; a duplication repeats a token in place and cuts the
@@ -325,7 +325,7 @@ def levenshtein_corrupt(c: Corruption, *, prob: float, max_ops: int, block_lengt
 
     A block's draft is its noisable positions in order, as the earlier noise left them (masks and
     T2T replacements move with the tokens, as they do in a decoded block); 1..max_ops deletions,
-    duplications or shifts are applied to it (`_structural_noise`; a deletion's filler is a token of
+    duplications or shifts are applied to it (`structural_noise`; a deletion's filler is a token of
     the row's own reply, as `row_tokens` draws). The block's labels are then
     `edit_labels(draft, clean)`: its masks are M2T targets, its other positions T2T targets where the
     label differs from the token shown and keep targets where it is the same. Blocks with fewer than
@@ -346,7 +346,7 @@ def levenshtein_corrupt(c: Corruption, *, prob: float, max_ops: int, block_lengt
         if len(idx) < 2:
             continue
         ops = 1 + int(torch.randint(max_ops, (1,), generator=generator))
-        draft = _structural_noise(c.xt[r, idx].tolist(), int(fillers[r, idx[-1]]), ops, generator)
+        draft = structural_noise(c.xt[r, idx].tolist(), int(fillers[r, idx[-1]]), ops, generator)
         out = edit_labels(draft, c.x0[r, idx].tolist(), mask_id=mask_id, delete_id=delete_id, insert_id=insert_id)
         xt[r, idx] = torch.tensor(draft, device=xt.device)
         labels[r, idx] = torch.tensor(out.labels, device=xt.device)
