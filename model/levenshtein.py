@@ -281,11 +281,12 @@ def add_edit_controls(lm: nn.Module) -> tuple[int, int]:
     """Append the DELETE and INSERT rows to `lm` (embedding and head) in place; return their ids.
 
     The ids are the two past the current vocabulary, so every existing id, row and logit is unchanged.
-    The head rows start at zero and the embedding rows at the mask token's embedding (a control id is
-    never an input, so they are only a sane default). A zero head row gives a logit of 0, which would
-    take softmax mass from real tokens, so until Levenshtein editing is switched on the decoder leaves
-    those two logits out of its token choice (`real_token_choice`) and every confidence is exactly
-    what the model without the rows computes. Idempotent: a model that has the rows keeps them.
+    The embedding rows start at the mask token's embedding (a control id is never an input, so that is
+    only a sane default) and the head rows at zero (with tied embeddings they are the same rows). Either
+    start gives the controls a finite logit that would take softmax mass from real tokens, so until
+    Levenshtein editing is switched on the decoder leaves those two logits out of its token choice
+    (`real_token_choice`), and every confidence is exactly what the model without the rows computes.
+    Idempotent: a model that has the rows keeps them.
     """
     cfg: ModelConfig = lm.config
     if cfg.delete_token_id is not None and cfg.insert_token_id is not None:

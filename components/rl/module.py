@@ -69,10 +69,6 @@ class EBPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.lm = lm
         self.model_config = lm.config
-        if cfg.estimator.levenshtein_rate > 0 and lm.config.delete_token_id is None:
-            raise ValueError(f"rl.estimator.levenshtein_rate={cfg.estimator.levenshtein_rate} needs a model with "
-                             "DELETE/INSERT rows (its config has delete_token_id unset; train SFT with "
-                             "objective.levenshtein_prob > 0)")
         self._decoder: torch.nn.Module | None = None  # FSDP only: full-weight copy for decoding
         # optim.ema_decay > 0: the Polyak average of the trainable parameters (all of them, or with LoRA
         # the adapters alone), by name; the rest of the network is shared with the online policy.
