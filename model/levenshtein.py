@@ -6,19 +6,35 @@ DELETE at position i removes x_i and left-shifts the rest of the block; INSERT a
 ([MASK], x_i) so that a later denoising round fills the new slot. The block is then padded with
 [MASK] or truncated at the tail, so its length never changes.
 
-This module holds the three pure pieces the rest of the pipeline calls:
+This module holds what the rest of the pipeline calls:
 
 * `edit_labels(draft, target, ...)`: the per-position operation (keep / substitute / delete /
   insert) and supervision label of one block, from the LCS of draft and target (training, and the
   edit traces of L-EBPO);
 * `edit_decisions` + `apply_block_edits` (= `levenshtein_step`): the decoding rule of one step on a
-  batch of blocks;
+  batch of blocks, and `real_token_choice`, the logits fills and substitutions choose from;
+* `edit_distance` and `StructuralRecord`: what edit accounting judges a structural edit by;
 * `add_edit_controls(lm)` / `check_edit_thresholds`: the two extra vocabulary rows on a model, and
   the refusal of Levenshtein thresholds on a model without them.
 
 The edit-control ids are appended past the model's vocabulary (`vocab_size`, `vocab_size + 1`) and named
 by `ModelConfig.delete_token_id` / `insert_token_id`; both None (every released checkpoint) means
 Levenshtein editing is off and nothing here is reached.
+
+One decoding step of a block with Levenshtein editing on, in this order:
+
+1. from the step's logits, the full choice (`choose_tokens(logits)`: arg-max over the whole head)
+   decides structure, and the real choice (`choose_tokens(real_token_choice(logits, ids))`) decides
+   fills and substitutions, so no control id is ever written into the canvas;
+2. M2T fills masks from the real choice as today; T2T substitutes only where the full arg-max is a
+   real token (a position whose best action is DELETE or INSERT gets no substitution that step);
+3. `levenshtein_step(block, full_tokens, full_conf, written=<positions 1-2 wrote>, protected=<prompt>)`
+   returns the new block and what moved (`BlockEdit.source`, `BlockEdit.record` for trajectories).
+
+With Levenshtein editing off the decoder takes the real choice everywhere, which is exactly the
+choice of the model without the rows. Structural edits belong in steps on a block without masks
+(post steps, bounded by `max_post_steps`): an insert adds a mask, and a step that inserts one while
+filling one would otherwise keep a block drafting forever.
 """
 
 from __future__ import annotations
@@ -224,8 +240,8 @@ def apply_block_edits(block: torch.Tensor, delete: torch.Tensor, insert: torch.T
 
     Each input position i lands at i - (deletions before i) + (insertions at or before i); an insert
     puts a [MASK] just before its token; what runs past m is cut, what is left short is padded with
-    [MASK]. A position both deleted and inserted at is deleted (the deletion wins: the token is wrong
-    and the slot before it is still missing, which the next round sees as a substitution).
+    [MASK]. `edit_decisions` never marks a position for both (one arg-max per position); given both,
+    the deletion wins.
     """
     delete, insert = delete.bool(), insert.bool()
     squeeze = block.dim() == 1
@@ -255,8 +271,8 @@ def levenshtein_step(block: torch.Tensor, tokens: torch.Tensor, confidences: tor
     """One decoding step's structural edits on blocks [R, m] (or [m]).
 
     `block`: the blocks after this step's M2T fills and T2T substitutions; `written`: the positions
-    those wrote; `tokens`/`confidences`: this step's arg-max over the whole head, edit controls included
-    (what `real_token_choice` returns as its second pair). See `edit_decisions` and `apply_block_edits`.
+    those wrote; `tokens`/`confidences`: this step's choice over the whole head, edit controls included
+    (not the `real_token_choice` one). See `edit_decisions` and `apply_block_edits`.
     """
     delete, insert = edit_decisions(block, tokens, confidences, mask_id=mask_id, delete_id=delete_id,
                                     insert_id=insert_id, delete_threshold=delete_threshold,

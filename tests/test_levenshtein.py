@@ -166,8 +166,8 @@ def test_random_pairs_labels_relate_to_the_edit_distance_and_repair_the_draft(se
         assert not any(op == INSERT and t == M for op, t in zip(out.ops, x))
         sig = [s for s in out.sigma if s is not None]
         assert sig == sorted(set(sig))
-        # repeated rounds of the decode rule reach the target; each round shrinks the wildcard LCS gap
-        # or fills masks, so 2m + 2 rounds bound it
+        # repeated rounds of the decode rule reach the target: each round deletes surplus tokens, opens
+        # one missing slot per gap or fills masks; 2m + 2 is a loose bound (m + 1 is the most seen)
         cur, rounds = x, 0
         while cur != y:
             cur, rounds = one_round(cur, y), rounds + 1
