@@ -154,6 +154,14 @@ def test_levenshtein_with_mtf_is_refused():
         load_train_config(REPO_ROOT / "conf/train/sft.yaml", ["objective.levenshtein_prob=0.3", "objective.mtf_prob=0.5"])
 
 
+def test_levenshtein_under_lora_needs_the_head_adapted():
+    with pytest.raises(ConfigError, match=r"levenshtein_prob: with train\.lora\.enabled the new DELETE/INSERT head rows"):
+        load_train_config(REPO_ROOT / "conf/train/sft.yaml", ["objective.levenshtein_prob=0.3", "lora.enabled=true"])
+    cfg = load_train_config(REPO_ROOT / "conf/train/sft.yaml", ["objective.levenshtein_prob=0.3", "lora.enabled=true",
+                                                                "lora.target_modules=[query_key_value,lm_head]"])
+    assert cfg.lora.enabled
+
+
 def test_defaults_are_off():
     cfg = load_train_config(REPO_ROOT / "conf/train/sft.yaml")
     assert cfg.objective.levenshtein_prob == 0.0

@@ -285,3 +285,6 @@ def validate_train_config(cfg: TrainConfig) -> None:
         fail("train.averaging.top_k", f"averaging by {cfg.averaging.monitor!r} needs validation data (data.val_fraction > 0)")
     check_min("train.moe.bias_update_rate", cfg.moe.bias_update_rate, 0)
     cfg.lora.validate("train.lora")
+    if o.levenshtein_prob > 0.0 and cfg.lora.enabled and "lm_head" not in cfg.lora.target_modules:
+        fail("train.objective.levenshtein_prob", "with train.lora.enabled the new DELETE/INSERT head rows stay frozen "
+             "at their zero start: add lm_head to train.lora.target_modules or turn LoRA off")
