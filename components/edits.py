@@ -16,6 +16,12 @@ Positions past the reference's end are compared with EOS, which is what SFT trai
 final output when it was judged correct: every edit that moved a token to its final value is then a
 fix of a wrong draft, which is what that answer needed.
 
+Levenshtein editing adds structural edits (DELETE, INSERT; `model.levenshtein`), recorded per block
+as `StructuralRecord`s. They move every later token of the block, so they are not judged position by
+position: each deletion or insertion, applied alone to the block it edited, is a **fix** when it
+lowers the block's edit distance to its reference block ([MASK] matching anything), a **break** when
+it raises it and **neutral** otherwise (`classify_structural_edits`).
+
 Error attribution (`attribute_errors`) goes the other way: from each wrong token of a wrong answer
 back to the step that left it there -- a draft that was kept, an edit that broke a right token, an
 edit from one wrong token to another, or a wrong draft the model itself would have edited to the
@@ -32,6 +38,7 @@ import torch
 
 from components.families import Example, has_unique_answer
 from model.decoding import StepRecord, Trajectory
+from model.levenshtein import StructuralRecord, apply_block_edits, edit_distance
 from model.masks import block_causal_mask
 
 # Which edits to count: called with the step that made the edit and the edit's canvas position.
@@ -141,6 +148,91 @@ def judge_edits(trajectory: Trajectory, sequence: list[int], eos_id: int | None,
     """
     target = [t for t in sequence if t != eos_id] if correct else reference
     return classify_edits(trajectory, target, eos_id, len(sequence), select)
+
+
+STRUCTURAL_KINDS = ("deletion", "insertion")
+
+
+@dataclass
+class StructuralStats:
+    """Deletions and insertions over one or more decodes, each a fix, break or neutral; add with `+`."""
+
+    deletions: int = 0
+    deletion_fixes: int = 0
+    deletion_breaks: int = 0
+    deletion_neutral: int = 0
+    insertions: int = 0
+    insertion_fixes: int = 0
+    insertion_breaks: int = 0
+    insertion_neutral: int = 0
+    unjudged: int = 0  # structural edits of decodes without a reference
+    samples: int = 0
+
+    def __add__(self, other: "StructuralStats") -> "StructuralStats":
+        return StructuralStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def precision(self, kind: str) -> float:
+        """fixes / (fixes + breaks) of `kind` (deletion | insertion); NaN when none was decisive."""
+        fixes, breaks = getattr(self, f"{kind}_fixes"), getattr(self, f"{kind}_breaks")
+        return fixes / (fixes + breaks) if fixes + breaks else float("nan")
+
+    def named(self) -> dict[str, float | None]:
+        """Reported figures under stable names; a precision is None when nothing was decisive."""
+        out: dict[str, float | None] = {}
+        for kind in STRUCTURAL_KINDS:
+            count = getattr(self, f"{kind}s")
+            out[f"{kind}s_per_sample"] = count / self.samples if self.samples else 0.0
+            for verdict in ("fixes", "breaks", "neutral"):
+                out[f"{kind}_{verdict}"] = float(getattr(self, f"{kind}_{verdict}"))
+            decisive = getattr(self, f"{kind}_fixes") + getattr(self, f"{kind}_breaks")
+            out[f"{kind}_precision"] = self.precision(kind) if decisive else None
+        return out
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """`<prefix>/deletions_per_sample`, `<prefix>/insertion_precision`, ... (NaN-free)."""
+        return {f"{prefix}/{name}": value for name, value in self.named().items() if value is not None}
+
+
+def reference_block(record: StructuralRecord, reference: list[int], eos_id: int | None, prompt_length: int) -> list[int]:
+    """What the edited block should hold: its prompt tokens as they are, then the reference
+    completion at the block's positions, EOS past its end (what SFT trains there)."""
+    out = []
+    for k, token in enumerate(record.before):
+        i = record.start + k - prompt_length
+        out.append(token if i < 0 else reference[i] if i < len(reference) else eos_id)
+    return out
+
+
+def classify_structural_edits(records: list[StructuralRecord], reference: list[int] | None, eos_id: int | None,
+                              mask_id: int, prompt_length: int) -> StructuralStats:
+    """Judge every deletion and insertion of one decode (`records` in decoding order).
+
+    Each edit is applied alone to its record's block and the block's edit distance to
+    `reference_block` compared before and after (`model.levenshtein.edit_distance`): a step's edits
+    are independent decisions of the model, so each is credited with what it does by itself.
+    `reference=None` counts them only (`unjudged`).
+    """
+    stats = StructuralStats(samples=1)
+    for record in records:
+        before = torch.tensor(record.before)
+        m = len(record.before)
+        want = None if reference is None else reference_block(record, reference, eos_id, prompt_length)
+        d0 = None if want is None else edit_distance(record.before, want, mask_id)
+        for kind, offsets in (("deletion", record.deleted), ("insertion", record.inserted)):
+            for k in offsets:
+                setattr(stats, f"{kind}s", getattr(stats, f"{kind}s") + 1)
+                if want is None:
+                    stats.unjudged += 1
+                    continue
+                alone = torch.zeros(m, dtype=torch.bool)
+                alone[k] = True
+                none = torch.zeros(m, dtype=torch.bool)
+                delete, insert = (alone, none) if kind == "deletion" else (none, alone)
+                after = apply_block_edits(before, delete, insert, mask_id=mask_id).tokens.tolist()
+                d1 = edit_distance(after, want, mask_id)
+                verdict = "fixes" if d1 < d0 else "breaks" if d1 > d0 else "neutral"
+                setattr(stats, f"{kind}_{verdict}", getattr(stats, f"{kind}_{verdict}") + 1)
+    return stats
 
 
 FORWARD_KINDS = ("draft", "edit", "verify", "mbe")

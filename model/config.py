@@ -57,6 +57,10 @@ class ModelConfig:
     pad_token_id: int | None = None
     eos_token_id: int | None = None
     mask_token_id: int | None = None
+    # Levenshtein editing (LLaDA2.2): the DELETE and INSERT edit-control ids, two rows past the
+    # tokenizer's ids (model.levenshtein.add_edit_controls). None = no such rows, editing substitutes only.
+    delete_token_id: int | None = None
+    insert_token_id: int | None = None
     initializer_range: float = 0.02
     model_type: str = "llada2_moe"
     architectures: list[str] = field(default_factory=lambda: ["LLaDA2MoeModelLM"])
@@ -126,10 +130,18 @@ class ModelConfig:
         else:
             if not isinstance(self.intermediate_size, int) or self.intermediate_size <= 0:
                 raise ConfigError(f"intermediate_size must be a positive integer, got {self.intermediate_size!r}")
-        for name in ("pad_token_id", "eos_token_id", "mask_token_id"):
+        for name in ("pad_token_id", "eos_token_id", "mask_token_id", "delete_token_id", "insert_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ConfigError(f"config field '{name}'={value} is outside the vocabulary [0, {self.vocab_size})")
+        controls = (self.delete_token_id, self.insert_token_id)
+        if (controls[0] is None) != (controls[1] is None):
+            raise ConfigError(f"config fields delete_token_id and insert_token_id must be set together, got {controls}")
+        if controls[0] is not None:
+            taken = {self.pad_token_id, self.eos_token_id, self.mask_token_id} - {None}
+            if controls[0] == controls[1] or taken & set(controls):
+                raise ConfigError(f"config fields delete_token_id/insert_token_id={controls} must differ from each "
+                                  f"other and from the pad/eos/mask ids {sorted(taken)}")
 
     # ----------------------------------------------------------------- (de)serialisation
     @classmethod
@@ -142,6 +154,9 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for name in ("delete_token_id", "insert_token_id"):  # a released config.json saves back without them
+            if data[name] is None:
+                del data[name]
         data.update(self.extra)
         return data
 

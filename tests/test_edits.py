@@ -224,3 +224,50 @@ def test_block_end_view_agrees_with_the_verifying_step_of_a_decode():
             assert all(view[p][0] == canvas[p] for p in positions)
             checked += 1
     assert checked > 0
+
+
+# ---------------------------------------------------------------------------------------- structural edits
+def structural(start, before, deleted=(), inserted=()):
+    from model.levenshtein import StructuralRecord
+
+    return StructuralRecord(start, tuple(before), tuple(deleted), tuple(inserted))
+
+
+def test_structural_edits_are_judged_by_the_block_edit_distance():
+    from components.edits import classify_structural_edits
+
+    M = 99
+    # prompt of 2 tokens, block of 4 at canvas position 2; reference completion [1, 2, 3, 4]
+    records = [
+        structural(2, [1, 3, 4, 5], inserted=[1]),  # restores the skipped 2: [1, M, 3, 4], distance 2 -> 0
+        structural(2, [1, 2, 2, 3], deleted=[1]),  # drops the duplicate: [1, 2, 3, M], 2 -> 0
+        structural(2, [1, 2, 3, 4], deleted=[2], inserted=[0]),  # both damage a correct block
+        structural(2, [1, 3, 4, 5], deleted=[3]),  # alone, dropping the surplus 5 leaves the skip: 2 -> 2
+    ]
+    stats = classify_structural_edits(records, [1, 2, 3, 4], EOS, M, prompt_length=2)
+    assert (stats.insertions, stats.insertion_fixes, stats.insertion_breaks, stats.insertion_neutral) == (2, 1, 1, 0)
+    assert (stats.deletions, stats.deletion_fixes, stats.deletion_breaks, stats.deletion_neutral) == (3, 1, 1, 1)
+    assert stats.precision("deletion") == 0.5 and stats.unjudged == 0
+    named = stats.named()
+    assert named["deletions_per_sample"] == 3.0 and named["insertion_precision"] == 0.5
+    assert (stats + stats).deletion_fixes == 2 and (stats + stats).samples == 2
+    assert "levenshtein/deletion_precision" in stats.metrics("levenshtein")
+
+
+def test_structural_edits_respect_the_prompt_part_of_a_block_and_eos_past_the_answer():
+    from components.edits import classify_structural_edits, reference_block
+
+    # a block [7, 8 | 1, 5] starting at 0 with a prompt of 2: its reference is [7, 8, 1, EOS]
+    record = structural(0, [7, 8, 1, 5], deleted=[3])
+    assert reference_block(record, [1], EOS, prompt_length=2) == [7, 8, 1, EOS]
+    stats = classify_structural_edits([record], [1], EOS, 99, prompt_length=2)
+    # [7, 8, 1, M]: the mask may still become EOS, so the deletion of the wrong 5 is a fix
+    assert stats.deletion_fixes == 1
+
+
+def test_structural_edits_without_a_reference_are_counted_unjudged():
+    from components.edits import classify_structural_edits
+
+    stats = classify_structural_edits([structural(2, [1, 2, 3], deleted=[0], inserted=[2])], None, EOS, 99, 2)
+    assert (stats.deletions, stats.insertions, stats.unjudged, stats.deletion_fixes) == (1, 1, 2, 0)
+    assert stats.named()["deletion_precision"] is None and math.isnan(stats.precision("insertion"))

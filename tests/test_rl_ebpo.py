@@ -201,3 +201,47 @@ def test_permuted_advantages_keep_each_groups_values_in_another_order():
         assert sorted(out[4 * g: 4 * g + 4].tolist()) == sorted(adv[4 * g: 4 * g + 4].tolist())
     outs = {tuple(permute_within_groups(adv, 4, torch.Generator().manual_seed(s)).tolist()) for s in range(5)}
     assert len(outs) > 1  # the order depends on the generator: the link to the reward is gone
+
+
+def test_l_ebpo_trains_the_delete_and_insert_rows_through_the_micro_batches(tiny_lm):
+    from components.rl.estimator import draw_edit_traces
+    from model.levenshtein import add_edit_controls
+
+    lm = tiny_lm(**LM_SIZES)
+    delete_id, insert_id = add_edit_controls(lm)
+    est = EstimatorConfig(num_levels=2, t_min=0.3, edit_weight=1.0, edit_rate=0.0, levenshtein_rate=1.0)
+    batch = _batch(lm, est, [1.0, -1.0, 1.0, -1.0])
+    g = torch.Generator().manual_seed(5)
+    batch.trace = draw_edit_traces(batch.layout, batch.masks, None, 1.0, 2, MASK_ID, delete_id, insert_id, {MASK_ID}, g)
+    assert (batch.trace.actions == delete_id).any() and (batch.trace.actions == insert_id).any()
+    # θ_old's estimate is taken under the same traces, micro-batch by micro-batch
+    optimise_batch(lm, batch, est, OptimConfig(inner_steps=1, micro_batch_size=3), lambda loss: loss.backward(),
+                   lambda: 0.0)  # no optimiser step: θ stays θ_old and the gradient stays readable
+    with torch.no_grad():
+        whole, _ = sequence_log_likelihood(lm, batch.layout, batch.masks, batch.weights, MASK_ID, 0.0, None, 1.0,
+                                           batch.trace)
+    torch.testing.assert_close(batch.old_logp, whole.float(), atol=1e-5, rtol=1e-5)
+    grad = lm.lm_head.weight.grad
+    assert grad[delete_id].abs().sum() > 0 and grad[insert_id].abs().sum() > 0
+    # the reference's token log-probs read the same traces
+    from components.rl.estimator import block_log_likelihoods
+
+    ref = reference_token_logp(lm, batch, micro=2)
+    with torch.no_grad():
+        for n in range(2):
+            want = block_log_likelihoods(lm, batch.layout, batch.masks[n], MASK_ID, None, batch.trace.level(n))
+            torch.testing.assert_close(ref[n], want.token_logp.float(), atol=1e-5, rtol=1e-5)
+            plain = block_log_likelihoods(lm, batch.layout, batch.masks[n], MASK_ID)
+            assert (plain.token_logp - want.token_logp).abs().max() > 1e-4
+
+
+def test_l_ebpo_settings_fail_in_one_line():
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rl\.estimator\.levenshtein_rate: needs rl\.estimator\.edit_weight > 0"):
+        EstimatorConfig(levenshtein_rate=0.5).validate()
+    with pytest.raises(ConfigError, match=r"rl\.estimator\.levenshtein_rate: must be in \[0, 1\]"):
+        EstimatorConfig(levenshtein_rate=1.5, edit_weight=1.0).validate()
+    with pytest.raises(ConfigError, match=r"rl\.estimator\.levenshtein_max_ops: must be an integer >= 1"):
+        EstimatorConfig(levenshtein_max_ops=0).validate()
+    EstimatorConfig(levenshtein_rate=0.5, edit_weight=1.0).validate()  # edit_rate 0 is fine: the traces carry edits

@@ -13,12 +13,14 @@ from components.rl.estimator import (
     block_log_likelihoods,
     block_log_likelihoods_reference,
     composite_input,
+    draw_edit_traces,
     draw_masks,
     draw_substitutes,
     noise_levels,
     sequence_log_likelihood,
 )
 from model import DiffusionLM
+from model.levenshtein import add_edit_controls, edit_labels
 from model.masks import block_diffusion_mask
 
 MASK_ID = 63
@@ -85,6 +87,47 @@ def test_vectorised_equals_per_block_loop(block, edit_rate, tiny_lm):
                 # the substituted tokens are context: the masked terms differ from the clean view's
                 plain = block_log_likelihoods(lm, layout, masks[n], MASK_ID)
                 assert (plain.token_logp - fast.token_logp).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("block,edit_rate", [(4, 0.0), (8, 0.0), (4, 0.3)])
+def test_levenshtein_traces_vectorised_equals_per_block_loop(block, edit_rate, tiny_lm):
+    lm = tiny_lm(**LM_SIZES)
+    delete_id, insert_id = add_edit_controls(lm)
+    with torch.no_grad():
+        lm.lm_head.weight[VOCAB:].normal_(std=0.02)  # off their zero start, so their logits carry the context
+    lm = sharpened(lm)
+    layout = random_layout(seed=block + 10, block=block)
+    g = torch.Generator().manual_seed(4)
+    levels, _ = noise_levels(EstimatorConfig(num_levels=3, t_min=0.2), g)
+    masks = draw_masks(layout, levels, MASK_ID, g)
+    subs = draw_substitutes(layout, masks, edit_rate, VOCAB, {MASK_ID}, g) if edit_rate else None
+    trace = draw_edit_traces(layout, masks, subs, 0.6, 2, MASK_ID, delete_id, insert_id, {MASK_ID}, g)
+    response = layout.response_positions()
+    inside = trace.shown >= 0
+    assert not (inside & ~response).any()  # only response tokens are ever in a Levenshtein block
+    assert (trace.actions == delete_id).any() and (trace.actions == insert_id).any()
+    # the actions are the LCS labels of each shown block against the rollout's block
+    for n, s, start in inside.nonzero().tolist()[::7]:
+        b = start // block * block
+        idx = inside[n, s, b:b + block].nonzero().flatten() + b
+        want = edit_labels(trace.shown[n, s, idx].tolist(), layout.tokens[s, idx].tolist(), mask_id=MASK_ID,
+                           delete_id=delete_id, insert_id=insert_id).labels
+        assert trace.actions[n, s, idx].tolist() == list(want)
+    with torch.no_grad():
+        for n in range(3):
+            sub = None if subs is None else subs[n]
+            fast = block_log_likelihoods(lm, layout, masks[n], MASK_ID, sub, trace.level(n))
+            slow = block_log_likelihoods_reference(lm, layout, masks[n], MASK_ID, sub, trace.level(n))
+            for got, want in zip((fast.per_block, fast.token_logp, fast.keep_logp, fast.edit_logp), slow):
+                torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+            # structural actions at visible tokens are edit terms; a trace changes the estimate
+            control = inside[n] & ((trace.actions[n] == delete_id) | (trace.actions[n] == insert_id))
+            visible_control = control & (trace.shown[n] != MASK_ID)
+            assert ((fast.edit_logp != 0) >= visible_control).all()
+            plain = block_log_likelihoods(lm, layout, masks[n], MASK_ID, sub)
+            assert (plain.per_block - fast.per_block).abs().max() > 1e-5
+            # the masked set follows the shown view inside Levenshtein blocks
+            assert torch.equal(fast.masked[inside[n]], trace.shown[n][inside[n]] == MASK_ID)
 
 
 def test_equality_is_sensitive_to_the_mask(tiny_lm):

@@ -180,6 +180,9 @@ def test_run_rl_rejects_bad_input_before_training(tiny_model_dir, tmp_path):
         run_rl(DEFAULT_CONFIG, tmp_path / "missing", out, overrides=FAST)
     with pytest.raises(RLInputError, match="max_position_embeddings"):
         run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + ["rollout.gen_length=200"])
+    with pytest.raises(RLInputError, match=r"^rl\.estimator\.levenshtein_rate=0\.5 needs a model with DELETE/INSERT rows"):
+        run_rl(DEFAULT_CONFIG, tiny_model_dir, out, overrides=FAST + ["estimator.levenshtein_rate=0.5",
+                                                                       "estimator.edit_weight=1.0"])
     assert not (out / "checkpoint").exists()
 
 

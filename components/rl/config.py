@@ -122,6 +122,12 @@ class EstimatorConfig:
     # T2T decision RL otherwise never trains); needs edit_rate > 0. 0 = off.
     edit_weight: float
     edit_rate: float  # share of the visible response tokens shown substituted per noise level
+    # L-EBPO (LLaDA2.2 §3.2): share of the response blocks shown, per level, with deletions, duplications
+    # or run shifts, their actions (tokens, DELETE, INSERT) recovered by the LCS labels; the structural
+    # actions at visible tokens are edit terms, so it needs edit_weight > 0 and a model with the
+    # DELETE/INSERT rows. 0 = off.
+    levenshtein_rate: float
+    levenshtein_max_ops: int  # structural errors per Levenshtein block: 1 .. this many
 
     def validate(self) -> None:
         check_min("rl.estimator.num_levels", self.num_levels, 1)
@@ -143,8 +149,14 @@ class EstimatorConfig:
         check_min("rl.estimator.keep_weight", self.keep_weight, 0)
         check_min("rl.estimator.edit_weight", self.edit_weight, 0)
         check_fraction("rl.estimator.edit_rate", self.edit_rate, include_one=False)
-        if self.edit_weight > 0 and self.edit_rate == 0.0:
+        if self.edit_weight > 0 and self.edit_rate == 0.0 and self.levenshtein_rate == 0.0:
             fail("rl.estimator.edit_rate", "must be > 0 when rl.estimator.edit_weight > 0 (no token is substituted)")
+        check_fraction("rl.estimator.levenshtein_rate", self.levenshtein_rate)
+        if not isinstance(self.levenshtein_max_ops, int) or self.levenshtein_max_ops < 1:
+            fail("rl.estimator.levenshtein_max_ops", f"must be an integer >= 1, got {self.levenshtein_max_ops!r}")
+        if self.levenshtein_rate > 0 and self.edit_weight == 0:
+            fail("rl.estimator.levenshtein_rate", "needs rl.estimator.edit_weight > 0 (DELETE and INSERT at visible "
+                 "tokens are edit terms)")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from .config import EstimatorConfig, OptimConfig
-from .estimator import SequenceLayout, sequence_log_likelihood
+from .estimator import EditTrace, SequenceLayout, sequence_log_likelihood
 
 MAX_LOG_RATIO = 20.0  # exp(20) ≈ 5e8: keeps ρ finite when an estimate jumps; clipped anyway
 
@@ -91,6 +91,7 @@ class PreparedBatch:
     weights: torch.Tensor  # (N,)
     mask_id: int
     substitutes: torch.Tensor | None = None  # (N, S, Lmax) long, -1 = clean: the edit terms' inputs
+    trace: EditTrace | None = None  # L-EBPO's Levenshtein blocks (draw_edit_traces), or None
     ref_token_logp: torch.Tensor | None = None  # (N, S, Lmax) when a KL term is used
     old_logp: torch.Tensor | None = None  # (S,) θ_old's estimate; NaN until the first step fills it
 
@@ -114,8 +115,9 @@ def micro_batch_loss(lm, batch: PreparedBatch, index: torch.Tensor, est: Estimat
     width = layout.tokens.shape[1]
     masks = batch.masks[:, index, :width]
     subs = None if batch.substitutes is None else batch.substitutes[:, index, :width]
+    trace = None if batch.trace is None else batch.trace.select(index, width)
     logp, parts = sequence_log_likelihood(lm, layout, masks, batch.weights, batch.mask_id, est.keep_weight,
-                                          subs, est.edit_weight)  # (s,)
+                                          subs, est.edit_weight, trace)  # (s,)
     if est.ratio == "mean":
         logp = logp / layout.response_lengths().clamp_min(1)
     old = batch.old_logp[index]
@@ -149,8 +151,9 @@ def reference_token_logp(ref_lm, batch: PreparedBatch, micro: int) -> torch.Tens
             w = layout.tokens.shape[1]
             for n in range(N):
                 subs = None if batch.substitutes is None else batch.substitutes[n, index, :w]
+                trace = None if batch.trace is None else batch.trace.select(index, w).level(n)
                 out[n, index, :w] = block_log_likelihoods(ref_lm, layout, batch.masks[n, index, :w], batch.mask_id,
-                                                          subs).token_logp.float().cpu()
+                                                          subs, trace).token_logp.float().cpu()
     return out.to(batch.layout.tokens.device)
 
 

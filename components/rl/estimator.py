@@ -44,6 +44,16 @@ edit_weight · (1/N) Σ_n Σ_{substituted i} log p(y_i | z_n), the log-probabili
 token back into the rollout's token. A rewarded response then reinforces the edits that produce it,
 a failed one makes them less likely. The substituted tokens are context for every other query of
 their block, so with edit terms the masked and keep terms are read next to those substitutions too.
+
+L-EBPO (LLaDA2.2 §3.2, eq. 4-5; `levenshtein_rate` > 0): the action space is V ∪ {DELETE, INSERT}.
+DELETE and INSERT never appear in the rollout, so their trace is recovered as training recovers it:
+per level, a share of the response blocks is shown with structural errors (deletions, duplications,
+run shifts; `components.training.corruption.structural_noise`) on top of that level's masks and
+substitutions, and the action of every position of such a block is its LCS label against the
+rollout's block (`model.levenshtein.edit_labels`: a token, DELETE or INSERT). Those blocks' masked
+positions are eq. 5 terms with their action as the target; their visible positions whose action is an
+edit (substitute, delete, insert) are edit terms, those whose action keeps the shown token keep terms.
+The traces are drawn once per rollout batch (`draw_edit_traces`) and shared by θ, θ_old and the reference.
 """
 
 from __future__ import annotations
@@ -53,7 +63,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from components.training.corruption import m2t_corrupt, random_tokens, token_pool
+from components.training.corruption import m2t_corrupt, random_tokens, row_tokens, structural_noise, token_pool
+from model.levenshtein import edit_labels
 from model.masks import block_causal_mask
 
 from .config import EstimatorConfig
@@ -164,6 +175,77 @@ def draw_substitutes(layout: SequenceLayout, masks: torch.Tensor, rate: float, v
     return torch.stack(out).to(layout.tokens.device)
 
 
+@dataclass
+class EditTrace:
+    """Levenshtein blocks of a rollout batch: per level, what their positions show and their actions.
+
+    Both are long (N, S, Lmax), or (S, Lmax) for one level (`level`); -1 outside those blocks. Inside,
+    `shown` is the token the noisy view shows (the mask id for a masked slot) and `actions` the
+    position's action: a token id, DELETE or INSERT.
+    """
+
+    shown: torch.Tensor
+    actions: torch.Tensor
+
+    def level(self, n: int) -> "EditTrace":
+        return EditTrace(self.shown[n], self.actions[n])
+
+    def select(self, index: torch.Tensor, width: int) -> "EditTrace":
+        """The sequences `index` of every level, trimmed to `width` positions."""
+        return EditTrace(self.shown[:, index, :width], self.actions[:, index, :width])
+
+
+def draw_edit_traces(layout: SequenceLayout, masks: torch.Tensor, substitutes: torch.Tensor | None, rate: float,
+                     max_ops: int, mask_id: int, delete_id: int, insert_id: int, exclude_ids: set[int],
+                     generator: torch.Generator) -> EditTrace:
+    """Per level, each response block (two or more response tokens) becomes a Levenshtein block with
+    probability `rate`: its noisy view at that level (masks, substitutions) gets 1..max_ops structural
+    errors, and each position's action is its LCS label against the rollout's block. One draw shared by
+    θ, θ_old and the reference, like the masks."""
+    tokens = layout.tokens.cpu()
+    response = layout.response_positions().cpu()
+    B, (S, width) = layout.block_length, tokens.shape
+    shown = torch.full((masks.shape[0], S, width), -1, dtype=torch.long)
+    actions = shown.clone()
+    fillers = row_tokens(tokens, response, exclude_ids, generator)  # (S, Lmax)
+    n_blocks = -(-width // B)
+    for n, masked in enumerate(masks.cpu()):
+        view = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
+        if substitutes is not None:
+            sub = substitutes[n].cpu()
+            view = torch.where(sub >= 0, sub, view)
+        picked = torch.rand(S, n_blocks, generator=generator) < rate
+        for s, b in picked.nonzero().tolist():
+            idx = response[s, b * B:(b + 1) * B].nonzero().flatten() + b * B
+            if len(idx) < 2:
+                continue
+            ops = 1 + int(torch.randint(max_ops, (1,), generator=generator))
+            draft = structural_noise(view[s, idx].tolist(), int(fillers[s, idx[-1]]), ops, generator)
+            labels = edit_labels(draft, tokens[s, idx].tolist(), mask_id=mask_id, delete_id=delete_id,
+                                 insert_id=insert_id).labels
+            shown[n, s, idx] = torch.tensor(draft)
+            actions[n, s, idx] = torch.tensor(labels)
+    device = layout.tokens.device
+    return EditTrace(shown.to(device), actions.to(device))
+
+
+def classify_positions(response: torch.Tensor, masked: torch.Tensor, clean: torch.Tensor,
+                       substituted: torch.Tensor | None, shown: torch.Tensor | None, actions: torch.Tensor | None,
+                       mask_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(targets, scored, visible, edited) at the positions given, the one rule both the composite input
+    and the per-block loop apply: outside Levenshtein blocks the clean token is the target, masked
+    positions are scored, substituted ones edited, the rest kept; inside, the action is the target, a
+    shown mask is scored, a shown token edited when its action is not to keep it, else kept."""
+    targets, hidden = clean, masked
+    edited = torch.zeros_like(masked) if substituted is None else substituted
+    if shown is not None:
+        trace = shown >= 0
+        targets = torch.where(trace, actions, clean)
+        hidden = torch.where(trace, shown == mask_id, masked)
+        edited = torch.where(trace, ~hidden & (actions != shown), edited)
+    return targets, response & hidden, response & ~hidden & ~edited, response & ~hidden & edited
+
+
 # ---------------------------------------------------------------------------------------- composite input
 
 
@@ -174,7 +256,7 @@ class CompositeInput:
     attention_mask: torch.Tensor  # (S, 1, T, T) bool
     logit_index: torch.Tensor  # (S, K): indices into z of the noisy region (padded by repetition)
     positions: torch.Tensor  # (S, K): the absolute sequence positions read there
-    targets: torch.Tensor  # (S, K): the clean tokens at those positions
+    targets: torch.Tensor  # (S, K): the clean tokens at those positions (the actions in Levenshtein blocks)
     scored: torch.Tensor  # (S, K) bool: masked response tokens (the terms of the estimate)
     visible: torch.Tensor  # (S, K) bool: visible response tokens shown clean (the keep terms)
     edited: torch.Tensor  # (S, K) bool: visible response tokens shown substituted (the edit terms)
@@ -194,9 +276,10 @@ def composite_attention(kind: torch.Tensor, block: torch.Tensor) -> torch.Tensor
 
 
 def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, pad_id: int = 0,
-                    substitutes: torch.Tensor | None = None) -> CompositeInput:
+                    substitutes: torch.Tensor | None = None, trace: EditTrace | None = None) -> CompositeInput:
     """Build z = prefix ⊕ noisy region ⊕ clean region per row (see the module docstring); the noisy
-    region shows `substitutes` (S, Lmax; -1 = none) where given."""
+    region shows `substitutes` (S, Lmax; -1 = none) where given, and a level's `trace` (S, Lmax) over
+    both in its Levenshtein blocks."""
     tokens, B = layout.tokens, layout.block_length
     S, width = tokens.shape
     device = tokens.device
@@ -213,6 +296,9 @@ def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, 
     if substitutes is not None:
         sub = torch.where(kind == NOISY, substitutes.gather(1, pos), -1)
         input_ids = torch.where(sub >= 0, sub, input_ids)
+    if trace is not None:
+        shown = torch.where(kind == NOISY, trace.shown.gather(1, pos), -1)
+        input_ids = torch.where(shown >= 0, shown, input_ids)
     input_ids = torch.where(kind == PAD, torch.full_like(clean, pad_id), input_ids)
     block = torch.div(pos, B, rounding_mode="floor")
     attention = composite_attention(kind, block)
@@ -222,12 +308,13 @@ def composite_input(layout: SequenceLayout, masked: torch.Tensor, mask_id: int, 
     inside = k < d
     logit_index = p0 + torch.minimum(k, d - 1)  # (S, K) slots of the noisy region
     positions = logit_index  # noisy slots sit at their own absolute position
-    targets = tokens.gather(1, positions)
     response = inside & (positions >= layout.prompt_lengths[:, None])
-    hidden = masked.gather(1, positions)
-    edited = torch.zeros_like(hidden) if substitutes is None else substitutes.gather(1, positions) >= 0
-    return CompositeInput(input_ids, pos, attention, logit_index, positions, targets, response & hidden,
-                          response & ~hidden & ~edited, response & ~hidden & edited)
+    targets, scored, visible, edited = classify_positions(
+        response, masked.gather(1, positions), tokens.gather(1, positions),
+        None if substitutes is None else substitutes.gather(1, positions) >= 0,
+        None if trace is None else trace.shown.gather(1, positions),
+        None if trace is None else trace.actions.gather(1, positions), mask_id)
+    return CompositeInput(input_ids, pos, attention, logit_index, positions, targets, scored, visible, edited)
 
 
 # ---------------------------------------------------------------------------------------- estimates
@@ -244,9 +331,10 @@ class BlockLogLik:
 
 
 def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int,
-                          substitutes: torch.Tensor | None = None) -> BlockLogLik:
-    """Every response block's log-likelihood of its clean tokens at one noise level, in ONE forward."""
-    z = composite_input(layout, masked, mask_id, substitutes=substitutes)
+                          substitutes: torch.Tensor | None = None, trace: EditTrace | None = None) -> BlockLogLik:
+    """Every response block's log-likelihood of its clean tokens (its actions, in a Levenshtein block of
+    `trace`) at one noise level, in ONE forward."""
+    z = composite_input(layout, masked, mask_id, substitutes=substitutes, trace=trace)
     out = lm(z.input_ids, attention_mask=z.attention_mask, position_ids=z.position_ids,
              logits_positions=z.logit_index)
     logp_all = F.log_softmax(out.logits.float(), dim=-1)  # (S, K, V)
@@ -267,12 +355,14 @@ def block_log_likelihoods(lm, layout: SequenceLayout, masked: torch.Tensor, mask
     token_entropy = torch.zeros(S, width, device=logp.device).scatter_add(1, z.positions, entropy)
     token_keep = torch.zeros(S, width, dtype=keep.dtype, device=keep.device).scatter_add(1, z.positions, keep)
     token_edit = torch.zeros(S, width, dtype=edit.dtype, device=edit.device).scatter_add(1, z.positions, edit)
-    return BlockLogLik(per_block, token_logp, masked & layout.response_positions(), token_entropy, token_keep,
+    # the noisy region's padded slots repeat its last position with scored False: add, not overwrite
+    scored = torch.zeros(S, width, dtype=torch.long, device=logp.device).scatter_add(1, z.positions, z.scored.long()) > 0
+    return BlockLogLik(per_block, token_logp, scored & layout.response_positions(), token_entropy, token_keep,
                        token_edit)
 
 
 def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Tensor, mask_id: int,
-                                    substitutes: torch.Tensor | None = None
+                                    substitutes: torch.Tensor | None = None, trace: EditTrace | None = None
                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The slow definition: one forward per (sequence, block) over clean blocks < b ⊕ noisy block b
     under the decoder's block-causal mask. Returns (per_block (S, NB), token_logp (S, Lmax),
@@ -296,13 +386,19 @@ def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Te
             sub = torch.full((end - start,), -1, dtype=torch.long) if substitutes is None else substitutes[s, start:end]
             sub = torch.where(hide | (torch.arange(start, end, device=sub.device) < P), -1, sub)
             ids[start:end] = torch.where(sub >= 0, sub, ids[start:end])
+            shown = actions = None
+            if trace is not None:
+                shown, actions = trace.shown[s, start:end], trace.actions[s, start:end]
+                ids[start:end] = torch.where(shown >= 0, shown, ids[start:end])
             logits = lm(ids[None], attention_mask=block_causal_mask(end, B, device=ids.device)).logits[0]
             logp = F.log_softmax(logits[start:end].float(), dim=-1)
-            lp = logp.gather(-1, layout.tokens[s, start:end, None])[:, 0]
-            visible = ~hide & (torch.arange(start, end, device=lp.device) >= P)
-            keep_logp[s, start:end] = torch.where(visible & (sub < 0), lp, torch.zeros_like(lp))
-            edit_logp[s, start:end] = torch.where(visible & (sub >= 0), lp, torch.zeros_like(lp))
-            lp = torch.where(hide, lp, torch.zeros_like(lp))
+            response = torch.arange(start, end, device=ids.device) >= P
+            targets, scored, visible, edited = classify_positions(
+                response, hide, layout.tokens[s, start:end], sub >= 0, shown, actions, mask_id)
+            lp = logp.gather(-1, targets[:, None])[:, 0]
+            keep_logp[s, start:end] = torch.where(visible, lp, torch.zeros_like(lp))
+            edit_logp[s, start:end] = torch.where(edited, lp, torch.zeros_like(lp))
+            lp = torch.where(scored, lp, torch.zeros_like(lp))
             per_block[s, rb] = lp.sum()
             token_logp[s, start:end] = lp
     return per_block, token_logp, keep_logp, edit_logp
@@ -310,11 +406,13 @@ def block_log_likelihoods_reference(lm, layout: SequenceLayout, masked: torch.Te
 
 def sequence_log_likelihood(lm, layout: SequenceLayout, masks: torch.Tensor, weights: torch.Tensor,
                             mask_id: int, keep_weight: float = 0.0, substitutes: torch.Tensor | None = None,
-                            edit_weight: float = 0.0) -> tuple[torch.Tensor, list[BlockLogLik]]:
-    """log pi(y|x) ≈ Σ_n w_n Σ_b log p(y_b | z_n) (+ the keep and edit terms, see the module
-    docstring): one forward per level. `substitutes` (N, S, Lmax) from `draw_substitutes` or None.
-    Returns ((S,), per-level parts)."""
-    parts = [block_log_likelihoods(lm, layout, masks[n], mask_id, None if substitutes is None else substitutes[n])
+                            edit_weight: float = 0.0, trace: EditTrace | None = None
+                            ) -> tuple[torch.Tensor, list[BlockLogLik]]:
+    """log pi(y|x) ≈ Σ_n w_n Σ_b log p(a_b | z_n) (+ the keep and edit terms, see the module
+    docstring): one forward per level. `substitutes` (N, S, Lmax) from `draw_substitutes`, `trace`
+    from `draw_edit_traces`, or None. Returns ((S,), per-level parts)."""
+    parts = [block_log_likelihoods(lm, layout, masks[n], mask_id, None if substitutes is None else substitutes[n],
+                                   None if trace is None else trace.level(n))
              for n in range(masks.shape[0])]
     total = sum(float(weights[n]) * part.per_block.sum(-1) for n, part in enumerate(parts))
     if keep_weight:

@@ -31,7 +31,7 @@ from .ebpo import (
     permute_within_groups,
     reference_token_logp,
 )
-from .estimator import SequenceLayout, draw_masks, draw_substitutes, noise_levels
+from .estimator import SequenceLayout, draw_edit_traces, draw_masks, draw_substitutes, noise_levels
 from .rewards import CombinedReward
 from .rollouts import decode_config, evaluate_policy, generate_rollouts, score_rollouts
 
@@ -329,8 +329,14 @@ class EBPOModule(L.LightningModule):
             if c.estimator.edit_weight > 0:
                 subs = draw_substitutes(layout, masks, c.estimator.edit_rate, self.lm.config.vocab_size,
                                         self.tokenizer.special_ids | {self.tokenizer.mask_id}, g)
+            trace = None
+            if c.estimator.levenshtein_rate > 0:
+                mc = self.model_config
+                trace = draw_edit_traces(layout, masks, subs, c.estimator.levenshtein_rate,
+                                         c.estimator.levenshtein_max_ops, self.tokenizer.mask_id, mc.delete_token_id,
+                                         mc.insert_token_id, self.tokenizer.special_ids | {self.tokenizer.mask_id}, g)
             prepared = PreparedBatch(layout, adv[keep].to(self.device), masks, weights, self.tokenizer.mask_id,
-                                     substitutes=subs)
+                                     substitutes=subs, trace=trace)
             if c.optim.kl_coef > 0 and (self.ref_lm is not None or c.lora.enabled):
                 prepared.ref_token_logp = self.reference_logp(prepared)
             self.lm.train()

@@ -89,6 +89,10 @@ def run_rl(cfg: RLConfig | str | os.PathLike, model_dir: str | os.PathLike, out_
         tokenizer = load_tokenizer(cfg.tokenizer_path or model_dir)
         lm = DiffusionLM.from_pretrained(model_dir)
         check_tokenizer(lm.config, tokenizer)
+        if cfg.estimator.levenshtein_rate > 0 and lm.config.delete_token_id is None:
+            raise ValueError(f"rl.estimator.levenshtein_rate={cfg.estimator.levenshtein_rate} needs a model with "
+                             f"DELETE/INSERT rows, but {model_dir}/config.json has no delete_token_id (train SFT "
+                             "with objective.levenshtein_prob > 0)")
         dcfg = decode_config(cfg.rollout, tokenizer, temperature=cfg.rollout.temperature, seed=cfg.seed)
         validate_decode(lm, [encode_prompt(tokenizer, e.prompt, cfg.prompts.template) for e in train + held], dcfg)
         if cfg.lora.enabled:

@@ -106,6 +106,11 @@ class ObjectiveConfig:
     mtf_select: str  # confidence (like threshold decoding) | random
     mtf_temperature: float  # 0 = arg-max drafts
     mtf_weight: float
+    # Levenshtein blocks (LLaDA2.2 §3.1): each block gets 1..levenshtein_max_ops deletions,
+    # duplications or run shifts with this probability, and its loss targets become the LCS labels
+    # (tokens, DELETE, INSERT). 0 = off (no edit-control rows needed; a released model trains as before).
+    levenshtein_prob: float
+    levenshtein_max_ops: int
     complementary: bool  # each row twice: with its M2T mask and with the complement
     cap_weight: float  # confidence (CAP) loss weight
 
@@ -230,6 +235,12 @@ def validate_train_config(cfg: TrainConfig) -> None:
         fail("train.objective.t2t_rate_min", f"exceeds t2t_rate_max ({o.t2t_rate_min} > {o.t2t_rate_max})")
     check_choice("train.objective.t2t_source", o.t2t_source, T2T_SOURCES)
     check_choice("train.objective.visible_normalizer", o.visible_normalizer, VISIBLE_NORMALIZERS)
+    check_fraction("train.objective.levenshtein_prob", o.levenshtein_prob)
+    if not isinstance(o.levenshtein_max_ops, int) or o.levenshtein_max_ops < 1:
+        fail("train.objective.levenshtein_max_ops", f"must be an integer >= 1, got {o.levenshtein_max_ops!r}")
+    if o.levenshtein_prob > 0.0 and o.mtf_prob > 0.0:
+        fail("train.objective.levenshtein_prob", "needs train.objective.mtf_prob = 0 (an MTF turn drafts from the "
+             "first turn's logits, which Levenshtein blocks predict for shifted positions)")
     check_fraction("train.objective.mtf_prob", o.mtf_prob)
     check_fraction("train.objective.mtf_fill_min", o.mtf_fill_min)
     check_fraction("train.objective.mtf_fill_max", o.mtf_fill_max)
@@ -274,3 +285,6 @@ def validate_train_config(cfg: TrainConfig) -> None:
         fail("train.averaging.top_k", f"averaging by {cfg.averaging.monitor!r} needs validation data (data.val_fraction > 0)")
     check_min("train.moe.bias_update_rate", cfg.moe.bias_update_rate, 0)
     cfg.lora.validate("train.lora")
+    if o.levenshtein_prob > 0.0 and cfg.lora.enabled and "lm_head" not in cfg.lora.target_modules:
+        fail("train.objective.levenshtein_prob", "with train.lora.enabled the new DELETE/INSERT head rows stay frozen "
+             "at their zero start: add lm_head to train.lora.target_modules or turn LoRA off")

@@ -16,6 +16,12 @@ so a training step's noise is a pure function of (seed, step, rank) and resumes 
   replacements can instead be a position-shift error: the clean token of an adjacent position
   that differs ("3 3 4" drafted for "3 3 3"), the off-by-one run boundary a sequence model's
   drafts get wrong and random substitutions almost never produce.
+* Levenshtein (structural): in a share of the blocks, the draft skips a token (a deletion, the
+  block's tail refilled with a token of the row), repeats one (a duplication, the tail cut) or
+  shifts a run by one (a deletion and a duplication at two places). Substitution noise cannot show
+  these errors: every token after one of them is off by a position. The labels become the LCS
+  labels of `model.levenshtein.edit_labels` (keep / substitute / DELETE / INSERT), so the model
+  learns the edits that repair them inside the fixed-length block.
 * MTF (Multi-Turn Forward): the model's own draft is the corruption. Given the logits of a first
   turn, part of its masks are filled with the model's predictions (its real mistakes included):
   the most confident ones, as threshold decoding does, or a random subset. The filled tokens that
@@ -38,6 +44,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from model.levenshtein import edit_labels
 from model.masks import block_ids
 
 
@@ -54,11 +61,20 @@ class Corruption:
     # long [B, 2] or None: per row, the first and last block read in the Multi-Block Editing view
     # (first > last: the row is read as usual); see `mbe_windows`.
     windows: torch.Tensor | None = None
+    # long [B, L] or None: the supervision label where it is not x0 (Levenshtein blocks, see
+    # `levenshtein_corrupt`); None = x0 everywhere
+    labels: torch.Tensor | None = None
+    levenshtein: torch.Tensor | None = None  # bool [B, L] or None: positions of Levenshtein blocks
 
     @property
     def keep(self) -> torch.Tensor:
-        """Noisable positions shown with their clean token (optional 'keep' loss)."""
+        """Noisable positions shown with their label's token (optional 'keep' loss)."""
         return self.noisable & ~self.m2t & ~self.t2t
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """long [B, L]: what every loss stream predicts (x0, or the Levenshtein labels)."""
+        return self.x0 if self.labels is None else self.labels
 
 
 def noisable_positions(loss_mask: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -263,3 +279,81 @@ def mtf_corrupt(c: Corruption, logits: torch.Tensor, *, mask_id: int, fill_min: 
     xt = torch.where(filled, draft, xt)
     return (Corruption(xt=xt, x0=c.x0, noisable=c.noisable, m2t=m2t, t2t=wrong, t=c.t, windows=c.windows),
             torch.where(filled, draft, -1))
+
+
+def structural_noise(draft: list[int], filler: int, ops: int, generator: torch.Generator) -> list[int]:
+    """`draft` after `ops` deletions, duplications or run shifts (drawn uniformly), length kept.
+
+    A deletion refills the tail with `filler`; a duplication repeats a token in place and cuts the
+    tail; a shift deletes one token and repeats another, which moves the run between them by one
+    towards the deletion. Needs len(draft) >= 2.
+    """
+    m = len(draft)
+
+    def pos(limit: int = m) -> int:
+        return int(torch.randint(limit, (1,), generator=generator))
+
+    def delete(x: list[int], i: int) -> list[int]:
+        return x[:i] + x[i + 1:] + [filler]
+
+    def duplicate(x: list[int], i: int) -> list[int]:
+        return (x[:i + 1] + x[i:])[:m]
+
+    def shift(x: list[int], i: int, j: int) -> list[int]:
+        """x[i] removed and x[j] repeated: the run between them moves by one towards i."""
+        if i < j:
+            return x[:i] + x[i + 1:j + 1] + [x[j]] + x[j + 1:]
+        return x[:j + 1] + [x[j]] + x[j + 1:i] + x[i + 1:]
+
+    out = list(draft)
+    for _ in range(ops):
+        kind = int(torch.randint(3, (1,), generator=generator))
+        if kind == 0:
+            out = delete(out, pos())
+        elif kind == 1:
+            out = duplicate(out, pos(m - 1))  # the last token repeated would be cut again
+        else:
+            i = pos()
+            j = (i + 1 + pos(m - 1)) % m  # another position
+            out = shift(out, i, j)
+    return out
+
+
+def levenshtein_corrupt(c: Corruption, *, prob: float, max_ops: int, block_length: int, mask_id: int,
+                        delete_id: int, insert_id: int, exclude_ids: set[int], generator: torch.Generator) -> Corruption:
+    """Structural errors in each block with probability `prob`, and the LCS labels of those blocks.
+
+    A block's draft is its noisable positions in order, as the earlier noise left them (masks and
+    T2T replacements move with the tokens, as they do in a decoded block); 1..max_ops deletions,
+    duplications or shifts are applied to it (`structural_noise`; a deletion's filler is a token of
+    the row's own reply, as `row_tokens` draws). The block's labels are then
+    `edit_labels(draft, clean)`: its masks are M2T targets, its other positions T2T targets where the
+    label differs from the token shown and keep targets where it is the same. Blocks with fewer than
+    two noisable positions are left alone (nothing can shift). Rows and the other blocks are unchanged.
+    """
+    if prob <= 0.0:
+        return c
+    bsz, seq_len = c.x0.shape
+    block_length = min(block_length, seq_len) if block_length > 0 else seq_len
+    n_blocks = -(-seq_len // block_length)
+    picked = torch.rand(bsz, n_blocks, generator=generator, device=c.x0.device) < prob  # (B, n_blocks)
+    fillers = row_tokens(c.x0, c.noisable, exclude_ids, generator)  # (B, L)
+    xt, labels = c.xt.clone(), c.x0.clone()
+    region = torch.zeros_like(c.noisable)
+    for r, b in picked.nonzero().tolist():
+        span = slice(b * block_length, min((b + 1) * block_length, seq_len))
+        idx = c.noisable[r, span].nonzero().flatten() + span.start
+        if len(idx) < 2:
+            continue
+        ops = 1 + int(torch.randint(max_ops, (1,), generator=generator))
+        draft = structural_noise(c.xt[r, idx].tolist(), int(fillers[r, idx[-1]]), ops, generator)
+        out = edit_labels(draft, c.x0[r, idx].tolist(), mask_id=mask_id, delete_id=delete_id, insert_id=insert_id)
+        xt[r, idx] = torch.tensor(draft, device=xt.device)
+        labels[r, idx] = torch.tensor(out.labels, device=xt.device)
+        region[r, idx] = True
+    if not region.any():
+        return c
+    is_mask = xt == mask_id
+    m2t = torch.where(region, is_mask, c.m2t)
+    t2t = torch.where(region, ~is_mask & (labels != xt), c.t2t)
+    return replace(c, xt=xt, m2t=m2t, t2t=t2t, labels=labels, levenshtein=region)

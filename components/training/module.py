@@ -29,12 +29,13 @@ def step_generator(seed: int, step: int, micro: int, rank: int, salt: int, devic
 
 
 class DiffusionTrainingModule(L.LightningModule):
-    def __init__(self, lm: torch.nn.Module, cfg: TrainConfig, *, mask_id: int, vocab_size: int, special_ids: set[int]):
+    def __init__(self, lm: torch.nn.Module, cfg: TrainConfig, *, mask_id: int, vocab_size: int, special_ids: set[int],
+                 edit_ids: tuple[int, int] | None = None):
         super().__init__()
         self.lm = lm
         self.cfg = cfg
         self.objective = DraftEditObjective(cfg.objective, mask_id=mask_id, vocab_size=vocab_size,
-                                            special_ids=special_ids)
+                                            special_ids=special_ids, edit_ids=edit_ids)
         self.moe = ExpertLoadTracker(lm, rate=cfg.moe.bias_update_rate)
         self._micro = 0
         self._micro_step = -1

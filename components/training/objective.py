@@ -20,6 +20,10 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
   is calibrated. Separate means (`per_stream`) weigh each wrong token ~(1-r)/r times a correct one
   at T2T rate r, and the model edits correct tokens away (most often an answer's last tokens
   turned into EOS).
+* Levenshtein blocks (`levenshtein_prob`, LLaDA2.2 §3.1): a share of the blocks carries deletions,
+  duplications and run shifts, and every stream there predicts the block's LCS label (a token,
+  DELETE or INSERT; `model.levenshtein.edit_labels`) instead of x_0. It needs a model with the two
+  edit-control rows (`model.levenshtein.add_edit_controls`).
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
 
@@ -44,6 +48,7 @@ from .config import ObjectiveConfig
 from .corruption import (
     Corruption,
     complementary,
+    levenshtein_corrupt,
     m2t_corrupt,
     mbe_windows,
     mtf_corrupt,
@@ -98,9 +103,10 @@ def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str,
     """
     zero = logits.sum() * 0.0
     out: dict[str, torch.Tensor] = {}
+    targets = c.targets  # x0, or the LCS labels in Levenshtein blocks
     n_m2t = int(c.m2t.sum())
     if n_m2t:
-        ce = _masked_ce(logits, c.x0, c.m2t)  # (N_m2t,)
+        ce = _masked_ce(logits, targets, c.m2t)  # (N_m2t,)
         if weighting == "inv_t":
             out["m2t"] = (ce / c.t[c.m2t]).sum() / c.noisable.sum().clamp_min(1)
         elif weighting == "none":
@@ -108,7 +114,7 @@ def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str,
         else:
             raise ValueError(f"weighting must be 'none' or 'inv_t', got {weighting!r}")
         pred = logits[c.m2t].argmax(-1)  # (N_m2t,)
-        correct = pred == c.x0[c.m2t]
+        correct = pred == targets[c.m2t]
         out["acc_masked"] = correct.float().mean().detach()
         if correct.any():
             logp = torch.log_softmax(logits[c.m2t][correct], dim=-1)  # (N_correct, V)
@@ -125,11 +131,11 @@ def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str,
     else:
         raise ValueError(f"visible_normalizer must be 'pooled' or 'per_stream', got {visible_normalizer!r}")
     if c.t2t.any():
-        out["t2t"] = _masked_ce(logits, c.x0, c.t2t).sum() / n_t2t
-        out["acc_t2t"] = (logits[c.t2t].argmax(-1) == c.x0[c.t2t]).float().mean().detach()
+        out["t2t"] = _masked_ce(logits, targets, c.t2t).sum() / n_t2t
+        out["acc_t2t"] = (logits[c.t2t].argmax(-1) == targets[c.t2t]).float().mean().detach()
     else:
         out["t2t"] = zero
-    out["keep"] = _masked_ce(logits, c.x0, keep).sum() / n_keep if keep.any() else zero
+    out["keep"] = _masked_ce(logits, targets, keep).sum() / n_keep if keep.any() else zero
     out["n_m2t"] = torch.tensor(float(n_m2t))
     out["n_t2t"] = torch.tensor(float(c.t2t.sum()))
     return out
@@ -147,11 +153,18 @@ class ObjectiveOutput:
 class DraftEditObjective:
     """Corruption + forward(s) + loss. Stateless; the caller passes the step's generator."""
 
-    def __init__(self, cfg: ObjectiveConfig, *, mask_id: int, vocab_size: int, special_ids: set[int]):
+    def __init__(self, cfg: ObjectiveConfig, *, mask_id: int, vocab_size: int, special_ids: set[int],
+                 edit_ids: tuple[int, int] | None = None):
+        """`edit_ids`: the model's (DELETE, INSERT) ids, needed when `cfg.levenshtein_prob` > 0; they are
+        never drawn as T2T noise."""
+        if cfg.levenshtein_prob > 0.0 and edit_ids is None:
+            raise ValueError(f"train.objective.levenshtein_prob={cfg.levenshtein_prob} needs a model with DELETE/INSERT "
+                             "rows (edit_ids unset; add them with model.levenshtein.add_edit_controls)")
         self.cfg = cfg
         self.mask_id = mask_id
         self.vocab_size = vocab_size
-        self.special_ids = set(special_ids) | {mask_id}
+        self.edit_ids = edit_ids
+        self.special_ids = set(special_ids) | {mask_id} | set(edit_ids or ())
 
     def t2t_rate_scale(self, step: int) -> float:
         """Linear ramp of the T2T rate over `t2t_warmup_steps` (avoids slowing early learning)."""
@@ -161,7 +174,8 @@ class DraftEditObjective:
 
     def corrupt(self, batch: dict[str, torch.Tensor], block_length: int, generator: torch.Generator,
                 step: int = 0) -> Corruption:
-        """The first turn's corruption: M2T (+ complement) then T2T on what is left visible."""
+        """The first turn's corruption: M2T (+ complement), T2T on what is left visible, then the
+        Levenshtein blocks."""
         cfg = self.cfg
         x0 = batch["input_ids"]
         noisable = noisable_positions(batch["loss_mask"], batch.get("prompt_mask"))
@@ -176,9 +190,14 @@ class DraftEditObjective:
                 mbe = rows & (torch.rand(c.x0.shape[0], 1, generator=generator, device=c.x0.device) < cfg.mbe_prob)
                 c = replace(c, windows=mbe_windows(c.noisable, mbe, block_length, cfg.mbe_window, generator))
         scale = self.t2t_rate_scale(step)
-        return t2t_corrupt(c, rate_min=cfg.t2t_rate_min * scale, rate_max=cfg.t2t_rate_max * scale,
-                           source=cfg.t2t_source, vocab_size=self.vocab_size, exclude_ids=self.special_ids,
-                           generator=generator, shift_prob=cfg.t2t_shift_prob)
+        c = t2t_corrupt(c, rate_min=cfg.t2t_rate_min * scale, rate_max=cfg.t2t_rate_max * scale,
+                        source=cfg.t2t_source, vocab_size=self.vocab_size, exclude_ids=self.special_ids,
+                        generator=generator, shift_prob=cfg.t2t_shift_prob)
+        if cfg.levenshtein_prob > 0.0:  # no draw otherwise: the noise stream of a run without it is unchanged
+            c = levenshtein_corrupt(c, prob=cfg.levenshtein_prob, max_ops=cfg.levenshtein_max_ops,
+                                    block_length=block_length, mask_id=self.mask_id, delete_id=self.edit_ids[0],
+                                    insert_id=self.edit_ids[1], exclude_ids=self.special_ids, generator=generator)
+        return c
 
     def _turn_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.cfg
@@ -199,6 +218,8 @@ class DraftEditObjective:
         loss = self._turn_loss(parts)
         metrics = {f"loss_{k}": float(parts[k].detach()) for k in ("m2t", "t2t", "keep", "cap")}
         metrics.update({k: float(parts[k]) for k in ("acc_masked", "acc_t2t", "n_m2t", "n_t2t") if k in parts})
+        if c.levenshtein is not None:
+            metrics["n_levenshtein"] = float(c.levenshtein.sum())
         if mtf is None:  # the draw is made from the first step on, so the noise stream does not depend on the start
             mtf = cfg.mtf_prob > 0 and float(torch.rand(1, generator=generator)) < cfg.mtf_prob
             mtf = mtf and step >= cfg.mtf_start_step

@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from components.config import REPO_ROOT, save_config
 from model import ConfigError, DiffusionLM, ModelConfig, check_tokenizer, fill_special_ids
 from model.files import atomic_dir, atomic_path, atomic_write, atomic_writer
+from model.levenshtein import add_edit_controls
 
 from .averaging import average_checkpoints, lightning_weights
 from .config import TrainConfig, model_config
@@ -295,7 +296,10 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
     tokenizer = prepared.tokenizer
     lm = build_model(cfg, tokenizer).train()  # from_pretrained returns eval mode
     check_fits(lm.config, tokenizer, row_lengths(dataset))
+    if cfg.objective.levenshtein_prob > 0.0:  # the DELETE/INSERT rows its labels need (kept if already there)
+        add_edit_controls(lm)
     model_cfg = lm.config
+    edit_ids = None if model_cfg.delete_token_id is None else (model_cfg.delete_token_id, model_cfg.insert_token_id)
     on_gpu = _on_gpu(cfg)
     lm.gradient_checkpointing = gradient_checkpointing_for(cfg, on_gpu)
     if cfg.lora.enabled:
@@ -306,7 +310,7 @@ def run_training(cfg: TrainConfig, out_dir: str | os.PathLike, *, loggers: list 
                         num_workers=cfg.data.num_workers)
     special = set(tokenizer.special_ids) | {tokenizer.mask_id, tokenizer.eos_id, tokenizer.pad_id}
     module = DiffusionTrainingModule(lm, cfg, mask_id=tokenizer.mask_id, vocab_size=model_cfg.vocab_size,
-                                     special_ids=special)
+                                     special_ids=special, edit_ids=edit_ids)
     save_config(cfg, out_dir / "train_config.yaml")
 
     t = cfg.trainer
