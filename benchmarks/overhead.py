@@ -150,7 +150,7 @@ class Row:
     """One decoder at one (preset, batch) on the prompts, with what its passes measured."""
 
     preset: str
-    decoder: str  # "ours" | "reference"
+    decoder: str  # "ours" | "ours compiled" | "reference"
     batch: int
     run: Callable[[], object]  # -> GenerationResult
     walls: list[float] = dataclasses.field(default_factory=list)
@@ -158,10 +158,13 @@ class Row:
 
     @property
     def name(self) -> str:
-        return f"{self.preset} {'reference' if self.decoder == 'reference' else f'b{self.batch}'}"
+        if self.decoder == "reference":
+            return f"{self.preset} reference"
+        return f"{self.preset} b{self.batch}" + (" compiled" if self.decoder == "ours compiled" else "")
 
 
-def make_rows(lm, prompts: list[list[int]], presets: list[str], batches: list[int], overrides: dict) -> list[Row]:
+def make_rows(lm, prompts: list[list[int]], presets: list[str], batches: list[int], overrides: dict,
+              compiled: bool = False) -> list[Row]:
     from components.presets import load_decode_config
     from model import generate
 
@@ -175,11 +178,17 @@ def make_rows(lm, prompts: list[list[int]], presets: list[str], batches: list[in
         for b in batches:
             ours = dataclasses.replace(cfg, max_batch_size=b, use_cache=True)
             rows.append(Row(preset, "ours", b, lambda ours=ours: generate(lm, prompts, ours)))
+            if compiled:  # the same decode with the network's steady steps through torch.compile
+                fast = dataclasses.replace(ours, compile=True)
+                rows.append(Row(preset, "ours compiled", b, lambda fast=fast: generate(lm, prompts, fast)))
     return rows
 
 
-def profile_row(row: Row, lm, top: int) -> dict:
-    """Network vs decoder time and host reads of one more pass each (see the module docstring)."""
+def profile_row(row: Row, lm, top: int) -> dict | None:
+    """Network vs decoder time and host reads of one more pass each (see the module docstring); None for
+    a compiled row, whose compiled forward the timer cannot wrap."""
+    if row.decoder == "ours compiled":
+        return None
     with ForwardTimer(lm) as timer:
         sync_device(lm.device)
         start = time.perf_counter()
@@ -206,8 +215,8 @@ def profile_row(row: Row, lm, top: int) -> dict:
 
 
 def measure(lm, prompts: list[list[int]], args, overrides: dict) -> list[dict]:
-    rows = make_rows(lm, prompts, args.presets, args.batch, overrides)
-    for row in rows:  # warm-up: every code path once, excluded
+    rows = make_rows(lm, prompts, args.presets, args.batch, overrides, args.compile)
+    for row in rows:  # warm-up: every code path once (and every compilation), excluded
         for _ in range(args.warmup):
             row.run()
     for _ in range(args.repeats):
@@ -251,16 +260,22 @@ def print_row(rec: dict, tps: list[float], header: bool) -> None:
               "ms/call decoder | decoder share | host reads/call decoder | in network | CUDA syncs/call |\n"
               + "|---" * 12 + "|")
     p = rec["profile"]
+    head = (f"| {rec['name']} | {spread_cell(tps, '.0f', 'sd')} | {rec['tpf_mean']:.2f} | {rec['x_reference']:.2f} | "
+            f"{rec['same_tokens_as_reference']} | {rec['network_calls']} |")
+    if p is None:
+        print(head + " - | - | - | - | - | - |", flush=True)
+        return
     syncs = "-" if p["cuda_syncs_per_call"] is None else f"{p['cuda_syncs_per_call']:.1f}"
-    print(f"| {rec['name']} | {spread_cell(tps, '.0f', 'sd')} | {rec['tpf_mean']:.2f} | {rec['x_reference']:.2f} | "
-          f"{rec['same_tokens_as_reference']} | {rec['network_calls']} | {p['network_ms_per_call']:.3f} | "
-          f"{p['overhead_ms_per_call']:.3f} | {100 * p['overhead_fraction']:.0f}% | {p['host_reads_per_call']:.1f} | "
+    print(head + f" {p['network_ms_per_call']:.3f} | {p['overhead_ms_per_call']:.3f} | "
+          f"{100 * p['overhead_fraction']:.0f}% | {p['host_reads_per_call']:.1f} | "
           f"{p['network_host_reads_per_call']:.1f} | {syncs} |", flush=True)
 
 
 def print_details(records: list[dict]) -> None:
     for rec in records:
         p = rec["profile"]
+        if p is None:
+            continue
         print(f"\n{rec['name']}: decoder host reads by op (per call) "
               + ", ".join(f"{op} {n / p['network_calls']:.1f}" for op, n in p["host_reads_by_op"].items())
               + "; in network " + (", ".join(f"{op} {n / p['network_calls']:.1f}"
@@ -294,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed passes per row")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per row first")
     p.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the N functions with most own time")
+    p.add_argument("--compile", action="store_true",
+                   help="also a row per batch with DecodeConfig.compile (its compilation is in the warm-up)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")

@@ -225,6 +225,9 @@ class _Decoder:
         self.device = lm.device
         self.block_offsets = torch.arange(cfg.block_length, device=self.device)
         self.record = False
+        # Layouts by (rows, canvas width, cache, per-row spans): most recur from block to block and from
+        # one chunk of prompts to the next (a prompt's first forward depends on its block, not its tokens).
+        self.layouts: dict[tuple, _Layout] = {}
         self.static = cfg.uses_static_shapes
         self.compiled = compiled_forward(lm, "reduce-overhead" if cfg.cuda_graphs else "default") if (
             cfg.compile or cfg.cuda_graphs) else None
@@ -316,7 +319,6 @@ class _Decoder:
     def run(self, rows: list[_Row]) -> None:
         cfg, B = self.cfg, self.cfg.block_length
         width = max(r.length for r in rows)
-        self.capacity = width
         # Canvas width: every row's canvas, then room for a forward's padded query slots past its end.
         canvas = torch.full((len(rows), width + 2 * B), self.mask_id, dtype=torch.long)
         for slot, row in enumerate(rows):
@@ -325,7 +327,6 @@ class _Decoder:
         self.canvas = canvas.to(self.device)
         self.prompt_lengths = torch.tensor([r.prompt_length for r in rows], device=self.device)
         self.committed = torch.full_like(self.canvas, -1) if cfg.max_reverts is not None else None
-        self.layouts: dict[tuple, _Layout] = {}
         # Static shapes: a last block's step may also query the (ignored) block after it.
         cache = KVCache.for_model(self.lm, len(rows), self.canvas.shape[1] if self.static else width) if (
             cfg.use_cache) else None
@@ -363,7 +364,6 @@ class _Decoder:
             cache.keep_rows(still)
             if self.cfg.cuda_graphs:
                 cache.mark_static()
-        self.layouts.clear()  # layouts are per batch of rows
 
     def _layout(self, rows: list[_Row], kinds: list[str], cache: KVCache | None) -> "_Layout":
         cfg, B = self.cfg, self.cfg.block_length
@@ -384,7 +384,8 @@ class _Decoder:
                 bidir_from.append(end)  # nothing bidirectional beyond the block structure
             starts.append(cached)
             ends.append(end)
-        key = (tuple(starts), tuple(ends), tuple(logit_starts), tuple(bidir_from))
+        key = (len(rows), self.canvas.shape[1], cache.capacity if cache is not None else None, tuple(starts),
+               tuple(ends), tuple(logit_starts), tuple(bidir_from))
         layout = self.layouts.get(key)
         if layout is None:
             if len(self.layouts) > 64:
@@ -400,7 +401,7 @@ class _Decoder:
                 cache.truncate(slot, min(cache.lengths[slot], self._mbe_start(row) * B))
         layout = self._layout(rows, kinds, cache)
         input_ids = self.canvas.gather(1, layout.input_index)
-        forward = self.compiled if self.compiled is not None and layout.steady else self.lm
+        forward = self.compiled if self.compiled is not None else self.lm
         with torch.no_grad():
             if forward is not self.lm and self.cfg.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -410,7 +411,7 @@ class _Decoder:
 
         block_slots = [s for s, k in enumerate(kinds) if k != "mbe"]
         stats = self._update_blocks(rows, block_slots, [kinds[s] for s in block_slots], tokens[:, :B], conf[:, :B],
-                                    [rows[s].block * B for s in block_slots])
+                                    [rows[s].block * B for s in block_slots], layout=layout)
         store_counts = []
         speculating = []
         for slot, (row, kind) in enumerate(zip(rows, kinds)):
@@ -463,19 +464,26 @@ class _Decoder:
 
     # ------------------------------------------------------------------ the update rules
     def _update_blocks(self, rows: list[_Row], slots: list[int], kinds: list[str], tok: torch.Tensor,
-                       cf: torch.Tensor, block_starts: list[int], gathered: bool = False) -> dict[int, tuple]:
+                       cf: torch.Tensor, block_starts: list[int], gathered: bool = False,
+                       layout: "_Layout | None" = None) -> dict[int, tuple]:
         """M2T + T2T on the active blocks of the rows in `slots`, all at once on the device, from this
         step's choices `tok`/`cf` ((R, B) for every row of the batch, or (len(slots), B) when
-        `gathered`); returns per slot (masks before, fills, edits)."""
+        `gathered`); returns per slot (masks before, fills, edits). With the step's `layout` and every
+        row in `slots`, the block positions are the layout's (made once per layout)."""
         if not slots:
             return {}
         cfg, mask_id = self.cfg, self.mask_id
         everyone = len(slots) == self.canvas.shape[0]
-        index = torch.tensor(slots, device=self.device)
-        if not gathered and not everyone:
-            tok, cf = tok.index_select(0, index), cf.index_select(0, index)
-        pos = torch.tensor(block_starts, device=self.device)[:, None] + self.block_offsets  # (n, B)
-        row_index = index[:, None]
+        if layout is not None and everyone and not gathered:
+            row_index, pos = layout.block_view(self)
+            editable = pos >= self.prompt_lengths[:, None]
+        else:
+            index = torch.tensor(slots, device=self.device)
+            if not gathered and not everyone:
+                tok, cf = tok.index_select(0, index), cf.index_select(0, index)
+            pos = torch.tensor(block_starts, device=self.device)[:, None] + self.block_offsets  # (n, B)
+            row_index = index[:, None]
+            editable = pos >= self.prompt_lengths.index_select(0, index)[:, None]
         current = self.canvas[row_index, pos]
         is_mask = current == mask_id
         confident = is_mask & (cf > cfg.threshold)
@@ -485,8 +493,7 @@ class _Decoder:
             top = cf.masked_fill(~is_mask, float("-inf")).topk(min(cfg.num_to_transfer, cf.shape[1]), dim=1).indices
             fallback = torch.zeros_like(is_mask).scatter_(1, top, True) & is_mask
         commit = torch.where((confident.sum(1) >= cfg.num_to_transfer)[:, None], confident, fallback)
-        protected = pos < self.prompt_lengths.index_select(0, index)[:, None]
-        edit = ~is_mask & ~protected & (tok != current) & (cf > cfg.editing_threshold)
+        edit = ~is_mask & editable & (tok != current) & (cf > cfg.editing_threshold)
         counts = torch.stack([is_mask.sum(1), commit.sum(1), edit.sum(1)], 1).tolist()  # the one host read
         if self.committed is not None and any(c[2] for c in counts):
             edit, dropped = self._limit_reverts([rows[s] for s in slots], row_index, pos, tok, edit)
@@ -579,6 +586,16 @@ class _Layout:
     plan: object  # model.network.ForwardPlan
     steady: bool  # static shapes and every row queries whole blocks from its active one: the compiled shape
     speculative: list[bool] = field(default_factory=list)
+    _block_view: tuple | None = None
+
+    def block_view(self, decoder: "_Decoder") -> tuple[torch.Tensor, torch.Tensor]:
+        """(row index (R, 1), active-block positions (R, B)) of a layout whose rows all update their
+        active block, which starts where their logits do."""
+        if self._block_view is None:
+            device = decoder.device
+            pos = torch.tensor(self.logit_starts, device=device)[:, None] + decoder.block_offsets
+            self._block_view = (torch.arange(len(self.starts), device=device)[:, None], pos)
+        return self._block_view
 
     @classmethod
     def make(cls, decoder: "_Decoder", starts, ends, logit_starts, bidir_from, cache: KVCache | None) -> "_Layout":

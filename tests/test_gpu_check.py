@@ -67,6 +67,9 @@ def test_cpu_run_passes_every_check_with_sane_figures(cpu_run):
     assert rows["decode_sampled"]["figures"]["same_seed_identical"] is True
     assert rows["decode_sampled"]["figures"]["other_seed_differs"] is True
     assert rows["decode_sampled"]["figures"]["decode_reproducible"] is True  # CPU sums in a fixed order
+    graphs = rows["decode_graphs"]["figures"]  # on a CPU: static shapes (the MoE layout), tokens as eager
+    assert graphs["switch"] == "static_shapes" and graphs["same_tokens"] is True
+    assert graphs["tps_eager"] > 0 and graphs["tps_graphs"] > 0
     attention = rows["attention_kernels"]["figures"]
     assert attention["rel_error"]["math"] < cfg.attention.max_rel_error and "default" in attention["rel_error"]
     fp8 = rows["fp8_matmul"]["figures"]

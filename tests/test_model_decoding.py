@@ -417,3 +417,22 @@ def test_cuda_graph_decode_is_token_identical_to_eager(lm):
     for batch in ([prompts[0]], prompts):
         assert _outcome(generate(gpu, batch, dataclasses.replace(base, cuda_graphs=True))) == _outcome(
             generate(gpu, batch, base))
+
+
+def test_forward_layouts_are_made_once_and_reused(lm, monkeypatch):
+    """A layout (the network's ForwardPlan and the block positions) is made once and reused by every
+    step with it: decoding the same prompt four times one by one makes no more layouts than once."""
+    import model.decoding as decoding
+
+    made = []
+    make = decoding._Layout.make.__func__
+    monkeypatch.setattr(decoding._Layout, "make", classmethod(lambda cls, *a: made.append(1) or make(cls, *a)))
+    prompt = CASES[0]["prompt"]
+    cfg = DecodeConfig(block_length=8, gen_length=24, threshold=0.3, editing_threshold=0.4, speculative_verify=True,
+                       max_batch_size=1)
+    once = generate(lm, [prompt], cfg)
+    first = len(made)
+    made.clear()
+    four = generate(lm, [prompt] * 4, cfg)
+    assert four.sequences == once.sequences * 4
+    assert 0 < first < once.forward_calls and len(made) == first

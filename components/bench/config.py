@@ -154,6 +154,7 @@ class GpuCheckDecode:
     repeats: int
     sampled_batch_size: int
     temperature: float  # the sampled check's (> 0)
+    graphs_batch_size: int  # the CUDA-graph check's batch (static shapes alone on a CPU)
 
 
 @dataclass
@@ -216,7 +217,7 @@ def validate_gpu_check_config(cfg: GpuCheckConfig) -> None:
     if not d.batch_sizes or min(d.batch_sizes) < 1 or len(set(d.batch_sizes)) != len(d.batch_sizes):
         fail("gpu_check.decode.batch_sizes", f"must be distinct integers >= 1, got {list(d.batch_sizes)}")
     for name in ("block_length", "tokens_per_forward", "prompt_length", "gen_length", "repeats",
-                 "sampled_batch_size"):
+                 "sampled_batch_size", "graphs_batch_size"):
         check_min(f"gpu_check.decode.{name}", getattr(d, name), 1)
     check_min("gpu_check.decode.warmup", d.warmup, 0)
     for name in ("prompt_length", "gen_length"):

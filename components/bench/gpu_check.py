@@ -303,6 +303,37 @@ def check_decode_sampled(ctx: Context) -> dict:
             "other_seed_differs": differs, "decode_reproducible": runs[0].canvases == runs[1].canvases}
 
 
+def check_decode_graphs(ctx: Context) -> dict:
+    """The fixed-token decode with its steady steps replayed as CUDA graphs (DecodeConfig.cuda_graphs)
+    against the eager decode, on the same prompts: tokens must agree, the speed-up is a figure. The
+    first graph decode captures (and compiles) and is not timed. Off CUDA, static shapes alone run."""
+    from model import generate
+
+    lm = ctx.need_model()
+    d = ctx.cfg.decode
+    batch = d.graphs_batch_size
+    ids = _random_prompts(ctx, batch, d.prompt_length)
+    switch = {"cuda_graphs": True} if ctx.device.type == "cuda" else {"static_shapes": True}
+    arms = {"eager": fixed_tokens_decode(ctx, batch), "graphs": fixed_tokens_decode(ctx, batch, **switch)}
+    results, walls = {}, {name: [] for name in arms}
+    for name, decode in arms.items():
+        results[name] = generate(lm, ids, decode)  # warm-up (capture and compilation for the graphs)
+    for _ in range(d.repeats):
+        for name, decode in arms.items():
+            sync_device(ctx.device)
+            start = time.perf_counter()
+            generate(lm, ids, decode)
+            sync_device(ctx.device)
+            walls[name].append(time.perf_counter() - start)
+    if results["graphs"].sequences != results["eager"].sequences:
+        raise RuntimeError(f"the {next(iter(switch))} decode differs from the eager one on the same prompts")
+    tokens = batch * d.gen_length
+    tps = {name: tokens / statistics.median(w) for name, w in walls.items()}
+    return {"batch": batch, "switch": next(iter(switch)), "tokens": tokens, "tps_eager": tps["eager"],
+            "tps_graphs": tps["graphs"], "speedup": tps["graphs"] / tps["eager"], "same_tokens": True,
+            "wall_s_all": walls}
+
+
 def check_attention_kernels(ctx: Context) -> dict:
     """The decoder's attention call (model.network.Attention: bool block mask over prompt + generation,
     GQA) on every SDPA kernel that takes it, against the math kernel in float32 on the same inputs."""
@@ -530,6 +561,7 @@ def checks(cfg: GpuCheckConfig) -> list[Check]:
         Check("load", check_load, ("seconds", "gb_per_s", "peak_mem_mb")),
         *decode,
         Check("decode_sampled", check_decode_sampled, ("tps", "same_seed_identical", "decode_reproducible")),
+        Check("decode_graphs", check_decode_graphs, ("switch", "tps_eager", "tps_graphs", "speedup")),
         Check("attention_kernels", check_attention_kernels, ("fused_ran", "max_rel_error")),
         Check("fp8_matmul", check_fp8_matmul, ("kernel", "rel_error_vs_bf16", "fp8_ms", "bf16_ms", "speedup")),
         Check("sft_lora", check_sft_lora, train),
