@@ -140,7 +140,7 @@ def test_structural_edits_happen_only_in_post_steps_and_the_masks_they_make_are_
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(speculative_verify=True, use_cache=False),
-                                      dict(mbe_window=1, speculative_verify=True)])
+                                      dict(mbe_window=1, speculative_verify=True), dict(temperature=0.8, seed=1)])
 def test_trajectory_with_structural_edits_replays_to_the_final_canvas(lev_lm, settings):
     res = generate(lev_lm, PROMPTS, DecodeConfig(**LEV, **settings, record_trajectory=True))
     assert sum(res.structural_edits) > 0
