@@ -193,6 +193,11 @@ class StructuralStats:
         return {f"{prefix}/{name}": value for name, value in self.named().items() if value is not None}
 
 
+def structural_records(trajectory: Trajectory) -> list[StructuralRecord]:
+    """One decode's structural edits in decoding order (none without Levenshtein editing)."""
+    return [trajectory.structural[i] for i in sorted(trajectory.structural)]
+
+
 def reference_block(record: StructuralRecord, reference: list[int], eos_id: int | None, prompt_length: int) -> list[int]:
     """What the edited block should hold: its prompt tokens as they are, then the reference
     completion at the block's positions, EOS past its end (what SFT trains there)."""
@@ -235,6 +240,15 @@ def classify_structural_edits(records: list[StructuralRecord], reference: list[i
     return stats
 
 
+def judge_structural_edits(trajectory: Trajectory, sequence: list[int], eos_id: int | None, *, correct: bool,
+                           reference: list[int] | None) -> StructuralStats:
+    """`classify_structural_edits` of one decode, judged as `judge_edits` judges its T2T edits: a correct
+    output is its own reference, a wrong one is judged against `reference` or left unjudged."""
+    target = [t for t in sequence if t != eos_id] if correct else reference
+    return classify_structural_edits(structural_records(trajectory), target, eos_id, trajectory.mask_id,
+                                     trajectory.prompt_length)
+
+
 FORWARD_KINDS = ("draft", "edit", "verify", "mbe")
 
 
@@ -242,7 +256,8 @@ def forward_split(trajectory: Trajectory) -> dict[str, int]:
     """Where one decode's forwards went (the paper's speed accounting):
 
     * ``draft``: the block still had masks (M2T fills, possibly with T2T edits in the same forward);
-    * ``edit``: a post step (block fully drafted) that edited at least one token -- an edit round;
+    * ``edit``: a post step (block fully drafted) that edited at least one token, or deleted or
+      inserted one (Levenshtein editing) -- an edit round;
     * ``verify``: a post step that edited nothing and so ended the block;
     * ``mbe``: a Multi-Block Editing pass.
 
@@ -250,22 +265,34 @@ def forward_split(trajectory: Trajectory) -> dict[str, int]:
     the four counts add up to the decoder's forwards for this prompt.
     """
     split = dict.fromkeys(FORWARD_KINDS, 0)
-    for step in trajectory.steps:
+    for i, step in enumerate(trajectory.steps):
         if step.kind == "speculative":
             continue
         if step.kind == "post":
-            split["edit" if step.t2t else "verify"] += 1
+            split["edit" if step.t2t or i in trajectory.structural else "verify"] += 1
         else:
             split[step.kind] += 1
     return split
 
 
+def example_reference(tokenizer, example: Example) -> list[int] | None:
+    """What a wrong output of a synthetic-family example is judged against: the example's answer where
+    its clues make it the one valid answer (components.families.has_unique_answer), else None."""
+    return tokenizer.encode(example.answer) if has_unique_answer(example) else None
+
+
 def judge_example_edits(trajectory: Trajectory, sequence: list[int], tokenizer, example: Example, *, correct: bool,
                         select: EditFilter | None = None) -> EditStats:
-    """`judge_edits` for a synthetic-family example: a wrong output is judged against the example's
-    answer only where its clues make it the one valid answer (components.families.has_unique_answer)."""
-    reference = tokenizer.encode(example.answer) if has_unique_answer(example) else None
-    return judge_edits(trajectory, sequence, tokenizer.eos_id, correct=correct, reference=reference, select=select)
+    """`judge_edits` for a synthetic-family example (`example_reference`)."""
+    return judge_edits(trajectory, sequence, tokenizer.eos_id, correct=correct,
+                       reference=example_reference(tokenizer, example), select=select)
+
+
+def judge_example_structural_edits(trajectory: Trajectory, sequence: list[int], tokenizer, example: Example, *,
+                                   correct: bool) -> StructuralStats:
+    """`judge_structural_edits` for a synthetic-family example (`example_reference`)."""
+    return judge_structural_edits(trajectory, sequence, tokenizer.eos_id, correct=correct,
+                                  reference=example_reference(tokenizer, example))
 
 
 # Why a token of a wrong answer is wrong, in the order the table prints them:
@@ -412,7 +439,7 @@ def attribute_example_errors(lm, trajectory: Trajectory, sequence: list[int], ca
     answer only where it is the one valid answer (components.families.has_unique_answer)."""
     if correct:
         return attribute_errors(trajectory, sequence, tokenizer.eos_id, correct=True, reference=None)
-    reference = tokenizer.encode(example.answer) if has_unique_answer(example) else None
+    reference = example_reference(tokenizer, example)
     block_end = None
     if reference is not None:
         start = trajectory.prompt_length

@@ -83,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
         frame = visualize.Frame(0, "start", 0, prompt + [mask_id] * (canvas_len - len(prompt)),
                                 [visualize.PROMPT] * len(prompt) + [visualize.MASKED] * (canvas_len - len(prompt)))
         with Live(console=console, refresh_per_second=20, transient=False) as live:
-            def show(_index, _canvas, record):
+            def show(_index, canvas, record):
                 visualize.apply_step(frame, record)
+                if cfg.levenshtein:  # structural edits move tokens the record does not name
+                    visualize.follow_canvas(frame, canvas.tolist(), mask_id)
                 live.update(visualize.render_rich(frame, decode, end))
             result = generate(lm, [prompt], cfg, on_step=show)
     output = decode(result.sequences[0]) if tokenizer is not None else " ".join(map(str, result.sequences[0]))

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from model import StepRecord, Trajectory
 from model.files import atomic_path, atomic_write
+from model.levenshtein import StructuralRecord, apply_block_edits
 
 MASKED, PROMPT, DRAFTED, EDITED = "masked", "prompt", "drafted", "edited"
 COLORS = {MASKED: "#9aa0a6", PROMPT: "#5f6368", DRAFTED: "#1a73e8", EDITED: "#d93025"}
@@ -30,13 +33,34 @@ class Frame:
     states: list[str]
 
 
-def apply_step(frame: Frame, step: StepRecord) -> None:
-    """Advance a frame in place by one recorded step."""
+def apply_step(frame: Frame, step: StepRecord, structural: StructuralRecord | None = None,
+               mask_id: int | None = None) -> None:
+    """Advance a frame in place by one recorded step, then by its structural edits (Levenshtein
+    editing, `Trajectory.structural`; `mask_id` fills the slots they open): moved tokens keep their
+    states, the new slots are masked."""
     for pos, tok in step.m2t:
         frame.tokens[pos], frame.states[pos] = tok, DRAFTED
     for pos, _, new in step.t2t:
         frame.tokens[pos], frame.states[pos] = new, EDITED
+    if structural is not None:
+        lo, m = structural.start, len(structural.before)
+        delete, insert = torch.zeros(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)
+        delete[list(structural.deleted)] = True
+        insert[list(structural.inserted)] = True
+        moved = apply_block_edits(torch.tensor(frame.tokens[lo:lo + m]), delete, insert, mask_id=mask_id)
+        states = frame.states[lo:lo + m]
+        frame.states[lo:lo + m] = [states[src] if src >= 0 else MASKED for src in moved.source.tolist()]
+        frame.tokens[lo:lo + m] = moved.tokens.tolist()
     frame.step, frame.kind, frame.block = frame.step + 1, step.kind, step.block
+
+
+def follow_canvas(frame: Frame, canvas: list[int], mask_id: int) -> None:
+    """Make a live frame show `canvas` where it differs from it. A live view (the decoder's on_step) sees
+    each step record, not its structural edits; the canvas shows what they moved: moved tokens are
+    marked edited, the slots they opened masked."""
+    for pos, tok in enumerate(canvas):
+        if frame.tokens[pos] != tok:
+            frame.tokens[pos], frame.states[pos] = tok, MASKED if tok == mask_id else EDITED
 
 
 def replay(traj: Trajectory, end: int | None = None) -> list[Frame]:
@@ -45,8 +69,8 @@ def replay(traj: Trajectory, end: int | None = None) -> list[Frame]:
     states = [PROMPT if i < traj.prompt_length else MASKED for i in range(len(tokens))]
     frame = Frame(0, "start", traj.prompt_length // traj.block_length, tokens, states)
     frames = [Frame(0, "start", frame.block, list(tokens), list(states))]
-    for step in traj.steps:
-        apply_step(frame, step)
+    for i, step in enumerate(traj.steps):
+        apply_step(frame, step, traj.structural.get(i), traj.mask_id)
         frames.append(Frame(frame.step, frame.kind, frame.block, list(frame.tokens), list(frame.states)))
     if end is not None:
         for f in frames:

@@ -14,6 +14,11 @@ One decoding step of a row (prompt) in block b:
   * T2T: non-mask, non-prompt positions whose arg-max differs and whose confidence exceeds
     `editing_threshold` are replaced (tokens filled in this very step excepted; with `max_reverts`
     set, not to a token the position held before once it has reverted that many times);
+  * Levenshtein editing (`delete_threshold` / `insert_threshold`, model.levenshtein): on a model with
+    the edit-control rows, fills and substitutions choose over real tokens only; with it on, a position
+    whose arg-max over the whole head is DELETE or INSERT is not substituted, and in a post step it is
+    deleted (the block shifts left, [MASK] pads its tail) or gets a [MASK] put before it (the tail is
+    cut). A structural edit counts as an edit; the masks it makes are drafted by the next steps;
   * a step that starts with no mask counts as a "post" step; more than `max_post_steps` of them
     end the block before the forward, and a post step without edits ends it after the forward.
 
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import KVCache
+from .levenshtein import StructuralRecord, apply_block_edits, check_edit_thresholds, edit_decisions, real_token_choice
 from .masks import additive_mask, window_block_mask
 from .sampling import choose_tokens
 
@@ -82,6 +88,12 @@ class DecodeConfig:
     # clashing tokens that the model swaps at every post step then stop flipping, and the block ends
     # instead of spending every post step up to `max_post_steps`.
     max_reverts: int | None = None
+    # Levenshtein editing (LLaDA2.2 §3.1, model.levenshtein): in a post step (a block without masks), a
+    # position whose arg-max over the whole head is DELETE (INSERT) with confidence strictly above its
+    # threshold is deleted (gets a [MASK] put before it). None = that edit is off; either one on needs
+    # a model with the edit-control rows (`model.levenshtein.add_edit_controls`).
+    delete_threshold: float | None = None
+    insert_threshold: float | None = None
     # Execution switches; none changes the algorithm. `static_shapes`: every step after a row's first
     # forward has one shape per decode -- queries are the active block (two blocks for every row when
     # any row speculates), keys the whole cache -- so the network's forward can be compiled or
@@ -97,6 +109,11 @@ class DecodeConfig:
     @property
     def uses_static_shapes(self) -> bool:
         return self.static_shapes or self.compile or self.cuda_graphs
+
+    @property
+    def levenshtein(self) -> bool:
+        """Structural edits (DELETE / INSERT) are on: at least one of their thresholds is set."""
+        return self.delete_threshold is not None or self.insert_threshold is not None
 
     def __post_init__(self) -> None:
         self.check()
@@ -131,6 +148,7 @@ class DecodeConfig:
             bad("max_reverts", "a non-negative integer or None (off)")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             bad("max_batch_size", ">= 1 or None")
+        check_edit_thresholds(None, self.delete_threshold, self.insert_threshold)
         if self.stop_at_answer_end and (self.editing_threshold <= 1.0 or self.mbe_window):
             raise ValueError("DecodeConfig.stop_at_answer_end needs editing off (editing_threshold > 1, mbe_window 0): "
                              "it ends a row before later edits could revise its answer")
@@ -152,6 +170,9 @@ class Trajectory:
     mask_id: int
     initial_canvas: list[int]
     steps: list[StepRecord] = field(default_factory=list)
+    # Levenshtein editing: the structural edits of a step, by the step's index in `steps`, applied after
+    # its m2t and t2t. Kept beside the steps so that a step's record is the same for every decode.
+    structural: dict[int, StructuralRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +186,7 @@ class GenerationResult:
     wall_seconds: float
     trajectories: list[Trajectory] | None = None
     stopped: list[bool] = field(default_factory=list)  # per prompt: dropped by `cancelled` before it finished
+    structural_edits: list[int] = field(default_factory=list)  # per prompt: deletions + insertions (Levenshtein)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -196,7 +218,7 @@ class _Row:
         self.done = False
         self.stopped = False  # dropped by `cancelled` before it finished
         self.final_reported: int | None = 0  # answer tokens handed to `on_block` (None once it had the last)
-        self.forwards = self.edits = self.commits = 0
+        self.forwards = self.edits = self.commits = self.structural = 0
         self.canvas: list[int] | None = None  # the final canvas, read back once the row leaves the batch
         self.trajectory = None
         # for `max_reverts` (None when it is off): the tokens edits wrote at each position (the token a
@@ -231,6 +253,14 @@ class _Decoder:
         self.static = cfg.uses_static_shapes
         self.compiled = compiled_forward(lm, "reduce-overhead" if cfg.cuda_graphs else "default") if (
             cfg.compile or cfg.cuda_graphs) else None
+        # A model with the edit-control rows: fills and substitutions choose over real tokens only, so
+        # with Levenshtein editing off it decodes exactly as the model without the rows.
+        ids = (lm.config.delete_token_id, lm.config.insert_token_id)
+        self.controls = ids if None not in ids else None
+        self.levenshtein = cfg.levenshtein  # validate() refused it on a model without the rows
+        off = float("inf")  # a threshold nothing exceeds: that edit is off
+        self.edit_thresholds = (off if cfg.delete_threshold is None else cfg.delete_threshold,
+                                off if cfg.insert_threshold is None else cfg.insert_threshold)
 
     # ------------------------------------------------------------------ canvas access
     def row_canvas(self, row: _Row) -> torch.Tensor | list[int]:
@@ -407,11 +437,19 @@ class _Decoder:
                 torch.compiler.cudagraph_mark_step_begin()
             out = forward(input_ids, past=cache, plan=layout.plan)
         self.forward_calls += 1
-        tokens, conf = choose_tokens(out.logits, self.mask_id, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
+        sample = (self.mask_id, cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
+        full = None  # the choice over the whole head, edit controls included: it decides structure
+        if self.controls is None:
+            tokens, conf = choose_tokens(out.logits, *sample)
+        else:
+            tokens, conf = choose_tokens(real_token_choice(out.logits, self.controls), *sample)
+            if self.levenshtein:
+                full = choose_tokens(out.logits, *sample)
 
         block_slots = [s for s, k in enumerate(kinds) if k != "mbe"]
         stats = self._update_blocks(rows, block_slots, [kinds[s] for s in block_slots], tokens[:, :B], conf[:, :B],
-                                    [rows[s].block * B for s in block_slots], layout=layout)
+                                    [rows[s].block * B for s in block_slots], layout=layout,
+                                    full=None if full is None else (full[0][:, :B], full[1][:, :B]))
         store_counts = []
         speculating = []
         for slot, (row, kind) in enumerate(zip(rows, kinds)):
@@ -419,7 +457,8 @@ class _Decoder:
             if kind == "mbe":
                 n = layout.ends[slot] - layout.logit_starts[slot]
                 frozen_until = layout.logit_starts[slot]
-                edits = self._mbe_edits(row, layout.logit_starts[slot], tokens[slot, :n], conf[slot, :n])
+                edits = self._mbe_edits(row, layout.logit_starts[slot], tokens[slot, :n], conf[slot, :n],
+                                        None if full is None else full[0][slot, :n])
                 row.mbe_steps += 1
                 held, row.held_draft = row.held_draft, None
                 if not edits:
@@ -465,25 +504,34 @@ class _Decoder:
     # ------------------------------------------------------------------ the update rules
     def _update_blocks(self, rows: list[_Row], slots: list[int], kinds: list[str], tok: torch.Tensor,
                        cf: torch.Tensor, block_starts: list[int], gathered: bool = False,
-                       layout: "_Layout | None" = None) -> dict[int, tuple]:
-        """M2T + T2T on the active blocks of the rows in `slots`, all at once on the device, from this
-        step's choices `tok`/`cf` ((R, B) for every row of the batch, or (len(slots), B) when
-        `gathered`); returns per slot (masks before, fills, edits). With the step's `layout` and every
-        row in `slots`, the block positions are the layout's (made once per layout)."""
+                       layout: "_Layout | None" = None,
+                       full: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[int, tuple]:
+        """M2T + T2T (+ Levenshtein) on the active blocks of the rows in `slots`, all at once on the device,
+        from this step's choices `tok`/`cf` ((R, B) for every row of the batch, or (len(slots), B) when
+        `gathered`); returns per slot (masks before, fills, edits), structural edits counted as edits.
+        With the step's `layout` and every row in `slots`, the block positions are the layout's (made
+        once per layout).
+
+        `full` (Levenshtein editing on): the choice over the whole head, shaped like `tok`. A position
+        whose full arg-max is an edit control gets no substitution, and in a post step (no mask in the
+        block) it is deleted or gets a [MASK] put before it (`model.levenshtein`); the block's tokens,
+        and `committed`, move with the edits."""
         if not slots:
             return {}
         cfg, mask_id = self.cfg, self.mask_id
         everyone = len(slots) == self.canvas.shape[0]
         if layout is not None and everyone and not gathered:
             row_index, pos = layout.block_view(self)
-            editable = pos >= self.prompt_lengths[:, None]
+            protected = pos < self.prompt_lengths[:, None]
         else:
             index = torch.tensor(slots, device=self.device)
             if not gathered and not everyone:
                 tok, cf = tok.index_select(0, index), cf.index_select(0, index)
+                if full is not None:
+                    full = (full[0].index_select(0, index), full[1].index_select(0, index))
             pos = torch.tensor(block_starts, device=self.device)[:, None] + self.block_offsets  # (n, B)
             row_index = index[:, None]
-            editable = pos >= self.prompt_lengths.index_select(0, index)[:, None]
+            protected = pos < self.prompt_lengths.index_select(0, index)[:, None]
         current = self.canvas[row_index, pos]
         is_mask = current == mask_id
         confident = is_mask & (cf > cfg.threshold)
@@ -493,27 +541,73 @@ class _Decoder:
             top = cf.masked_fill(~is_mask, float("-inf")).topk(min(cfg.num_to_transfer, cf.shape[1]), dim=1).indices
             fallback = torch.zeros_like(is_mask).scatter_(1, top, True) & is_mask
         commit = torch.where((confident.sum(1) >= cfg.num_to_transfer)[:, None], confident, fallback)
-        edit = ~is_mask & editable & (tok != current) & (cf > cfg.editing_threshold)
-        counts = torch.stack([is_mask.sum(1), commit.sum(1), edit.sum(1)], 1).tolist()  # the one host read
+        edit = ~is_mask & ~protected & (tok != current) & (cf > cfg.editing_threshold)
+        moved = None
+        if full is not None:
+            edit = edit & ~self._is_control(full[0])
+            # Structure only in post steps: elsewhere every position counts as protected. The moves depend
+            # on the decisions alone, so they are known before the host read (edits dropped by
+            # `max_reverts` below are at real-token positions, never at a structural one).
+            post = ~is_mask.any(1, keepdim=True)
+            delete, insert = edit_decisions(current, full[0], full[1], mask_id=mask_id, delete_id=self.controls[0],
+                                            insert_id=self.controls[1], delete_threshold=self.edit_thresholds[0],
+                                            insert_threshold=self.edit_thresholds[1], protected=protected | ~post,
+                                            written=commit | edit)
+            moved = apply_block_edits(current, delete, insert, mask_id=mask_id)
+            columns = [is_mask.sum(1), commit.sum(1), edit.sum(1), moved.num_edits, (moved.source < 0).sum(1)]
+        else:
+            columns = [is_mask.sum(1), commit.sum(1), edit.sum(1)]
+        counts = torch.stack(columns, 1).tolist()  # the one host read
         if self.committed is not None and any(c[2] for c in counts):
             edit, dropped = self._limit_reverts([rows[s] for s in slots], row_index, pos, tok, edit)
             for c, d in zip(counts, dropped):
                 c[2] -= d
         update = commit | edit
-        self.canvas[row_index, pos] = torch.where(update, tok, current)
+        block = torch.where(update, tok, current)
+        shifted = moved is not None and any(c[3] for c in counts)
+        self.canvas[row_index, pos] = self._follow(moved, block, mask_id) if shifted else block
         if self.committed is not None:
-            self.committed[row_index, pos] = torch.where(commit, tok, self.committed[row_index, pos])
+            held = torch.where(commit, tok, self.committed[row_index, pos])
+            self.committed[row_index, pos] = self._follow(moved, held, -1) if shifted else held
+            if shifted:
+                self._move_revert_history([rows[s] for s in slots], pos, moved, [c[3] for c in counts])
         if self.record:
-            self._record_block(rows, slots, kinds, pos, current, tok, commit, edit)
+            self._record_block(rows, slots, kinds, pos, current, tok, commit, edit,
+                               (moved, block, [c[3] for c in counts]) if shifted else None)
         out = {}
         for i, s in enumerate(slots):
-            masks, fills, edits = counts[i]
+            masks, fills, edits = counts[i][:3]
+            structural, created = counts[i][3:] if moved is not None else (0, 0)
             row = rows[s]
             row.commits += fills
             row.edits += edits
-            row.masks_left = masks - fills
-            out[s] = (masks, fills, edits)
+            row.structural += structural
+            row.masks_left = masks - fills + created  # an insert, and the padding after a delete, are masks
+            out[s] = (masks, fills, edits + structural)
         return out
+
+    def _is_control(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens == self.controls[0]) | (tokens == self.controls[1])
+
+    @staticmethod
+    def _follow(moved, values: torch.Tensor, fill: int) -> torch.Tensor:
+        """`values` ((n, B), per block position) moved as the tokens moved; `fill` where a mask was made."""
+        return torch.where(moved.source >= 0, values.gather(1, moved.source.clamp(min=0)), fill)
+
+    @staticmethod
+    def _move_revert_history(rows: list[_Row], pos: torch.Tensor, moved, structural: list[int]) -> None:
+        """`max_reverts`' host-side history (tokens held, reverts) follows each moved token, so a token
+        counts its reverts wherever the block shifts it; a new mask starts with none. Host reads, only
+        with `max_reverts` on and only for rows that made a structural edit."""
+        for i, row in enumerate(rows):
+            if not structural[i]:
+                continue
+            start, sources = int(pos[i, 0]), moved.source[i].tolist()
+            for history in (row.held, row.reverts):
+                old = {p: history.pop(p) for p in range(start, start + len(sources)) if p in history}
+                for j, src in enumerate(sources):
+                    if src >= 0 and start + src in old:
+                        history[start + j] = old[start + src]
 
     def _limit_reverts(self, rows: list[_Row], row_index: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor,
                        edit: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -539,14 +633,19 @@ class _Decoder:
             edit[tuple(torch.tensor(drop, device=edit.device).T)] = False
         return edit, dropped
 
-    def _mbe_edits(self, row: _Row, window_start: int, tok: torch.Tensor, cf: torch.Tensor) -> int:
-        """T2T over a Multi-Block Editing window (no masks are left there); returns the number of edits."""
+    def _mbe_edits(self, row: _Row, window_start: int, tok: torch.Tensor, cf: torch.Tensor,
+                   full_tok: torch.Tensor | None = None) -> int:
+        """T2T over a Multi-Block Editing window (no masks are left there); returns the number of edits.
+        A pass substitutes only (a structural edit would shift the blocks after it); with Levenshtein
+        editing on (`full_tok`), a position whose full arg-max is an edit control is left as it is."""
         n = tok.shape[0]
         pos = torch.arange(window_start, window_start + n, device=self.device)[None]
         row_index = torch.tensor([[row.slot]], device=self.device)
         current = self.canvas[row_index, pos]
         edit = (pos >= row.prompt_length) & (current != self.mask_id) & (tok[None] != current) & (
             cf[None] > self.cfg.editing_threshold)
+        if full_tok is not None:
+            edit = edit & ~self._is_control(full_tok[None])
         n_edits = int(edit.sum())
         if self.committed is not None and n_edits:
             edit, dropped = self._limit_reverts([row], row_index, pos, tok[None], edit)
@@ -560,8 +659,9 @@ class _Decoder:
         return n_edits
 
     @staticmethod
-    def _record_block(rows, slots, kinds, pos, current, tok, commit, edit) -> None:
-        """Trajectory records of one block update (host reads; only when trajectories are recorded)."""
+    def _record_block(rows, slots, kinds, pos, current, tok, commit, edit, structure=None) -> None:
+        """Trajectory records of one block update (host reads; only when trajectories are recorded).
+        `structure`: (BlockEdit, the blocks after fills and substitutions, structural edits per slot)."""
         for i, s in enumerate(slots):
             row = rows[s]
             if row.trajectory is None:
@@ -570,6 +670,9 @@ class _Decoder:
             record.m2t = list(zip(pos[i][commit[i]].tolist(), tok[i][commit[i]].tolist()))
             record.t2t = list(zip(pos[i][edit[i]].tolist(), current[i][edit[i]].tolist(), tok[i][edit[i]].tolist()))
             row.trajectory.steps.append(record)
+            if structure is not None and structure[2][i]:
+                moved, block, _ = structure
+                row.trajectory.structural[len(row.trajectory.steps) - 1] = moved.record(i, block, int(pos[i, 0]))
 
 
 @dataclass
@@ -649,6 +752,7 @@ def validate(lm, prompts: list[list[int]], cfg: DecodeConfig) -> tuple[int, int 
     if eos_id is not None and eos_id == mask_id:
         raise ValueError(f"eos_id and mask_id are both {mask_id}; they must differ")
     cfg.check()  # again: a field may have been assigned since construction
+    check_edit_thresholds(lm.config, cfg.delete_threshold, cfg.insert_threshold)
     if cfg.cuda_graphs and lm.device.type != "cuda":
         raise ValueError(f"DecodeConfig.cuda_graphs needs a model on a CUDA device, this one is on {lm.device}")
     if not prompts:
@@ -712,4 +816,5 @@ def generate(lm, prompts: list[list[int]], cfg: DecodeConfig | None = None, on_s
         sequences=[decoder.answer(row) for row in rows], forwards=[r.forwards for r in rows], edits=[r.edits for r in rows],
         commits=[r.commits for r in rows], canvases=[r.canvas for r in rows],
         forward_calls=decoder.forward_calls, wall_seconds=wall,
-        trajectories=[r.trajectory for r in rows] if record else None, stopped=[r.stopped for r in rows])
+        trajectories=[r.trajectory for r in rows] if record else None, stopped=[r.stopped for r in rows],
+        structural_edits=[r.structural for r in rows])

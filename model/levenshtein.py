@@ -329,17 +329,19 @@ def add_edit_controls(lm: nn.Module) -> tuple[int, int]:
     return old, old + 1
 
 
-def check_edit_thresholds(config: ModelConfig, delete_threshold: float | None, insert_threshold: float | None) -> None:
+def check_edit_thresholds(config: ModelConfig | None, delete_threshold: float | None,
+                          insert_threshold: float | None) -> None:
     """Refuse Levenshtein thresholds on a model without the edit-control rows, in one line.
 
     None = that edit is off. A threshold is a probability bound like tau_edit: >= 0, above 1 = never.
+    `config=None` checks the values alone (a decode config is checked before it meets a model).
     """
     for name, value in (("delete_threshold", delete_threshold), ("insert_threshold", insert_threshold)):
         if value is None:
             continue
         if not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"DecodeConfig.{name} must be >= 0 or None (off), got {value!r}")
-        if config.delete_token_id is None or config.insert_token_id is None:
+        if config is not None and (config.delete_token_id is None or config.insert_token_id is None):
             raise ValueError(
                 f"DecodeConfig.{name}={value} needs a model with DELETE/INSERT rows, but its config has "
                 "delete_token_id/insert_token_id unset (add them with model.levenshtein.add_edit_controls and train)")

@@ -271,3 +271,23 @@ def test_structural_edits_without_a_reference_are_counted_unjudged():
     stats = classify_structural_edits([structural(2, [1, 2, 3], deleted=[0], inserted=[2])], None, EOS, 99, 2)
     assert (stats.deletions, stats.insertions, stats.unjudged, stats.deletion_fixes) == (1, 1, 2, 0)
     assert stats.named()["deletion_precision"] is None and math.isnan(stats.precision("insertion"))
+
+
+def test_a_trajectory_structural_edits_are_judged_in_order_and_a_correct_output_is_its_own_reference():
+    from components.edits import judge_structural_edits, structural_records
+
+    M = 99
+    steps = [StepRecord("draft", 0, m2t=[(2, 1), (3, 3), (4, 4), (5, 5)]),
+             StepRecord("post", 0),  # inserts before 3: [1, M, 3, 4]
+             StepRecord("draft", 0, m2t=[(3, 2)]),
+             StepRecord("post", 0)]  # verification
+    traj = Trajectory(prompt_length=2, block_length=4, mask_id=M, initial_canvas=[], steps=steps)
+    traj.structural[1] = structural(2, [1, 3, 4, 5], inserted=[1])
+    assert structural_records(traj) == [traj.structural[1]]
+    assert forward_split(traj) == {"draft": 2, "edit": 1, "verify": 1, "mbe": 0}  # a structural-only round edits
+    right = judge_structural_edits(traj, [1, 2, 3, 4, EOS], EOS, correct=True, reference=None)
+    assert (right.insertions, right.insertion_fixes, right.unjudged) == (1, 1, 0)
+    wrong = judge_structural_edits(traj, [1, 2, 3, 4, EOS], EOS, correct=False, reference=[1, 3, 4, 5])
+    assert (wrong.insertion_breaks, wrong.insertion_fixes) == (1, 0)  # against [1, 3, 4, 5] it damaged the block
+    unknown = judge_structural_edits(traj, [1, 2, 3, 4, EOS], EOS, correct=False, reference=None)
+    assert (unknown.insertions, unknown.unjudged) == (1, 1)

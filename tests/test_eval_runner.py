@@ -106,6 +106,34 @@ def test_end_to_end_writes_records_and_results(lm, tok, tmp_path):
     assert metrics["eval/sum/accuracy"] == pytest.approx(res.score) and metrics["eval/sum/tpf"] == pytest.approx(res.tpf)
 
 
+def test_levenshtein_decoding_reports_its_deletions_and_insertions(lm, tok):
+    import copy
+
+    from components.evaluate.suite import suite_metrics
+    from model.levenshtein import add_edit_controls
+
+    lev = copy.deepcopy(lm)
+    delete, insert = add_edit_controls(lev)
+    with torch.no_grad():  # each control wins somewhere: along one hidden direction and its opposite
+        direction = torch.randn(lev.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 4
+        lev.lm_head.weight[delete], lev.lm_head.weight[insert] = direction, -direction
+    on = SHORT + ["decode.overrides.delete_threshold=0.2", "decode.overrides.insert_threshold=0.2"]
+    res = evaluate_task(lev, tok, "sort", limit=4, batch_size=4, overrides=on)
+    s = res.structural
+    assert s["samples"] == 4 and s["deletions"] + s["insertions"] > 0
+    assert sum(s[f"{k}_{v}"] for k in ("deletion", "insertion") for v in ("fixes", "breaks", "neutral")) + s[
+        "unjudged"] == s["deletions"] + s["insertions"]
+    assert sum(r["deletions"] + r["insertions"] for r in res.records) == s["deletions"] + s["insertions"]
+    metrics = res.metrics()
+    assert metrics["eval/sort/deletion_fixes"] == s["deletion_fixes"]
+    assert metrics["eval/sort/insertions_per_sample"] == s["insertions"] / 4
+    assert suite_metrics([res, res], "eval")["eval/insertions_per_sample"] == s["insertions"] / 4
+    plain = evaluate_task(lm, tok, "sort", limit=2, batch_size=2, overrides=SHORT)  # Levenshtein off: nothing new
+    assert plain.structural is None and not any("deletion" in k for k in plain.metrics())
+    assert "deletions" not in plain.records[0]
+    assert not any("deletion" in k for k in suite_metrics([plain], "eval"))
+
+
 def test_batch_size_does_not_change_which_output_belongs_to_which_sample(lm, tok):
     one = evaluate_task(lm, tok, "sort", limit=5, batch_size=1, overrides=SHORT)
     three = evaluate_task(lm, tok, "sort", limit=5, batch_size=3, overrides=SHORT)

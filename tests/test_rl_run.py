@@ -125,6 +125,32 @@ def test_evaluation_reports_the_edit_accounting(tiny_model_dir):
     assert 0.0 <= out.get("edit_precision", 0.0) < 0.5
 
 
+def test_evaluation_with_levenshtein_decoding_reports_deletions_and_insertions(tiny_model_dir):
+    from model.levenshtein import add_edit_controls
+
+    lm = DiffusionLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    delete, insert = add_edit_controls(lm)
+    with torch.no_grad():  # each control wins somewhere: along one hidden direction and its opposite
+        direction = torch.randn(lm.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 4
+        lm.lm_head.weight[delete], lm.lm_head.weight[insert] = direction, -direction
+    examples = get_family("sort").make("heldout", 4, 0)
+    dcfg = decode_config(RolloutConfig(gen_length=8, decode=DecodeChoice("speedy", {"block_length": 4})), tok,
+                         temperature=0.0, seed=0)
+    reward = CombinedReward.from_specs(load_config(RLConfig, DEFAULT_CONFIG).rewards)
+    assert "deletions_per_sample" not in evaluate_policy(lm, tok, examples, dcfg, reward, "chat")  # off: not reported
+    dcfg = replace(dcfg, delete_threshold=0.2, insert_threshold=0.2)
+    out = evaluate_policy(lm, tok, examples, dcfg, reward, "chat")
+    batch = generate_rollouts(lm, tok, examples, 1, replace(dcfg, record_trajectory=True), "chat")
+    records = [rec for r in batch.rollouts for rec in r.trajectory.structural.values()]
+    deletions, insertions = sum(len(r.deleted) for r in records), sum(len(r.inserted) for r in records)
+    assert deletions + insertions > 0
+    assert out["deletions_per_sample"] == pytest.approx(deletions / 4)
+    assert out["insertions_per_sample"] == pytest.approx(insertions / 4)
+    assert sum(out[f"{k}_{v}"] for k in ("deletion", "insertion") for v in ("fixes", "breaks", "neutral")) == (
+        deletions + insertions)  # sort has one valid answer: every structural edit is judged
+
+
 def test_sampled_evaluation_averages_k_draws_per_prompt(tiny_model_dir):
     """eval.samples_per_prompt: k sampled responses per held-out prompt, all scored."""
     lm = DiffusionLM.from_pretrained(tiny_model_dir)

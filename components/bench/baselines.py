@@ -14,6 +14,11 @@ simply and without any of our decoder's machinery (no cache, no batching, no sha
   * a step that starts with no mask bumps the post-step counter, and the block ends before the forward
     once it exceeds `max_post_steps`; after a forward the block ends if it had no mask and no edit;
   * EOS early stop after a block; the output is canvas[P, P+G) cut after the first EOS.
+Levenshtein editing (LLaDA2.2 §3.1; `delete_threshold` / `insert_threshold`), which the reference
+lacks, follows `model.levenshtein`'s per-step order: on a model with the edit-control rows, fills and
+substitutions choose over real tokens only; with Levenshtein on, a position whose arg-max over the
+whole head is a control is not substituted, and in a post step `levenshtein_step` deletes / inserts
+there; a step with structural edits counts as editing (the block goes on).
 One deliberate deviation: where the reference would commit the mask token itself (its arg-max is the
 mask id) and then loop forever, we take the best non-mask token, as our decoder does.
 
@@ -33,6 +38,7 @@ import time
 import torch
 
 from model.decoding import DecodeConfig, GenerationResult
+from model.levenshtein import check_edit_thresholds, levenshtein_step, real_token_choice
 
 
 def _ids(lm, cfg: DecodeConfig) -> tuple[int, int | None]:
@@ -66,6 +72,10 @@ def reference_generate(lm, prompt: list[int], cfg: DecodeConfig) -> GenerationRe
     if not prompt:
         raise ValueError("reference_generate: the prompt is empty")
     mask_id, eos_id = _ids(lm, cfg)
+    check_edit_thresholds(lm.config, cfg.delete_threshold, cfg.insert_threshold)
+    controls = (lm.config.delete_token_id, lm.config.insert_token_id)
+    controls = None if None in controls else controls
+    off = float("inf")
     B, G, P = cfg.block_length, cfg.gen_length, len(prompt)
     num_blocks = -(-(P + G) // B)
     total = num_blocks * B
@@ -76,7 +86,7 @@ def reference_generate(lm, prompt: list[int], cfg: DecodeConfig) -> GenerationRe
     additive = torch.zeros(total, total, device=device).masked_fill(block_of[None, :] > block_of[:, None],
                                                                    float("-inf"))[None, None]  # (1, 1, T, T)
     positions = torch.arange(total, device=device)
-    forwards = edits = commits = 0
+    forwards = edits = commits = structural = 0
     was_training = lm.training
     lm.eval()
     start = time.perf_counter()
@@ -95,7 +105,9 @@ def reference_generate(lm, prompt: list[int], cfg: DecodeConfig) -> GenerationRe
                 logits = lm(x[:, :W], attention_mask=additive[:, :, :W, :W],
                             position_ids=positions[None, :W]).logits[0, -B:]  # (B, V)
                 forwards += 1
-                tok, conf = _greedy(logits, mask_id)
+                full_tok, full_conf = _greedy(logits, mask_id)
+                tok, conf = (full_tok, full_conf) if controls is None else _greedy(
+                    real_token_choice(logits, controls), mask_id)
                 commit = torch.zeros_like(is_mask)
                 if had_masks:
                     above = is_mask & (conf > cfg.threshold)
@@ -106,11 +118,23 @@ def reference_generate(lm, prompt: list[int], cfg: DecodeConfig) -> GenerationRe
                         commit[conf.masked_fill(~is_mask, float("-inf")).topk(k).indices] = True
                 editable = ~is_mask & (positions[lo:W] >= P)
                 edit = editable & (tok != active) & (conf > cfg.editing_threshold)
+                if cfg.levenshtein:
+                    edit &= (full_tok != controls[0]) & (full_tok != controls[1])
                 write = commit | edit
                 active[write] = tok[write]
                 commits += int(commit.sum())
                 edits += int(edit.sum())
-                if not had_masks and not bool(edit.any()):
+                moves = 0
+                if cfg.levenshtein and not had_masks:
+                    step = levenshtein_step(
+                        active, full_tok, full_conf, mask_id=mask_id, delete_id=controls[0], insert_id=controls[1],
+                        delete_threshold=off if cfg.delete_threshold is None else cfg.delete_threshold,
+                        insert_threshold=off if cfg.insert_threshold is None else cfg.insert_threshold,
+                        protected=positions[lo:W] < P, written=write)
+                    active[:] = step.tokens
+                    moves = int(step.num_edits)
+                    structural += moves
+                if not had_masks and not bool(edit.any()) and not moves:
                     break
             if cfg.eos_early_stop and eos_id is not None:
                 generated = x[0, P:W]
@@ -123,7 +147,8 @@ def reference_generate(lm, prompt: list[int], cfg: DecodeConfig) -> GenerationRe
     if eos_id is not None and eos_id in out:
         out = out[:out.index(eos_id) + 1]
     return GenerationResult(sequences=[out], forwards=[forwards], edits=[edits], commits=[commits],
-                            canvases=[x[0].tolist()], forward_calls=forwards, wall_seconds=wall)
+                            canvases=[x[0].tolist()], forward_calls=forwards, wall_seconds=wall,
+                            structural_edits=[structural])
 
 
 def autoregressive_config(cfg: DecodeConfig) -> DecodeConfig:

@@ -41,6 +41,7 @@ class TaskResult:
     decode: dict[str, Any]
     sandbox: Optional[dict[str, str]] = None  # code tasks: which sandbox protections were active
     edits: Optional[dict[str, float]] = None  # components.edits.EditStats.as_dict() over the task
+    structural: Optional[dict[str, int]] = None  # components.edits.StructuralStats counts (Levenshtein decoding)
     records_path: Optional[str] = None
     result_path: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -67,6 +68,8 @@ class TaskResult:
         })
         if self.edits is not None:
             out.update(edit_stats(self.edits).metrics(base))
+        if self.structural is not None:
+            out.update(structural_stats(self.structural).metrics(base))
         return out
 
 
@@ -77,6 +80,13 @@ def edit_stats(edits: dict[str, float]):
     from components.edits import EditStats
 
     return EditStats(**{f.name: int(edits[f.name]) for f in dc_fields(EditStats)})
+
+
+def structural_stats(structural: dict[str, int]):
+    """The StructuralStats behind a result's `structural` dict."""
+    from components.edits import StructuralStats
+
+    return StructuralStats(**structural)
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,7 +31,7 @@ from components.evaluate.results import SUMMARY_FILE, TaskResult, save_task_resu
 from components.evaluate.prompts import render
 from components.evaluate.scorers import SandboxUnavailableError, as_judgement, preflight, resolve_scorer, task_dir
 from components.evaluate.sources import Sample, load_samples
-from components.edits import EditStats, judge_edits
+from components.edits import EditStats, StructuralStats, judge_edits, judge_structural_edits
 from components.families import Example, has_unique_answer
 
 log = logging.getLogger(__name__)
@@ -148,17 +148,23 @@ def answer_ids(task: TaskConfig, sample: Sample, tokenizer) -> Optional[list[int
     return None
 
 
-def _account_edits(job: _Job, task: TaskConfig, tokenizer, eos: Optional[int]) -> EditStats:
-    """Classify the job's T2T edits (components.edits.judge_edits) and keep the counts in its record."""
+def _account_edits(job: _Job, task: TaskConfig, tokenizer, eos: Optional[int],
+                   levenshtein: bool) -> tuple[EditStats, StructuralStats]:
+    """Classify the job's T2T edits (components.edits.judge_edits) and, with Levenshtein decoding, its
+    deletions and insertions (judge_structural_edits), and keep the counts in its record."""
     rec = job.record
     if job.trajectory is None:
-        return EditStats()
-    stats = judge_edits(job.trajectory, job.sequence, eos, correct=bool(rec["correct"]),
-                        reference=answer_ids(task, job.sample, tokenizer))
+        return EditStats(), StructuralStats()
+    correct, reference = bool(rec["correct"]), answer_ids(task, job.sample, tokenizer)
+    stats = judge_edits(job.trajectory, job.sequence, eos, correct=correct, reference=reference)
     rec.update(edit_fixes=stats.fixes, edit_breaks=stats.breaks, edit_neutral=stats.neutral,
                edit_oscillations=stats.oscillations)
+    structural = StructuralStats()
+    if levenshtein:
+        structural = judge_structural_edits(job.trajectory, job.sequence, eos, correct=correct, reference=reference)
+        rec.update(deletions=structural.deletions, insertions=structural.insertions)
     job.trajectory = None  # the record keeps the counts; drop the step lists
-    return stats
+    return stats, structural
 
 
 def _judge(job: _Job, task: TaskConfig, extractor, scorer) -> None:
@@ -228,7 +234,7 @@ def evaluate_task(
     drop = {t for t in (eos, mask, getattr(tokenizer, "pad_id", None)) if t is not None}
     runnable = [j for j in jobs if j.prompt_ids is not None]
     gen_seconds = 0.0
-    edit_stats = EditStats()
+    edit_stats, structural_stats = EditStats(), StructuralStats()
     with ThreadPoolExecutor(max_workers=task.sandbox.workers) as pool:
         for b, first in enumerate(range(0, len(runnable), task.batch_size)):
             batch = runnable[first:first + task.batch_size]
@@ -238,13 +244,16 @@ def evaluate_task(
             gen_seconds += time.perf_counter() - t0
             list(pool.map(lambda j: _judge(j, task, extractor, scorer), batch))
             for job in batch:
-                edit_stats = edit_stats + _account_edits(job, task, tokenizer, eos)
+                edits, structural = _account_edits(job, task, tokenizer, eos, decode.levenshtein)
+                edit_stats, structural_stats = edit_stats + edits, structural_stats + structural
             log.info("%s: %d/%d generations", task.name, min(first + task.batch_size, len(runnable)), len(runnable))
 
     label = (preset or task.decode.preset) if decode_cfg is None else "custom"
     result = _aggregate(task, jobs, decode, label, time.perf_counter() - start, gen_seconds)
     result.sandbox = sandbox
     result.edits = edit_stats.as_dict()
+    if decode.levenshtein:  # a decode that could delete or insert reports how those edits went, zeros included
+        result.structural = dataclasses.asdict(structural_stats)
     if output_dir is not None:
         save_task_result(result, output_dir)
     return result

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.edits import EditStats
+from components.edits import EditStats, StructuralStats
 from components.evaluate.config import EvalConfig
-from components.evaluate.results import TaskResult, edit_stats
+from components.evaluate.results import TaskResult, edit_stats, structural_stats
 from components.evaluate.runner import evaluate_suite
 from components.presets import EDITING_OFF
 
@@ -34,10 +34,12 @@ def suite_metrics(results: list[TaskResult], prefix: str) -> dict[str, float]:
     forwards = sum(r.forwards for r in results)
     seconds = sum(r.generation_seconds for r in results)
     edits = sum((edit_stats(r.edits) for r in results if r.edits is not None), EditStats())
+    judged = [r for r in results if r.structural is not None]  # tasks decoded with Levenshtein editing
+    structural = sum((structural_stats(r.structural) for r in judged), StructuralStats())
     return {f"{prefix}/score": sum(r.score for r in results) / len(results),
             f"{prefix}/tpf": tokens / forwards if forwards else 0.0,
             f"{prefix}/tps": tokens / seconds if seconds > 0 else 0.0,
-            **edits.metrics(prefix)}
+            **edits.metrics(prefix), **(structural.metrics(prefix) if judged else {})}
 
 
 def run_eval(lm, tokenizer, cfg: EvalConfig, out_dir: str | Path) -> EvalRun:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from components.edits import EditStats, judge_example_edits
+from components.edits import EditStats, StructuralStats, judge_example_edits, judge_example_structural_edits
 from components.families import Example, get_family
 from model import DecodeConfig, GenerationResult, generate
 from model.decoding import Trajectory
@@ -181,6 +181,16 @@ def judge_rollout_edits(batch: RolloutBatch, tokenizer) -> EditStats:
     return stats
 
 
+def judge_rollout_structural_edits(batch: RolloutBatch, tokenizer) -> StructuralStats:
+    """Every deletion and insertion of the batch's (recorded) decodes as fix / break / neutral, judged
+    as `judge_rollout_edits` judges T2T edits."""
+    stats = StructuralStats()
+    for r in batch.rollouts:
+        stats = stats + judge_example_structural_edits(r.trajectory, r.sequence, tokenizer, r.example,
+                                                       correct=bool(r.score.correct))
+    return stats
+
+
 def evaluate_policy(lm, tokenizer, examples: list[Example], dcfg: DecodeConfig, reward: CombinedReward,
                     template: str, samples_per_prompt: int = 1) -> dict[str, float]:
     """Accuracy (the accuracy reward term), TPF, length and the edit accounting (edits per sample,
@@ -189,6 +199,8 @@ def evaluate_policy(lm, tokenizer, examples: list[Example], dcfg: DecodeConfig, 
     dcfg = replace(dcfg, record_trajectory=True)
     batch = score_rollouts(generate_rollouts(lm, tokenizer, examples, samples_per_prompt, dcfg, template), reward)
     edits = {k: v for k, v in judge_rollout_edits(batch, tokenizer).named().items() if v is not None}
+    if dcfg.levenshtein:
+        edits.update((k, v) for k, v in judge_rollout_structural_edits(batch, tokenizer).named().items() if v is not None)
     return {"accuracy": float(batch.correct.mean()), "tpf": batch.tokens_per_forward,
             "length": batch.mean_length, "reward_mean": float(batch.rewards.mean()),
             "finished": batch.finished_fraction, "wall_seconds": batch.wall_seconds, **edits}
