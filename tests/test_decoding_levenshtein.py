@@ -12,7 +12,8 @@ from components.bench.baselines import reference_generate
 from components.presets import load_decode_config
 from golden import require_golden
 from model import DecodeConfig, DiffusionLM, ModelConfig, generate
-from model.levenshtein import add_edit_controls, apply_block_edits
+from decoding_support import moves, replay
+from model.levenshtein import add_edit_controls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,34 +55,6 @@ def lev_lm():
 def structural_counts(trajectories) -> tuple[int, int]:
     records = [r for t in trajectories for r in t.structural.values()]
     return sum(len(r.deleted) for r in records), sum(len(r.inserted) for r in records)
-
-
-def moves(record, mask_id=MASK):
-    """The BlockEdit a structural record describes (its block, its deletions and insertions)."""
-    m = len(record.before)
-    delete, insert = torch.zeros(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)
-    delete[list(record.deleted)] = True
-    insert[list(record.inserted)] = True
-    return apply_block_edits(torch.tensor(record.before), delete, insert, mask_id=mask_id)
-
-
-def replay(traj) -> list[int]:
-    """The final canvas rebuilt from a trajectory: each step's fills and substitutions, then its
-    structural edits on the block they name (checked against the block the record saw)."""
-    canvas = list(traj.initial_canvas)
-    for i, step in enumerate(traj.steps):
-        for pos, tok in step.m2t:
-            assert canvas[pos] == traj.mask_id
-            canvas[pos] = tok
-        for pos, old, new in step.t2t:
-            assert canvas[pos] == old
-            canvas[pos] = new
-        record = traj.structural.get(i)
-        if record is not None:
-            lo, hi = record.start, record.start + len(record.before)
-            assert tuple(canvas[lo:hi]) == record.before
-            canvas[lo:hi] = moves(record, traj.mask_id).tokens.tolist()
-    return canvas
 
 
 @pytest.mark.parametrize("settings,fired", [
@@ -131,7 +104,7 @@ def test_structural_edits_happen_only_in_post_steps_and_the_masks_they_make_are_
             assert step.kind == "post" and not step.m2t
             assert traj.mask_id not in record.before  # a post step: the block had no mask
             assert all(record.start + k >= traj.prompt_length for k in record.deleted + record.inserted)
-            made = int((moves(record).tokens == MASK).sum())  # inserted slots and tail padding
+            made = int((moves(record, MASK).tokens == MASK).sum())  # inserted slots and tail padding
             assert 0 < made <= len(record.deleted) + len(record.inserted)
             after = [s for s in traj.steps[i + 1:] if s.block == step.block]
             drafted = sum(len(s.m2t) for s in after if s.kind == "draft")
@@ -190,7 +163,7 @@ def test_max_reverts_history_follows_the_moved_tokens(lev_lm):
                 m = len(record.before)
                 block = history[record.start:record.start + m]
                 history[record.start:record.start + m] = [set(block[s]) if s >= 0 else set()
-                                                          for s in moves(record).source.tolist()]
+                                                          for s in moves(record, MASK).source.tolist()]
     # the same decode without the moving history would see reverts: the guard changed something
     free = generate(lev_lm, PROMPTS, dataclasses.replace(cfg, max_reverts=None))
     assert free.canvases != res.canvases

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from decoding_support import replay
 from golden import decode_kwargs, load_cases, require_golden
 from model import DecodeConfig, DiffusionLM, ModelConfig, generate
 
@@ -206,15 +207,7 @@ def test_trajectory_replays_to_final_canvas(lm):
     res = generate(lm, prompts, DecodeConfig(block_length=8, gen_length=24, threshold=0.5, editing_threshold=0.6,
                                              record_trajectory=True, speculative_verify=True))
     for traj, canvas in zip(res.trajectories, res.canvases):
-        replay = list(traj.initial_canvas)
-        for step in traj.steps:
-            for pos, tok in step.m2t:
-                assert replay[pos] == traj.mask_id
-                replay[pos] = tok
-            for pos, old, new in step.t2t:
-                assert replay[pos] == old
-                replay[pos] = new
-        assert replay == canvas
+        assert replay(traj) == canvas
 
 
 def test_tokens_per_forward_definition(lm):
