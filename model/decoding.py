@@ -20,7 +20,9 @@ One decoding step of a row (prompt) in block b:
     deleted (the block shifts left, [MASK] pads its tail) or gets a [MASK] put before it (the tail is
     cut). A structural edit counts as an edit; the masks it makes are drafted by the next steps;
   * a step that starts with no mask counts as a "post" step; more than `max_post_steps` of them
-    end the block before the forward, and a post step without edits ends it after the forward.
+    end the block before the forward, and a post step without edits ends it after the forward;
+  * with `finish_threshold` set, the drafting step that completes the answer's last block ends it
+    without a post step when it backs every generated token of the block above that threshold.
 
 Multi-Block Editing (mbe_window = w > 0): when block b ends, the window of blocks b-w .. b is
 re-encoded with *bidirectional* attention across the window (each window block sees the later ones;
@@ -88,6 +90,13 @@ class DecodeConfig:
     # clashing tokens that the model swaps at every post step then stop flipping, and the block ends
     # instead of spending every post step up to `max_post_steps`.
     max_reverts: int | None = None
+    # Finishing without the verify forward (the reference has none, so None = off). The block that ends
+    # the answer -- no mask left after a drafting step, and an EOS in it (with `eos_early_stop`) or the
+    # row's last block -- ends at once, without its post-block forward, when the forward that completed
+    # it proposed no edit and chose every generated token of the block as it stands with confidence
+    # strictly above `finish_threshold`. A verify would re-read a block the model has just backed that
+    # strongly; it costs one forward per answer, which on short answers is a third of S mode's forwards.
+    finish_threshold: float | None = None
     # Levenshtein editing (LLaDA2.2 §3.1, model.levenshtein): in a post step (a block without masks), a
     # position whose arg-max over the whole head is DELETE (INSERT) with confidence strictly above its
     # threshold is deleted (gets a [MASK] put before it). None = that edit is off; either one on needs
@@ -148,10 +157,29 @@ class DecodeConfig:
             bad("max_reverts", "a non-negative integer or None (off)")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             bad("max_batch_size", ">= 1 or None")
+        if self.finish_threshold is not None and not 0.0 <= self.finish_threshold <= 1.0:
+            bad("finish_threshold", "in [0, 1] or None (off)")
         check_edit_thresholds(None, self.delete_threshold, self.insert_threshold)
         if self.stop_at_answer_end and (self.editing_threshold <= 1.0 or self.mbe_window):
             raise ValueError("DecodeConfig.stop_at_answer_end needs editing off (editing_threshold > 1, mbe_window 0): "
                              "it ends a row before later edits could revise its answer")
+
+
+@dataclass
+class _Draft:
+    """The next block's speculative draft from a post step: its choices, and with Levenshtein editing
+    on the choice over the whole head (the finish rule reads it)."""
+    tokens: torch.Tensor
+    conf: torch.Tensor
+    full_tokens: torch.Tensor | None = None
+    full_conf: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, slot: int, B: int, tokens, conf, full) -> "_Draft":
+        part = slice(B, 2 * B)
+        if full is None:
+            return cls(tokens[slot, part], conf[slot, part])
+        return cls(tokens[slot, part], conf[slot, part], full[0][slot, part], full[1][slot, part])
 
 
 @dataclass
@@ -214,7 +242,7 @@ class _Row:
         self.phase = "draft"  # or "mbe"
         self.post_steps = 0
         self.mbe_steps = 0
-        self.held_draft = None  # (tokens, confidences): the next block's speculative draft, waiting on MBE
+        self.held_draft = None  # the next block's speculative draft (`_Draft`), waiting on MBE
         self.done = False
         self.stopped = False  # dropped by `cancelled` before it finished
         self.final_reported: int | None = 0  # answer tokens handed to `on_block` (None once it had the last)
@@ -465,26 +493,34 @@ class _Decoder:
                     block_before = row.block
                     self._advance(row)
                     if held is not None and not row.done and row.block == block_before + 1:
-                        speculating.append((row, held[0], held[1]))
+                        speculating.append((row, held))
             else:
-                had_masks, _, edits = stats[slot]
+                had_masks, _, edits, finished = stats[slot]
                 frozen_until = row.block * B
-                if not had_masks and not edits:
+                if finished:
+                    self._end_block(row)  # no post step: the row is done, or its MBE window follows
+                elif not had_masks and not edits:
                     frozen_until = (row.block + 1) * B  # the input was the block's final content
                     block_before = row.block
                     self._end_block(row)
                     spec = layout.speculative[slot]
                     if spec and not row.done and row.phase == "mbe":
-                        row.held_draft = (tokens[slot, B:2 * B], conf[slot, B:2 * B])
+                        row.held_draft = _Draft.of(slot, B, tokens, conf, full)
                     elif spec and not row.done and row.block == block_before + 1:
-                        speculating.append((row, tokens[slot, B:2 * B], conf[slot, B:2 * B]))
+                        speculating.append((row, _Draft.of(slot, B, tokens, conf, full)))
             store_counts.append(max(0, frozen_until - layout.starts[slot]))
         if speculating:
             # The speculative drafts of blocks that just ended: the first step of each next block.
-            slots = [r.slot for r, _, _ in speculating]
-            self._update_blocks(rows, slots, ["speculative"] * len(slots), torch.stack([t for _, t, _ in speculating]),
-                                torch.stack([c for _, _, c in speculating]), [r.block * B for r, _, _ in speculating],
-                                gathered=True)
+            slots = [r.slot for r, _ in speculating]
+            drafts = [d for _, d in speculating]
+            full_drafts = None if full is None else (torch.stack([d.full_tokens for d in drafts]),
+                                                     torch.stack([d.full_conf for d in drafts]))
+            drafted = self._update_blocks(rows, slots, ["speculative"] * len(slots),
+                                          torch.stack([d.tokens for d in drafts]), torch.stack([d.conf for d in drafts]),
+                                          [r.block * B for r, _ in speculating], gathered=True, full=full_drafts)
+            for row, _ in speculating:
+                if drafted[row.slot][3]:
+                    self._end_block(row)
         for row in rows:
             if cfg.stop_at_answer_end and not row.done and self._answer_complete(row):
                 row.done = True
@@ -508,7 +544,8 @@ class _Decoder:
                        full: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[int, tuple]:
         """M2T + T2T (+ Levenshtein) on the active blocks of the rows in `slots`, all at once on the device,
         from this step's choices `tok`/`cf` ((R, B) for every row of the batch, or (len(slots), B) when
-        `gathered`); returns per slot (masks before, fills, edits), structural edits counted as edits.
+        `gathered`); returns per slot (masks before, fills, edits, finished), structural edits counted as
+        edits; `finished`: the step completes the answer's last block with no post step (`finish_threshold`).
         With the step's `layout` and every row in `slots`, the block positions are the layout's (made
         once per layout).
 
@@ -557,6 +594,9 @@ class _Decoder:
             columns = [is_mask.sum(1), commit.sum(1), edit.sum(1), moved.num_edits, (moved.source < 0).sum(1)]
         else:
             columns = [is_mask.sum(1), commit.sum(1), edit.sum(1)]
+        finishing = cfg.finish_threshold is not None
+        if finishing:
+            columns += self._finish_columns(current, commit, edit, tok, cf, protected, full)
         counts = torch.stack(columns, 1).tolist()  # the one host read
         if self.committed is not None and any(c[2] for c in counts):
             edit, dropped = self._limit_reverts([rows[s] for s in slots], row_index, pos, tok, edit)
@@ -577,14 +617,31 @@ class _Decoder:
         out = {}
         for i, s in enumerate(slots):
             masks, fills, edits = counts[i][:3]
-            structural, created = counts[i][3:] if moved is not None else (0, 0)
+            structural, created = counts[i][3:5] if moved is not None else (0, 0)
             row = rows[s]
             row.commits += fills
             row.edits += edits
             row.structural += structural
             row.masks_left = masks - fills + created  # an insert, and the padding after a delete, are masks
-            out[s] = (masks, fills, edits + structural)
+            finished = False
+            if finishing:
+                sure, has_eos = counts[i][-2:]
+                ends_answer = (bool(has_eos) and cfg.eos_early_stop) or row.block + 1 == row.num_blocks
+                finished = bool(sure) and ends_answer and masks > 0 and row.phase == "draft"
+            out[s] = (masks, fills, edits + structural, finished)
         return out
+
+    def _finish_columns(self, current, commit, edit, tok, cf, protected, full) -> list[torch.Tensor]:
+        """Per row: whether the step leaves its block complete (no mask), proposes no edit and backs
+        every generated token above `finish_threshold`; and whether the block holds a generated EOS."""
+        after = torch.where(commit, tok, current)
+        sure = (tok == after) & (cf > self.cfg.finish_threshold)
+        if full is not None:  # a position Levenshtein editing might delete or insert at is not settled
+            sure &= ~self._is_control(full[0])
+        complete = ~(after == self.mask_id).any(1) & ~edit.any(1) & (sure | protected).all(1)
+        eos = self.eos_id if self.eos_id is not None else -1
+        has_eos = ((after == eos) & ~protected).any(1)
+        return [complete.long(), has_eos.long()]
 
     def _is_control(self, tokens: torch.Tensor) -> torch.Tensor:
         return (tokens == self.controls[0]) | (tokens == self.controls[1])

@@ -55,6 +55,44 @@ def test_reference_loop_equals_our_decoder_on_other_weights(random_lm):
     assert sum(r.edits[0] for r in ref) > 0  # editing was exercised
 
 
+FINISH_PROMPTS = [[3, 4, 5, 6, 8], list(range(20, 33)), [9], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
+
+
+@pytest.mark.parametrize("extra", [{}, {"use_cache": False}, {"speculative_verify": True}, {"static_shapes": True},
+                                   {"speculative_verify": True, "static_shapes": True}, {"eos_early_stop": False}],
+                         ids=["cache", "nocache", "speculative", "static", "static-speculative", "no-eos-stop"])
+def test_finish_threshold_ends_the_last_block_as_the_reference_loop_does(random_lm, extra):
+    """The answer's last block ends on the drafting step that completes it, in our decoder (batched,
+    cached or not, speculative, static) exactly as in the independent reference loop; it saves forwards."""
+    base = DecodeConfig(gen_length=24, block_length=8, threshold=0.3, editing_threshold=0.7, eos_early_stop=True)
+    # a random network rarely emits its EOS id: call "EOS" a token it drafts often, so answers end early
+    drafted = [t for s in generate(random_lm, FINISH_PROMPTS, base).sequences for t in s]
+    base = dataclasses.replace(base, eos_id=max(set(drafted), key=drafted.count), **extra)
+    cfg = dataclasses.replace(base, finish_threshold=0.2)
+    ours = generate(random_lm, FINISH_PROMPTS, cfg)
+    refs = [reference_generate(random_lm, p, cfg) for p in FINISH_PROMPTS]
+    assert ours.sequences == [r.sequences[0] for r in refs]
+    assert ours.canvases == [r.canvases[0] for r in refs]
+    assert ours.edits == [r.edits[0] for r in refs]
+    if cfg.speculative_verify:  # speculation saves a block's first forward on top; never adds one
+        assert all(o <= r.forwards[0] for o, r in zip(ours.forwards, refs))
+    else:
+        assert ours.forwards == [r.forwards[0] for r in refs]
+    plain = [reference_generate(random_lm, p, base) for p in FINISH_PROMPTS]
+    saved = [p.forwards[0] - r.forwards[0] for p, r in zip(plain, refs)]
+    assert all(0 <= s for s in saved) and sum(saved) > 0  # the rule fired, and only ever saved forwards
+    assert sum(ours.forwards) < sum(generate(random_lm, FINISH_PROMPTS, base).forwards)
+
+
+def test_finish_threshold_one_never_fires_and_out_of_range_is_refused(random_lm):
+    base = DecodeConfig(gen_length=24, block_length=8, threshold=0.5, editing_threshold=0.7, eos_early_stop=True)
+    never = dataclasses.replace(base, finish_threshold=1.0)  # a confidence is never strictly above 1
+    a, b = generate(random_lm, FINISH_PROMPTS, base), generate(random_lm, FINISH_PROMPTS, never)
+    assert (a.sequences, a.forwards) == (b.sequences, b.forwards)
+    with pytest.raises(ValueError, match=r"^DecodeConfig.finish_threshold must be in \[0, 1\] or None"):
+        dataclasses.replace(base, finish_threshold=1.5)
+
+
 def test_autoregressive_baseline_spends_one_forward_per_token(random_lm):
     base = DecodeConfig(gen_length=24, block_length=8, threshold=0.3, editing_threshold=0.6, max_post_steps=4,
                         eos_early_stop=True)

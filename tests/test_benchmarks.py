@@ -67,6 +67,26 @@ def test_edit_table_grid_decodes_every_point_and_names_the_best_and_fastest(chec
     assert all(finite(float(c)) for c in (cols[3], cols[4], cols[6], cols[7], cols[8]))
 
 
+def test_edit_table_sample_seed_draws_another_heldout_sample(checkpoint, monkeypatch, capsys):
+    """Settings are chosen on one draw of the held-out split and reported on the default draw."""
+    from benchmarks import common, edit_table
+
+    drawn = []
+
+    def spy(families, n, params=None, seed=common.HELDOUT_SEED):
+        examples = common.heldout_examples(families, n, params, seed=seed)
+        drawn.append((seed, [e.prompt for e in examples]))
+        return examples
+
+    monkeypatch.setattr(edit_table, "heldout_examples", spy)
+    args = ["--model", f"A={checkpoint}", "--families", "sort", "--presets", "quality", "--n", "3",
+            "--gen-length", "8", "--block-length", "4", "--threads", "1"]
+    assert edit_table.main(args) == 0 and edit_table.main([*args, "--sample-seed", "7"]) == 0
+    (default_seed, reported), (chosen_seed, validation) = drawn
+    assert (default_seed, chosen_seed) == (common.HELDOUT_SEED, 7)
+    assert reported != validation
+
+
 def test_edit_table_attribution_traces_every_wrong_token_of_each_preset(checkpoint, tmp_path, capsys):
     from benchmarks import edit_table
     from components.edits import ERROR_CAUSES

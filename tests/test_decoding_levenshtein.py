@@ -68,8 +68,10 @@ def structural_counts(trajectories) -> tuple[int, int]:
     (dict(eos_early_stop=True, num_to_transfer=2), "any"),
     (dict(delete_threshold=None), "insertions"),
     (dict(insert_threshold=None), "deletions"),
+    (dict(finish_threshold=0.3), "any"),
+    (dict(finish_threshold=0.3, speculative_verify=True), "any"),
 ], ids=["batch1", "batched", "nocache", "speculative", "speculative-nocache", "static", "static-speculative",
-        "eos-stop", "insert-only", "delete-only"])
+        "eos-stop", "insert-only", "delete-only", "finish", "finish-speculative"])
 def test_decoder_equals_the_reference_loop_with_levenshtein_on(lev_lm, settings, fired):
     settings = dict(settings)
     prompts = settings.pop("prompts", PROMPTS)

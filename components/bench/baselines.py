@@ -14,6 +14,8 @@ simply and without any of our decoder's machinery (no cache, no batching, no sha
   * a step that starts with no mask bumps the post-step counter, and the block ends before the forward
     once it exceeds `max_post_steps`; after a forward the block ends if it had no mask and no edit;
   * EOS early stop after a block; the output is canvas[P, P+G) cut after the first EOS.
+`finish_threshold`, which the reference lacks, ends the answer's last block on the drafting step
+that completes it, as `model/decoding.py` describes.
 Levenshtein editing (LLaDA2.2 §3.1; `delete_threshold` / `insert_threshold`), which the reference
 lacks, follows `model.levenshtein`'s per-step order: on a model with the edit-control rows, fills and
 substitutions choose over real tokens only; with Levenshtein on, a position whose arg-max over the
@@ -136,6 +138,17 @@ def reference_generate(lm, prompt: list[int], cfg: DecodeConfig) -> GenerationRe
                     structural += moves
                 if not had_masks and not bool(edit.any()) and not moves:
                     break
+                if had_masks and cfg.finish_threshold is not None and not bool(edit.any()):
+                    # The finish rule: the answer's last block, complete and backed above the threshold,
+                    # ends without its verify forward.
+                    generated = positions[lo:W] >= P
+                    sure = (tok == active) & (conf > cfg.finish_threshold)
+                    if cfg.levenshtein:
+                        sure &= (full_tok != controls[0]) & (full_tok != controls[1])
+                    has_eos = eos_id is not None and bool((active[generated] == eos_id).any())
+                    ends_answer = (has_eos and cfg.eos_early_stop) or b == num_blocks - 1
+                    if ends_answer and not bool((active == mask_id).any()) and bool(sure[generated].all()):
+                        break
             if cfg.eos_early_stop and eos_id is not None:
                 generated = x[0, P:W]
                 if not bool((generated == mask_id).any()) and bool((generated == eos_id).any()):
