@@ -84,7 +84,7 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
     filtered = dict.fromkeys(edit_filters, EditStats())
     errors = ErrorAttribution()
     structural = StructuralStats()
-    levenshtein = cfg.delete_threshold is not None or cfg.insert_threshold is not None
+    levenshtein = cfg.levenshtein
     per_family: dict[str, list[int]] = {}  # family -> [correct, examples, tokens, forwards]
     for e, seq, fw, traj, canvas in zip(examples, res.sequences, res.forwards, res.trajectories, res.canvases):
         family = verifiers.setdefault(e.family, get_family(e.family, **params.get(e.family, {})))
