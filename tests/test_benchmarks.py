@@ -362,6 +362,21 @@ def test_lev_probe_reports_every_group_of_the_answer_positions(checkpoint_with_c
     assert "| wrong |" in capsys.readouterr().out
 
 
+def test_edit_table_judges_the_deletions_and_insertions_of_levenshtein_decoding(checkpoint_with_controls, tmp_path,
+                                                                               capsys):
+    from benchmarks import edit_table
+
+    out = tmp_path / "cells.json"
+    assert edit_table.main(["--model", f"A={checkpoint_with_controls}", "--families", "sort", "--n", "3",
+                            "--gen-length", "8", "--block-length", "4", "--presets", "speedy", "--threads", "1",
+                            "--set", "delete_threshold=0.0", "--set", "insert_threshold=0.0", "--json", str(out)]) == 0
+    cell = json.loads(out.read_text())["A|sort|S edit"][0]
+    assert cell["deletions_per_sample"] > 0  # the nudged DELETE row fires
+    judged = sum(cell[f"deletion_{v}"] for v in ("fixes", "breaks", "neutral"))
+    assert judged == round(cell["deletions_per_sample"] * 3)  # every deletion judged (sort: one valid answer)
+    assert "| A | sort | S edit |" in capsys.readouterr().out.split("DELETE fix / break / neutral")[1]
+
+
 def test_lev_probe_refuses_a_model_without_the_rows(checkpoint):
     from benchmarks import lev_probe
 
