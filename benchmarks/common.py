@@ -62,13 +62,15 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
     Returns the score (% correct), TPF, TPS, the forwards per sample split by kind
     (components.edits.forward_split: `fw_draft`, `fw_edit`, `fw_verify`, `fw_mbe`), the edit accounting
     (components.edits.EditStats.as_dict), per-family `families: {name: {score, tpf}}`, and for each
-    named filter in `edit_filters` (components.edits.EditFilter) `<name>_{edits,fixes,breaks}`. With
+    named filter in `edit_filters` (components.edits.EditFilter) `<name>_{edits,fixes,breaks}`, with
+    Levenshtein decoding on (a delete or insert threshold set) every deletion and insertion judged
+    (components.edits.StructuralStats.named: `deletion_fixes`, `insertion_breaks`, ...). With
     `attribution`, also every wrong token's cause (components.edits.ErrorAttribution.as_dict:
     `err_tokens_<cause>`, `err_answers_<cause>`, `wrong_answers`, ...), which costs one extra forward per
     wrong answer, outside the timed decode.
     """
-    from components.edits import (FORWARD_KINDS, EditStats, ErrorAttribution, attribute_example_errors, forward_split,
-                                  judge_example_edits)
+    from components.edits import (FORWARD_KINDS, EditStats, ErrorAttribution, StructuralStats, attribute_example_errors,
+                                  forward_split, judge_example_edits, judge_example_structural_edits)
     from components.families import get_family
     from model import generate
 
@@ -81,6 +83,8 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
     stats, split = EditStats(), dict.fromkeys(FORWARD_KINDS, 0)
     filtered = dict.fromkeys(edit_filters, EditStats())
     errors = ErrorAttribution()
+    structural = StructuralStats()
+    levenshtein = cfg.levenshtein
     per_family: dict[str, list[int]] = {}  # family -> [correct, examples, tokens, forwards]
     for e, seq, fw, traj, canvas in zip(examples, res.sequences, res.forwards, res.trajectories, res.canvases):
         family = verifiers.setdefault(e.family, get_family(e.family, **params.get(e.family, {})))
@@ -90,6 +94,8 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
         for kind, count in forward_split(traj).items():
             split[kind] += count
         stats = stats + judge_example_edits(traj, seq, tok, e, correct=correct)
+        if levenshtein:
+            structural = structural + judge_example_structural_edits(traj, seq, tok, e, correct=correct)
         for name, select in edit_filters.items():
             filtered[name] = filtered[name] + judge_example_edits(traj, seq, tok, e, correct=correct, select=select)
         if attribution:
@@ -100,6 +106,7 @@ def decode_and_score(lm, tok, examples, prompts, cfg: DecodeConfig, params: dict
             **{f"fw_{k}": v / n for k, v in split.items()}, **stats.as_dict(),
             **{f"{name}_{k}": getattr(st, k) for name, st in filtered.items() for k in ("edits", "fixes", "breaks")},
             **(errors.as_dict() if attribution else {}),
+            **(structural.named() if levenshtein else {}),
             "families": {f: {"score": 100.0 * v[0] / v[1], "tpf": v[2] / max(1, v[3])} for f, v in per_family.items()}}
 
 

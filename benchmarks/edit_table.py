@@ -26,7 +26,9 @@ only MBE can repair -- and in the block just ended).
   python -m benchmarks.edit_table --model A=DIR --families sort sudoku4 --presets speedy quality --attribution
 
 Several `--model` entries with the same label (e.g. three seeds) are reported as mean ± spread
-(half the max - min range) per cell. TPS is measured with the trajectory recorded (the edit
+(half the max - min range) per cell. Settings with Levenshtein editing (`--set delete_threshold=0.5`,
+or a grid over delete_threshold / insert_threshold) add a table of their deletions and insertions,
+each judged a fix, break or neutral against the reference (components.edits.StructuralStats). TPS is measured with the trajectory recorded (the edit
 accounting needs it), on `--threads` threads; compare it within one run only. With `--grid KEY=V1,V2`
 (repeatable) the settings are every preset in `--presets` at every point of the grid instead.
 With `--mlflow-experiment` the run's cells become MLflow metrics (mean over seeds), and the table, the
@@ -121,6 +123,22 @@ def table_lines(cells: dict) -> list[str]:
         lines.append(f"| {label} | {fam} | {name} | {col('score')} | {col('tpf', '.2f')} | {col('tps', '.0f')} | "
                      f"{split} | {col('edits_per_sample', '.2f')} | {col('fixes', '.0f')} | {col('breaks', '.0f')} | "
                      f"{col('neutral', '.0f')} | {col('precision', '.2f')} | {col('oscillations_per_100_tokens', '.2f')} |")
+    return lines
+
+
+def structural_lines(cells: dict) -> list[str]:
+    """Every cell decoded with Levenshtein editing (a delete or insert threshold set): its deletions and
+    insertions, each judged a fix, break or neutral (components.edits.StructuralStats); none without."""
+    rows = {key: runs for key, runs in cells.items() if "deletion_fixes" in runs[0]}
+    if not rows:
+        return []
+    lines = ["| model | family | decoding | deletions/sample | DELETE fix / break / neutral | insertions/sample "
+             "| INSERT fix / break / neutral |", "|---|---|---|---|---|---|---|"]
+    for (label, fam, name), runs in rows.items():
+        col = lambda k, spec=".0f": spread_cell([r[k] for r in runs], spec)  # noqa: E731
+        verdicts = lambda kind: " / ".join(col(f"{kind}_{v}") for v in ("fixes", "breaks", "neutral"))  # noqa: E731
+        lines.append(f"| {label} | {fam} | {name} | {col('deletions_per_sample', '.3f')} | {verdicts('deletion')} | "
+                     f"{col('insertions_per_sample', '.3f')} | {verdicts('insertion')} |")
     return lines
 
 
@@ -364,6 +382,9 @@ def main(argv=None) -> int:
                                             args.attribution, args.sample_seed).items():
             cells[(label, *key)].append(res)
     extra = grid_lines(cells, args.max_loss) if grid else mbe_lines(cells)
+    structural = structural_lines(cells)
+    if structural:
+        extra = [*structural, *(["", *extra] if extra else [])]
     if args.attribution:
         extra = [*attribution_lines(cells), *(["", *extra] if extra else [])]
     text = "\n".join([*table_lines(cells), "", *summary_lines(cells), *(["", *extra] if extra else [])])

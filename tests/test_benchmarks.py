@@ -310,6 +310,81 @@ def test_train_table_trains_each_variant_with_its_objective_and_reports_every_se
 
 
 
+# ------------------------------------------------------------------------------------------ lev_probe
+@pytest.fixture(scope="module")
+def checkpoint_with_controls(random_checkpoint, tmp_path_factory) -> Path:
+    """The random checkpoint with the DELETE/INSERT rows, their head rows nudged so that DELETE wins
+    the arg-max somewhere (a zero row never does)."""
+    import torch
+
+    from model.tokenizer import load_tokenizer
+    from model import DiffusionLM
+    from model.levenshtein import add_edit_controls
+
+    lm = DiffusionLM.from_pretrained(random_checkpoint)
+    delete_id, _ = add_edit_controls(lm)
+    with torch.no_grad():
+        lm.lm_head.weight[delete_id] = lm.lm_head.weight[:delete_id].mean(0) * 50.0
+    path = tmp_path_factory.mktemp("controls")
+    lm.save_pretrained(path)
+    load_tokenizer(random_checkpoint).save(path)
+    return path
+
+
+def test_lev_probe_groups_positions_by_alignment_and_edit_label():
+    from benchmarks.lev_probe import position_groups
+
+    eos, controls = 1, (100, 101)
+    dup = position_groups([3, 3, 5, 1, eos], [3, 5, 1, eos], controls)  # a duplicate: one token to delete
+    assert sum(dup["wrong"]) == 1 and sum(dup["label_delete"]) == 1 and sum(dup["label_insert"]) == 0
+    assert dup["right"][2:] == [True, True, True]  # the tokens after the duplicate are right once aligned
+    gap = position_groups([3, 1, eos], [3, 5, 1, eos], controls)  # a skipped token: an insertion site
+    assert gap["wrong"] == [False, False, False] and gap["label_insert"] == [False, True, False]
+
+
+def test_lev_probe_reports_every_group_of_the_answer_positions(checkpoint_with_controls, tmp_path, capsys):
+    from benchmarks import lev_probe
+
+    out = tmp_path / "probe.json"
+    assert lev_probe.main(["--model", str(checkpoint_with_controls), "--family", "sort", "--n", "3",
+                           "--gen-length", "8", "--block-length", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    groups = result["groups"]
+    assert set(groups) == set(lev_probe.GROUPS) and result["examples"] == 3
+    assert groups["right"]["positions"] + groups["wrong"]["positions"] > 0
+    for cell in groups.values():
+        for control in lev_probe.CONTROLS:
+            assert 0 <= cell[f"{control}_argmax"] <= cell["positions"]
+            if cell["positions"]:
+                assert 0.0 <= cell[f"{control}_p99"] <= cell[f"{control}_max"] <= 1.0
+    total = groups["right"]["delete_argmax"] + groups["wrong"]["delete_argmax"]
+    assert total > 0  # the nudged DELETE row wins somewhere, and the probe counts it
+    assert "| wrong |" in capsys.readouterr().out
+
+
+def test_edit_table_judges_the_deletions_and_insertions_of_levenshtein_decoding(checkpoint_with_controls, tmp_path,
+                                                                               capsys):
+    from benchmarks import edit_table
+
+    out = tmp_path / "cells.json"
+    assert edit_table.main(["--model", f"A={checkpoint_with_controls}", "--families", "sort", "--n", "3",
+                            "--gen-length", "8", "--block-length", "4", "--presets", "speedy", "--threads", "1",
+                            "--set", "delete_threshold=0.0", "--set", "insert_threshold=0.0", "--json", str(out)]) == 0
+    cell = json.loads(out.read_text())["A|sort|S edit"][0]
+    assert cell["deletions_per_sample"] > 0  # the nudged DELETE row fires
+    judged = sum(cell[f"deletion_{v}"] for v in ("fixes", "breaks", "neutral"))
+    assert judged == round(cell["deletions_per_sample"] * 3)  # every deletion judged (sort: one valid answer)
+    assert "| A | sort | S edit |" in capsys.readouterr().out.split("DELETE fix / break / neutral")[1]
+
+
+def test_lev_probe_refuses_a_model_without_the_rows(checkpoint):
+    from benchmarks import lev_probe
+
+    with pytest.raises(SystemExit, match="no DELETE/INSERT rows"):
+        lev_probe.main(["--model", str(checkpoint), "--family", "sort", "--n", "1", "--gen-length", "8",
+                        "--block-length", "4"])
+
+
 # ------------------------------------------------------------------------------------------ overhead
 def test_overhead_counter_counts_host_reads_and_splits_them_by_network():
     import torch

@@ -22,7 +22,7 @@ from components.evaluate.scorers import SCORERS
 from components.evaluate.sources import Sample
 from components.families import get_family, split_of
 
-SYNTHETIC = ["permutation", "sum", "sudoku4", "addition", "sort"]
+SYNTHETIC = ["permutation", "sum", "sudoku4", "addition", "sort", "dedup"]
 
 
 def _write(tmp_path: Path, text: str, name: str = "task.yaml") -> Path:

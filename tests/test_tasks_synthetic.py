@@ -9,6 +9,7 @@ import pytest
 from components.families import SPLITS, SYNTHETIC_FAMILIES, Example, SyntheticFamily, get_family, split_of
 from components.families.synthetic import (
     AdditionFamily,
+    DedupFamily,
     LatinFamily,
     PermutationFamily,
     Sudoku4Family,
@@ -110,6 +111,10 @@ def test_bad_family_parameters():
         Sudoku4Family(max_clues=17)
     with pytest.raises(ValueError):
         AdditionFamily(min_digits=0)
+    with pytest.raises(ValueError, match="min_len <= max_len"):
+        DedupFamily(min_len=5, max_len=3)
+    with pytest.raises(ValueError, match="repeat_prob"):
+        DedupFamily(repeat_prob=1.0)
 
 
 # ---------------------------------------------------------------- permutation
@@ -288,6 +293,26 @@ def test_sort_is_exact():
     assert fam.score("7 7 34 89", e)
     for bad in ["7 34 89", "89 34 7 7", "7 7 34 89 1", "07 7 34 89"]:
         assert not fam.score(bad, e), bad
+
+
+def test_dedup_is_exact():
+    fam = get_family("dedup")
+    e = _ex(fam, {"values": [3, 3, 5, 1, 1, 1, 2]})
+    assert fam.score("3 5 1 2", e)
+    for bad in ["3 3 5 1 2", "3 5 1", "3 5 1 2 2", "1 2 3 5", "03 5 1 2"]:
+        assert not fam.score(bad, e), bad
+
+
+def test_dedup_answers_collapse_the_prompt_s_runs_and_respect_the_length_bounds():
+    fam = get_family("dedup", min_len=8, max_len=10)
+    examples = fam.make("train", 200, seed=0)
+    for e in examples:
+        values = [int(v) for v in e.prompt.removeprefix("dedup: ").split()]
+        assert values == e.meta["values"] and 8 <= len(values) <= 10
+        answer = [int(v) for v in e.answer.split()]
+        assert all(a != b for a, b in zip(answer, answer[1:]))
+        assert [v for v, _ in itertools.groupby(values)] == answer
+    assert sum(len(e.answer.split()) < len(e.meta["values"]) for e in examples) > 150  # most prompts have runs
 
 
 def test_to_messages_is_the_shared_chat_form():

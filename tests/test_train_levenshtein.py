@@ -134,6 +134,58 @@ def test_streams_read_the_labels_not_x0():
     assert float(stream_losses(on_x0, c, "none")["t2t"]) > 1.0
 
 
+def levenshtein_corruption(seed=2):
+    cfg = ObjectiveConfig(levenshtein_prob=1.0, t2t_stream_prob=0.5, t2t_rate_max=0.2)
+    objective = DraftEditObjective(cfg, mask_id=MASK, vocab_size=V + 2, special_ids=SPECIAL, edit_ids=(DEL, INS))
+    c = objective.corrupt(sft_batch(8), 8, torch.Generator().manual_seed(seed))
+    logits = torch.randn(*c.x0.shape, V + 2, generator=torch.Generator().manual_seed(seed))
+    return c, logits
+
+
+@pytest.mark.parametrize("weighting,normalizer", [("none", "pooled"), ("inv_t", "per_stream")])
+def test_label_weight_one_is_the_plain_loss(weighting, normalizer):
+    c, logits = levenshtein_corruption()
+    plain = stream_losses(logits, c, weighting, normalizer)
+    weighed = stream_losses(logits, c, weighting, normalizer, (DEL, INS), 1.0)
+    for key in ("m2t", "t2t", "keep", "cap"):
+        assert torch.equal(plain[key], weighed[key]), key
+
+
+@pytest.mark.parametrize("weighting,normalizer", [("none", "pooled"), ("inv_t", "per_stream")])
+def test_label_weight_scales_the_control_label_terms_and_nothing_else(weighting, normalizer):
+    c, logits = levenshtein_corruption()
+    targets = c.targets
+    control = (targets == DEL) | (targets == INS)
+    assert bool((control & c.t2t).any()) and bool((~control & c.t2t).any())  # both kinds in the T2T stream
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    w = 7.0
+    per_position = torch.where(control, w, 1.0) * ce
+    if weighting == "inv_t":
+        m2t = (per_position / c.t)[c.m2t].sum() / c.noisable.sum()
+    else:
+        m2t = per_position[c.m2t].sum() / c.m2t.sum()  # the count, not the sum of weights, divides
+    n_t2t, n_keep = (c.t2t.sum(), c.keep.sum()) if normalizer == "per_stream" else ((c.t2t | c.keep).sum(),) * 2
+    parts = stream_losses(logits, c, weighting, normalizer, (DEL, INS), w)
+    torch.testing.assert_close(parts["m2t"], m2t)
+    torch.testing.assert_close(parts["t2t"], per_position[c.t2t].sum() / n_t2t)
+    torch.testing.assert_close(parts["keep"], per_position[c.keep].sum() / n_keep)
+    # the weight's whole effect is (w - 1) times the control-label terms
+    plain = stream_losses(logits, c, weighting, normalizer)
+    torch.testing.assert_close(parts["t2t"] - plain["t2t"], (w - 1) * ce[c.t2t & control].sum() / n_t2t)
+    assert float(parts["n_control"]) == float((control & (c.m2t | c.t2t | c.keep)).sum()) > 0
+
+
+def test_the_objective_reads_the_label_weight():
+    batch, g = sft_batch(8), lambda: torch.Generator().manual_seed(3)
+    losses = {}
+    for w in (1.0, 5.0):
+        cfg = ObjectiveConfig(levenshtein_prob=1.0, t2t_stream_prob=1.0, t2t_rate_max=0.0, levenshtein_label_weight=w)
+        objective = DraftEditObjective(cfg, mask_id=MASK, vocab_size=V + 2, special_ids=SPECIAL, edit_ids=(DEL, INS))
+        losses[w] = objective(tiny_lm(), batch, block_length=8, generator=g())
+    assert float(losses[5.0].loss.detach()) > float(losses[1.0].loss.detach())  # the control rows start at zero: their CE is large
+    assert losses[5.0].metrics["n_control"] == losses[1.0].metrics["n_control"] > 0
+
+
 def test_levenshtein_without_the_rows_fails_in_one_line():
     with pytest.raises(ValueError, match=r"^train.objective.levenshtein_prob=0.5 needs a model with DELETE/INSERT rows"):
         DraftEditObjective(ObjectiveConfig(levenshtein_prob=0.5), mask_id=MASK, vocab_size=V, special_ids=SPECIAL)
@@ -143,6 +195,7 @@ def test_levenshtein_without_the_rows_fails_in_one_line():
     ("objective.levenshtein_prob=1.5", "train.objective.levenshtein_prob: must be in [0, 1]"),
     ("objective.levenshtein_prob=-0.1", "train.objective.levenshtein_prob: must be in [0, 1]"),
     ("objective.levenshtein_max_ops=0", "train.objective.levenshtein_max_ops: must be an integer >= 1"),
+    ("objective.levenshtein_label_weight=-1.0", "train.objective.levenshtein_label_weight: must be >= 0"),
 ])
 def test_bad_levenshtein_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace(".", r"\.")):
@@ -165,6 +218,7 @@ def test_levenshtein_under_lora_needs_the_head_adapted():
 def test_defaults_are_off():
     cfg = load_train_config(REPO_ROOT / "conf/train/sft.yaml")
     assert cfg.objective.levenshtein_prob == 0.0
+    assert cfg.objective.levenshtein_label_weight == 1.0
 
 
 def test_an_sft_run_with_levenshtein_blocks_exports_the_rows(tmp_path):

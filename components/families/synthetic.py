@@ -5,8 +5,8 @@ drafting, so decoding thresholds stop mattering. Draft-and-edit shows its worth
 where parallel drafting is genuinely uncertain: tasks with *many valid answers* and a verifier, where
 positions decoded in the same step pick clashing choices (a symbol used twice, digits that miss the
 target sum, a sudoku row with a repeated digit) that editing must repair. So most families here
-have many answers and their `score` accepts any valid one; `addition` and `sort` are the
-deterministic controls.
+have many answers and their `score` accepts any valid one; `addition`, `sort` and `dedup` are the
+deterministic controls (`dedup`'s answer length is decided by the runs of its prompt).
 
 Splits are disjoint by construction: the split of an instance is a function of its prompt text
 (sha256 of family name + prompt, mod `SPLIT_BUCKETS`), so the same problem can never appear in both
@@ -483,9 +483,51 @@ class SortFamily:
         return _int_tokens(completion) == sorted(example.meta["values"])
 
 
+@dataclass(frozen=True)
+class DedupFamily:
+    """Prompt ``dedup: 3 3 5 1 1 1 2`` -> ``3 5 1 2``: every run of equal digits collapsed to one. One
+    answer, shorter than the prompt by a length only the runs decide: a drafter that misjudges a run
+    boundary gets the answer's length wrong, the error a DELETE or INSERT edit repairs and a
+    substitution cannot (every token after it is off by one)."""
+
+    name: str = "dedup"
+    min_len: int = 6
+    max_len: int = 12
+    max_value: int = 9
+    repeat_prob: float = 0.5  # chance that a digit repeats the one before it: runs of mean length 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"{self.name}: need 1 <= min_len <= max_len")
+        if self.max_value < 1:
+            raise ValueError(f"{self.name}: max_value must be >= 1")
+        if not 0.0 <= self.repeat_prob < 1.0:
+            raise ValueError(f"{self.name}: repeat_prob must be in [0, 1)")
+
+    def _draw(self, rng: random.Random) -> tuple[str, str, dict]:
+        values = [rng.randint(0, self.max_value)]
+        for _ in range(rng.randint(self.min_len, self.max_len) - 1):
+            values.append(values[-1] if rng.random() < self.repeat_prob else rng.randint(0, self.max_value))
+        return f"dedup: {' '.join(map(str, values))}", " ".join(map(str, dedup_runs(values))), {"values": values}
+
+    def make(self, split: str, n: int, seed: int) -> list[Example]:
+        return _sample_split(self.name, split, n, seed, self._draw)
+
+    @_safe
+    def score(self, completion: str, example: Example) -> bool:
+        """Valid iff the completion is the given numbers with every run of equal ones collapsed."""
+        return _int_tokens(completion) == dedup_runs(example.meta["values"])
+
+
+def dedup_runs(values: list[int]) -> list[int]:
+    """`values` with every run of equal neighbours kept once, in order."""
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+
 SYNTHETIC_FAMILIES: dict[str, SyntheticFamily] = {
     f.name: f
-    for f in (PermutationFamily(), SumFamily(), Sudoku4Family(), LatinFamily(), AdditionFamily(), SortFamily())
+    for f in (PermutationFamily(), SumFamily(), Sudoku4Family(), LatinFamily(), AdditionFamily(), SortFamily(),
+              DedupFamily())
 }
 
 # Families with many valid answers, where draft-and-edit has something to repair.

@@ -111,6 +111,10 @@ class ObjectiveConfig:
     # (tokens, DELETE, INSERT). 0 = off (no edit-control rows needed; a released model trains as before).
     levenshtein_prob: float
     levenshtein_max_ops: int
+    # Loss weight of the positions labelled DELETE or INSERT (1 = the plain cross-entropy). The two
+    # head rows start at zero and are a few percent of the labels, so at weight 1 a short SFT leaves
+    # them below every real token and the controls never fire.
+    levenshtein_label_weight: float
     complementary: bool  # each row twice: with its M2T mask and with the complement
     cap_weight: float  # confidence (CAP) loss weight
 
@@ -249,7 +253,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
     check_choice("train.objective.mtf_select", o.mtf_select, MTF_SELECT)
     if not isinstance(o.mtf_start_step, int) or o.mtf_start_step < 0:
         fail("train.objective.mtf_start_step", f"must be a non-negative integer, got {o.mtf_start_step!r}")
-    for name in ("t2t_weight", "keep_weight", "mtf_weight", "cap_weight", "mtf_temperature"):
+    for name in ("t2t_weight", "keep_weight", "mtf_weight", "cap_weight", "mtf_temperature", "levenshtein_label_weight"):
         check_min(f"train.objective.{name}", getattr(o, name), 0)
     check_min("train.objective.t2t_warmup_steps", o.t2t_warmup_steps, 0)
     p = cfg.optim

@@ -23,7 +23,13 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
 * Levenshtein blocks (`levenshtein_prob`, LLaDA2.2 §3.1): a share of the blocks carries deletions,
   duplications and run shifts, and every stream there predicts the block's LCS label (a token,
   DELETE or INSERT; `model.levenshtein.edit_labels`) instead of x_0. It needs a model with the two
-  edit-control rows (`model.levenshtein.add_edit_controls`).
+  edit-control rows (`model.levenshtein.add_edit_controls`). `levenshtein_label_weight` w multiplies
+  the cross-entropy of every position labelled DELETE or INSERT, in whichever stream it falls (a
+  surplus mask is an M2T target, a token to delete or an insertion site a T2T one). Every
+  denominator stays a count of positions (no re-normalisation by the weights), so each stream's loss
+  becomes (Σ_other CE + w · Σ_control CE) / n: w = 1 is exactly the plain loss, and the control
+  terms are scaled by w and nothing else. The two rows start at zero and are rare targets (a few
+  per Levenshtein block), so without the weight a short SFT never makes them an arg-max.
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
 
@@ -89,28 +95,45 @@ def diffusion_logits(lm, xt: torch.Tensor, x0: torch.Tensor, block_length: int,
     return lm(inputs, attention_mask=mask, position_ids=positions, logits_positions=noisy_half).logits
 
 
-def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Per-position cross-entropy [N] at the True positions of `where` [B, L]."""
-    return F.cross_entropy(logits[where], targets[where], reduction="none")
+def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-position cross-entropy [N] at the True positions of `where` [B, L], times `weight` [B, L]
+    there when given."""
+    ce = F.cross_entropy(logits[where], targets[where], reduction="none")
+    return ce if weight is None else ce * weight[where]
+
+
+def control_label_weights(targets: torch.Tensor, control_ids: tuple[int, int] | None,
+                          weight: float) -> torch.Tensor | None:
+    """float [B, L]: `weight` where the label is an edit control (DELETE/INSERT), 1 elsewhere; None when
+    nothing would change (weight 1 or no control rows), so the plain loss is computed as before."""
+    if control_ids is None or weight == 1.0:
+        return None
+    is_control = (targets == control_ids[0]) | (targets == control_ids[1])
+    return torch.where(is_control, weight, 1.0).to(torch.float32)
 
 
 def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str,
-                  visible_normalizer: str = "pooled") -> dict[str, torch.Tensor]:
+                  visible_normalizer: str = "pooled", control_ids: tuple[int, int] | None = None,
+                  control_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Every loss part and accuracy of one forward; empty streams give a zero loss (still in the graph).
 
     `visible_normalizer="pooled"` divides the T2T and keep sums by the same count (all visible noisable
     tokens), so together they are one calibrated cross-entropy; "per_stream" makes each its own mean.
+    `control_weight` multiplies the cross-entropy of positions labelled with one of `control_ids`
+    (DELETE, INSERT) in every stream; the denominators stay counts of positions.
     """
     zero = logits.sum() * 0.0
     out: dict[str, torch.Tensor] = {}
     targets = c.targets  # x0, or the LCS labels in Levenshtein blocks
+    w = control_label_weights(targets, control_ids, control_weight)
     n_m2t = int(c.m2t.sum())
     if n_m2t:
-        ce = _masked_ce(logits, targets, c.m2t)  # (N_m2t,)
+        ce = _masked_ce(logits, targets, c.m2t, w)  # (N_m2t,)
         if weighting == "inv_t":
             out["m2t"] = (ce / c.t[c.m2t]).sum() / c.noisable.sum().clamp_min(1)
         elif weighting == "none":
-            out["m2t"] = ce.mean()
+            out["m2t"] = ce.mean()  # = Σ w·CE / N_m2t: the count, not Σ w, divides
         else:
             raise ValueError(f"weighting must be 'none' or 'inv_t', got {weighting!r}")
         pred = logits[c.m2t].argmax(-1)  # (N_m2t,)
@@ -131,11 +154,16 @@ def stream_losses(logits: torch.Tensor, c: Corruption, weighting: str,
     else:
         raise ValueError(f"visible_normalizer must be 'pooled' or 'per_stream', got {visible_normalizer!r}")
     if c.t2t.any():
-        out["t2t"] = _masked_ce(logits, targets, c.t2t).sum() / n_t2t
+        out["t2t"] = _masked_ce(logits, targets, c.t2t, w).sum() / n_t2t
         out["acc_t2t"] = (logits[c.t2t].argmax(-1) == targets[c.t2t]).float().mean().detach()
     else:
         out["t2t"] = zero
-    out["keep"] = _masked_ce(logits, targets, keep).sum() / n_keep if keep.any() else zero
+    out["keep"] = _masked_ce(logits, targets, keep, w).sum() / n_keep if keep.any() else zero
+    if control_ids is not None:  # how rare the control targets are among the labelled positions
+        labelled = c.m2t | c.t2t | keep
+        is_control = (targets == control_ids[0]) | (targets == control_ids[1])
+        out["n_labelled"] = labelled.sum().float()
+        out["n_control"] = (is_control & labelled).sum().float()
     out["n_m2t"] = torch.tensor(float(n_m2t))
     out["n_t2t"] = torch.tensor(float(c.t2t.sum()))
     return out
@@ -214,10 +242,12 @@ class DraftEditObjective:
         if doc_ids is not None and cfg.complementary:
             doc_ids = torch.cat([doc_ids, doc_ids], dim=0)
         logits = diffusion_logits(lm, c.xt, c.x0, block_length, doc_ids, windows=c.windows)  # (B, L, V)
-        parts = stream_losses(logits, c, cfg.weighting, cfg.visible_normalizer)
+        parts = stream_losses(logits, c, cfg.weighting, cfg.visible_normalizer, self.edit_ids,
+                              cfg.levenshtein_label_weight)
         loss = self._turn_loss(parts)
         metrics = {f"loss_{k}": float(parts[k].detach()) for k in ("m2t", "t2t", "keep", "cap")}
-        metrics.update({k: float(parts[k]) for k in ("acc_masked", "acc_t2t", "n_m2t", "n_t2t") if k in parts})
+        metrics.update({k: float(parts[k]) for k in ("acc_masked", "acc_t2t", "n_m2t", "n_t2t", "n_labelled", "n_control")
+                        if k in parts})
         if c.levenshtein is not None:
             metrics["n_levenshtein"] = float(c.levenshtein.sum())
         if mtf is None:  # the draw is made from the first step on, so the noise stream does not depend on the start
@@ -233,7 +263,8 @@ class DraftEditObjective:
                                     fill_max=cfg.mtf_fill_max, select=cfg.mtf_select, generator=generator,
                                     temperature=cfg.mtf_temperature)
             logits2 = diffusion_logits(lm, c2.xt, c2.x0, block_length, doc_ids, windows=c2.windows)
-            parts2 = stream_losses(logits2, c2, cfg.weighting, cfg.visible_normalizer)
+            parts2 = stream_losses(logits2, c2, cfg.weighting, cfg.visible_normalizer, self.edit_ids,
+                                   cfg.levenshtein_label_weight)
             loss = loss + cfg.mtf_weight * self._turn_loss(parts2)
             filled = draft >= 0
             metrics["mtf_loss_m2t"] = float(parts2["m2t"].detach())
