@@ -28,9 +28,9 @@ only MBE can repair -- and in the block just ended).
 Several `--model` entries with the same label (e.g. three seeds) are reported as mean ± spread
 (half the max - min range) per cell. Settings with Levenshtein editing (`--set delete_threshold=0.5`,
 or a grid over delete_threshold / insert_threshold) add a table of their deletions and insertions,
-each judged a fix, break or neutral against the reference (components.edits.StructuralStats). TPS is measured with the trajectory recorded (the edit
-accounting needs it), on `--threads` threads; compare it within one run only. With `--grid KEY=V1,V2`
-(repeatable) the settings are every preset in `--presets` at every point of the grid instead.
+each judged a fix, break or neutral against the reference (components.edits.StructuralStats). TPS
+is measured with the trajectory recorded (the edit accounting needs it), on `--threads` threads;
+compare it within one run only. With `--grid KEY=V1,V2` (repeatable) the settings are every preset in `--presets` at every point of the grid instead.
 With `--mlflow-experiment` the run's cells become MLflow metrics (mean over seeds), and the table, the
 JSON and a score-vs-TPF plot become artifacts (tracking URI from MLFLOW_TRACKING_URI or
 `--tracking-uri`).

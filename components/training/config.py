@@ -112,8 +112,7 @@ class ObjectiveConfig:
     levenshtein_prob: float
     levenshtein_max_ops: int
     # Loss weight of the positions labelled DELETE or INSERT (1 = the plain cross-entropy). The two
-    # head rows start at zero and are a few percent of the labels, so at weight 1 a short SFT leaves
-    # them below every real token and the controls never fire.
+    # head rows start at zero and are a few percent of the labels; a weight above 1 pulls them harder.
     levenshtein_label_weight: float
     complementary: bool  # each row twice: with its M2T mask and with the complement
     cap_weight: float  # confidence (CAP) loss weight
