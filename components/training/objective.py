@@ -29,7 +29,7 @@ plain MDLM with a document mask, half the cost), and returns the loss and its pa
   denominator stays a count of positions (no re-normalisation by the weights), so each stream's loss
   becomes (Σ_other CE + w · Σ_control CE) / n: w = 1 is exactly the plain loss, and the control
   terms are scaled by w and nothing else. The two rows start at zero and are rare targets (a few
-  per Levenshtein block), so without the weight a short SFT never makes them an arg-max.
+  per Levenshtein block); the weight is how hard the loss pulls them up.
 * L_cap: LLaDA2.0's confidence loss, the mean entropy of the prediction at masked positions the
   model already predicts correctly.
 
