@@ -196,6 +196,7 @@ def test_levenshtein_without_the_rows_fails_in_one_line():
     ("objective.levenshtein_prob=-0.1", "train.objective.levenshtein_prob: must be in [0, 1]"),
     ("objective.levenshtein_max_ops=0", "train.objective.levenshtein_max_ops: must be an integer >= 1"),
     ("objective.levenshtein_label_weight=-1.0", "train.objective.levenshtein_label_weight: must be >= 0"),
+    ("objective.levenshtein_label_weight=5.0", "train.objective.levenshtein_label_weight: is 5.0 but only Levenshtein blocks"),
 ])
 def test_bad_levenshtein_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace(".", r"\.")):

@@ -254,6 +254,9 @@ def validate_train_config(cfg: TrainConfig) -> None:
         fail("train.objective.mtf_start_step", f"must be a non-negative integer, got {o.mtf_start_step!r}")
     for name in ("t2t_weight", "keep_weight", "mtf_weight", "cap_weight", "mtf_temperature", "levenshtein_label_weight"):
         check_min(f"train.objective.{name}", getattr(o, name), 0)
+    if o.levenshtein_label_weight != 1.0 and o.levenshtein_prob == 0.0:
+        fail("train.objective.levenshtein_label_weight", f"is {o.levenshtein_label_weight} but only Levenshtein blocks "
+             "carry DELETE/INSERT labels; set train.objective.levenshtein_prob > 0 or leave the weight at 1")
     check_min("train.objective.t2t_warmup_steps", o.t2t_warmup_steps, 0)
     p = cfg.optim
     check_positive("train.optim.lr", p.lr)
