@@ -5,7 +5,7 @@ exceeds delete_threshold / insert_threshold (model.levenshtein.edit_decisions). 
 fires, a threshold sweep cannot tell "the thresholds are too high" from "the control is never the
 arg-max"; this probe tells them apart before any sweep is run. It decodes the held-out split of a
 family (greedy, a preset), then reads every answer position in the block-end view (one forward over
-the final canvas under the decoding's block-causal mask, as components.edits.block_end_choices reads
+the final canvas under the decoding's block-causal mask, as components.edits.block_end_logits reads
 it) and reports, per group of positions, how often each control is the arg-max and the max and 99th
 percentile of its probability. Groups: the position's token is right or wrong against the reference
 (aligned by LCS, model.levenshtein.lcs_anchors, so a token shifted by a length error still counts as
@@ -32,7 +32,6 @@ from benchmarks.common import HELDOUT_SEED, decode_overrides, encode_prompts, he
 from components.presets import DecodeChoice
 from model.files import atomic_write
 from model.levenshtein import DELETE, INSERT, edit_labels, lcs_anchors
-from model.masks import block_causal_mask
 
 GROUPS = ("right", "wrong", "label_delete", "label_insert")
 CONTROLS = ("delete", "insert")
@@ -42,11 +41,10 @@ CONTROLS = ("delete", "insert")
 def control_probabilities(lm, canvas: list[int], start: int, length: int, block_length: int,
                           control_ids: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities [length, 2] of DELETE and INSERT, full-head arg-max [length]) at canvas positions
-    start..start+length-1, in one forward over the canvas up to their last block under the decoding mask."""
-    end = -(-(start + length) // block_length) * block_length
-    ids = torch.tensor(canvas[:end], dtype=torch.long, device=lm.device)[None]  # (1, T)
-    mask = block_causal_mask(ids.shape[1], block_length, device=lm.device)  # (1, 1, T, T)
-    logits = lm(ids, attention_mask=mask).logits[0, start:start + length].float()  # (K, V)
+    start..start+length-1, in the block-end view (components.edits.block_end_logits)."""
+    from components.edits import block_end_logits
+
+    logits = block_end_logits(lm, canvas, block_length, list(range(start, start + length))).float()  # (K, V)
     probs = torch.softmax(logits, dim=-1)
     return probs[:, list(control_ids)], probs.argmax(-1)
 

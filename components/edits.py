@@ -414,21 +414,26 @@ def attribute_errors(trajectory: Trajectory, sequence: list[int], eos_id: int | 
 
 
 @torch.no_grad()
+def block_end_logits(lm, canvas: list[int], block_length: int, positions: list[int]) -> torch.Tensor:
+    """Logits [K, V] of the block-end view at `positions` (absolute canvas positions, not empty): one
+    forward over the final canvas up to the last of them, under the decoding's block-causal mask. Each
+    block then sees itself and the earlier blocks as they were when it ended -- what its verifying step
+    saw -- unless a Multi-Block Editing pass changed them later."""
+    end = (max(positions) // block_length + 1) * block_length
+    ids = torch.tensor(canvas[:end], dtype=torch.long, device=lm.device)[None]  # (1, T)
+    mask = block_causal_mask(end, block_length, device=lm.device)  # (1, 1, T, T)
+    return lm(ids, attention_mask=mask).logits[0, positions]  # (K, V)
+
+
 def block_end_choices(lm, canvas: list[int], block_length: int, positions: list[int],
                       mask_id: int) -> BlockEndChoices:
-    """The block-end view at `positions` (absolute canvas positions): one forward over the final canvas
-    up to the last of them, under the decoding's block-causal mask. Each block then sees itself and the
-    earlier blocks as they were when it ended -- what its verifying step saw -- unless a Multi-Block
-    Editing pass changed them later. Greedy choice as the decoder makes it (model.sampling)."""
+    """The block-end view (`block_end_logits`) at `positions`, greedy choice as the decoder makes it
+    (model.sampling)."""
     from model.sampling import choose_tokens
 
     if not positions:
         return {}
-    end = (max(positions) // block_length + 1) * block_length
-    ids = torch.tensor(canvas[:end], dtype=torch.long, device=lm.device)[None]  # (1, T)
-    mask = block_causal_mask(end, block_length, device=lm.device)  # (1, 1, T, T)
-    logits = lm(ids, attention_mask=mask).logits[0, positions]  # (K, V)
-    tokens, conf = choose_tokens(logits, mask_id)
+    tokens, conf = choose_tokens(block_end_logits(lm, canvas, block_length, positions), mask_id)
     return {p: (int(t), float(c)) for p, t, c in zip(positions, tokens.tolist(), conf.tolist())}
 
 
